@@ -1,0 +1,117 @@
+"""The tilt series as fusetomo holds it in memory, and its validation.
+
+Conventions (science.md §5): images are [n_slices, n_det]; stacks [n_tilts, n_slices, n_det];
+angles in degrees. Chemical maps are counts (>= 0), one stack per element; all elements of
+one spectrum image share its tilt angles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusetomo.adapters.elements import atomic_number
+
+
+class SeriesError(ValueError):
+    """A tilt series that breaks the contract; the message names the dataset and value."""
+
+
+@dataclass
+class TiltSeries:
+    haadf: np.ndarray
+    haadf_angles: np.ndarray
+    chem: dict[str, np.ndarray]
+    chem_angles: dict[str, np.ndarray]
+    Z: dict[str, int] = field(default_factory=dict)
+    background: dict[str, float] = field(default_factory=dict)
+    gamma: float | None = None
+    pixel_size_nm: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.haadf = np.asarray(self.haadf, dtype=np.float32)
+        self.haadf_angles = np.asarray(self.haadf_angles, dtype=np.float64).ravel()
+        self.chem = {e: np.asarray(v, dtype=np.float32) for e, v in self.chem.items()}
+        self.chem_angles = {
+            e: np.asarray(v, dtype=np.float64).ravel() for e, v in self.chem_angles.items()
+        }
+        for e in self.chem:
+            self.Z.setdefault(e, atomic_number(e))
+            self.background.setdefault(e, 0.0)
+        self.validate()
+
+    @property
+    def elements(self) -> list[str]:
+        return list(self.chem)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_slices, n_det)."""
+        return int(self.haadf.shape[1]), int(self.haadf.shape[2])
+
+    @property
+    def common_chem_angles(self) -> np.ndarray:
+        """The chemical tilt angles, shared by all elements."""
+        first = next(iter(self.chem_angles.values()), np.zeros(0))
+        return first
+
+    def validate(self) -> None:
+        h = self.haadf
+        if h.ndim != 3:
+            raise SeriesError(f"/haadf/data: expected 3 axes [n_tilts, n_slices, n_det], "
+                              f"got shape {h.shape}")
+        if h.shape[0] != self.haadf_angles.size:
+            raise SeriesError(f"/haadf/angles: {self.haadf_angles.size} angles for "
+                              f"{h.shape[0]} HAADF images")
+        _check_values("/haadf/data", h, counts=False)
+        _check_angles("/haadf/angles", self.haadf_angles)
+        if not self.chem:
+            raise SeriesError("/chem: no element maps")
+        ref = None
+        for e, m in self.chem.items():
+            name = f"/chem/{e}/data"
+            atomic_number(e)
+            if e not in self.chem_angles:
+                raise SeriesError(f"/chem/{e}/angles: missing")
+            if m.ndim != 3 or m.shape[1:] != h.shape[1:]:
+                raise SeriesError(f"{name}: shape {m.shape} does not match HAADF images "
+                                  f"[m, {h.shape[1]}, {h.shape[2]}]")
+            if m.shape[0] != self.chem_angles[e].size:
+                raise SeriesError(f"/chem/{e}/angles: {self.chem_angles[e].size} angles for "
+                                  f"{m.shape[0]} maps")
+            _check_values(name, m, counts=True)
+            _check_angles(f"/chem/{e}/angles", self.chem_angles[e])
+            if ref is None:
+                ref = (e, self.chem_angles[e])
+            elif not np.allclose(self.chem_angles[e], ref[1]):
+                raise SeriesError(f"/chem/{e}/angles {self.chem_angles[e].tolist()} differ from "
+                                  f"/chem/{ref[0]}/angles {ref[1].tolist()}: all elements of a "
+                                  "spectrum image share its tilts")
+            bg = self.background.get(e, 0.0)
+            if not np.isfinite(bg) or bg < 0:
+                raise SeriesError(f"/chem/{e}: background must be finite and >= 0, got {bg}")
+        if self.gamma is not None and not 1.0 <= self.gamma <= 2.5:
+            raise SeriesError(f"gamma attribute must lie in [1, 2.5], got {self.gamma}")
+
+
+def _check_values(name: str, data: np.ndarray, *, counts: bool) -> None:
+    bad = ~np.isfinite(data)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise SeriesError(f"{name}: {int(bad.sum())} NaN/inf values (first at index {idx})")
+    if counts and data.size and float(data.min()) < 0:
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmin(data)), data.shape))
+        raise SeriesError(f"{name}: negative counts (min {float(data.min())} at index {idx})")
+
+
+def _check_angles(name: str, angles: np.ndarray) -> None:
+    if not np.all(np.isfinite(angles)):
+        raise SeriesError(f"{name}: non-finite angle in {angles.tolist()}")
+    if np.any(np.abs(angles) > 90):
+        raise SeriesError(f"{name}: angle outside [-90, 90] degrees: {angles.tolist()}")
+    uniq, counts = np.unique(np.round(angles, 6), return_counts=True)
+    if np.any(counts > 1):
+        raise SeriesError(f"{name}: duplicate tilt angle {float(uniq[counts > 1][0])}")
