@@ -38,6 +38,9 @@ from fusetomo.solver.linop import sirt_lipschitz
 from fusetomo.solver.projector import GeometryError, ParallelProjector
 from fusetomo.solver.tv import Backend, prox_tv, tv_value
 
+# Iterations of a full offline reconstruction with the default parameters.
+DEFAULT_ITERATIONS = 60
+
 
 class SolverNotReadyError(RuntimeError):
     """The solver needs at least one HAADF and one chemical tilt before it can iterate."""
@@ -48,16 +51,19 @@ class FusionParams:
     """Parameters of the fused reconstruction; the defaults need no per-dataset tuning."""
 
     gamma: float = 1.7
-    lambda_haadf: float = 0.5
-    lambda_chem: float = 0.5
-    lambda_tv: float = 0.02
+    lambda_haadf: float = 1.0
+    lambda_chem: float = 0.01
+    lambda_tv: float = 0.005
     chem_model: Literal["poisson", "lsq"] = "poisson"
     eps: float = 0.1
     tv_iterations: int = 5
-    init_iterations: int = 20
+    init_iterations: int = 8
     haadf_inner_iterations: int = 5
     tv_backend: Backend = "sigpy"
     refit_scale: bool = True
+    split_bias: float = 0.85
+    momentum: bool = True
+    lambda_chem_dark: float = 0.1
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.gamma <= 2.5:
@@ -148,6 +154,8 @@ class FusedSolver:
         self.history = CostHistory()
         self._haadf_weights: tuple[Any, Any] | None = None
         self._chem_cinv: Any = None
+        self._x_prev: Any = None
+        self._momentum_k = 1
 
     # -- data -----------------------------------------------------------------------------
     @property
@@ -289,12 +297,32 @@ class FusedSolver:
         for k in range(max(p.haadf_inner_iterations, 1)):
             r_k = resid if k == 0 else b - self.haadf_proj.forward(target)
             target = xp.maximum(target + hc_inv * self.haadf_proj.adjoint(r_k * hr_inv), 0)
+        # Split the change of the summed signal among the elements in proportion to
+        # x_i Z_i^beta: beta = 0 keeps each voxel's element ratios (its stoichiometry,
+        # decided by the chemical maps and TV) and scales the amount of material; larger
+        # beta gives more of the change to heavy elements, which dominate HAADF. Normalised
+        # so that, to first order, sum_i ds/dx_i dx_i = ds.
         ds = (target - c * s) / c
         g = p.gamma * self._w * xg1
-        gg = xp.sum(g * g, axis=0)
-        damp = 1e-4 * float(gg.max()) + 1e-30
-        dx_h = g * (ds / (gg + damp))
+        u = x * xp.asarray((self.Z ** p.split_bias)[:, None, None, None], dtype=xp.float32)
+        gu = xp.sum(g * u, axis=0)
+        damp = 1e-6 * float(gu.max()) + 1e-30
+        dx_h = u * (ds / (gu + damp))
+        # At most a fourfold change of the material in a voxel per iteration.
+        dx_h = xp.clip(dx_h, -x, 3.0 * x)
         return dx_h, cost_h, c
+
+    def _chem_step_fraction(self, x: Any) -> Any:
+        """Per element and voxel: lambda_chem where the element carries the HAADF signal,
+        up to lambda_chem_dark where HAADF cannot see it (light elements next to heavy ones),
+        so that each element is driven by the modality that sees it."""
+        p = self.params
+        if p.lambda_chem_dark == p.lambda_chem or (self.n_haadf == 0 and p.lambda_haadf == 0):
+            return p.lambda_chem
+        xp = self.device.xp
+        contrib = self._w * x**p.gamma
+        share = contrib / xp.maximum(xp.sum(contrib, axis=0), 1e-30)
+        return p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * (1.0 - share)
 
     def step(self) -> dict[str, float]:
         """One fused iteration. Returns the cost terms of the iterate it started from."""
@@ -310,6 +338,13 @@ class FusedSolver:
         _, (_, cc_inv) = self._weights()
         with self.device:
             x = self.x
+            if p.momentum and self._x_prev is not None:
+                # Nesterov extrapolation (as in FISTA); the costs below are those of the
+                # extrapolated point the step is taken from.
+                k = self._momentum_k
+                x = xp.maximum(x + ((k - 1.0) / (k + 2.0)) * (x - self._x_prev), 0)
+            self._x_prev = self.x
+            self._momentum_k += 1
             dx_h, cost_h, c = self._haadf_update(x) if self.n_haadf else (0.0, 0.0, 1.0)
             # Chemical term at the same iterate.
             Ax = self.chem_proj.forward(x) + self._bg
@@ -322,7 +357,7 @@ class FusedSolver:
                 cr_inv, _ = sirt_weights(self.chem_proj)
                 dx_c = cc_inv * self.chem_proj.adjoint(r * cr_inv)
             tv_now = to_numpy(tv_value(x)) / self.scale_tv
-            x = x + p.lambda_haadf * dx_h + p.lambda_chem * dx_c
+            x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
             self.x = prox_tv(x, weights, iterations=p.tv_iterations, backend=p.tv_backend)
         self.iteration += 1

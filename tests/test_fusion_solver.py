@@ -1,0 +1,320 @@
+"""FusedSolver: parameter validation, data checks that leave the state unchanged, warm
+start as tilts arrive, cost decrease, and a known-answer comparison with conventional ML-EM
+on the simulated nanocubes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fusetomo.simulators.forward import AcquisitionParams, TiltScheme, simulate
+from fusetomo.solver.backend import gpu_available
+from fusetomo.solver.baselines import chemical_mlem
+from fusetomo.solver.fusion import FusedSolver, FusionParams, SolverNotReadyError
+from fusetomo.solver.metrics import nrmse
+from fusetomo.solver.projector import GeometryError
+
+requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+
+N = 24  # reconstruction size of most tests here
+
+
+@pytest.fixture(scope="module")
+def sim24():
+    return simulate("nanocubes", N, seed=0)
+
+
+def _solver(series, params: FusionParams | None = None, *, haadf: bool = True,
+            chem: bool = True, device: Any = "cpu") -> FusedSolver:
+    s = series
+    n_slices, n = s.shape
+    solver = FusedSolver(n, n_slices, s.elements, [s.Z[e] for e in s.elements], params,
+                         device=device, background=[s.background[e] for e in s.elements])
+    if haadf:
+        solver.add_haadf(s.haadf_angles, s.haadf)
+    if chem:
+        solver.add_chem(s.common_chem_angles, s.chem)
+    return solver
+
+
+def _mean_nrmse(truth: dict[str, np.ndarray], vols: dict[str, np.ndarray]) -> float:
+    return float(np.mean([nrmse(truth[e], vols[e]) for e in truth]))
+
+
+# -- parameters and construction -------------------------------------------------------------------
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"gamma": 0.9}, "gamma"),
+    ({"gamma": 2.6}, "gamma"),
+    ({"lambda_haadf": -0.1}, "lambda_haadf"),
+    ({"lambda_haadf": 1.5}, "lambda_haadf"),
+    ({"lambda_chem": 2.0}, "lambda_chem"),
+    ({"lambda_tv": -0.01}, "lambda_tv"),
+    ({"chem_model": "gauss"}, "chem_model"),
+    ({"eps": 0.0}, "eps"),
+    ({"eps": -1.0}, "eps"),
+    ({"tv_iterations": -1}, "iteration"),
+    ({"init_iterations": -5}, "iteration"),
+])
+def test_fusion_params_validation(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        FusionParams(**kwargs)
+
+
+def test_fusion_params_defaults_are_valid_and_frozen() -> None:
+    p = FusionParams()
+    assert 1.4 <= p.gamma <= 2.0
+    assert 0 < p.lambda_haadf <= 1 and 0 < p.lambda_chem <= 1 and p.lambda_tv >= 0
+    with pytest.raises(AttributeError):
+        p.gamma = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.xfail(strict=True, reason="FusionParams does not validate tv_backend; a bad "
+                   "name fails only inside the first step; reported to the lead")
+def test_fusion_params_rejects_unknown_tv_backend() -> None:
+    with pytest.raises(ValueError, match=r"tv_backend|back end"):
+        FusionParams(tv_backend="fft")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "needle"), [
+    (([], []), {}, "at least one element"),
+    ((["Co", "O"], [27]), {}, "2 elements but 1 Z"),
+    ((["Co", "Co"], [27, 27]), {}, "duplicate"),
+    ((["Co", "O"], [27, 8]), {"background": [1.0, -1.0]}, "background"),
+    ((["Co", "O"], [27, 8]), {"background": [1.0]}, "background"),
+])
+def test_constructor_errors(args: tuple, kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        FusedSolver(8, 8, *args, device="cpu", **kwargs)
+
+
+# -- not ready -------------------------------------------------------------------------------------
+def test_solver_not_ready_before_data(sim24) -> None:
+    empty = _solver(sim24.series, haadf=False, chem=False)
+    assert not empty.ready
+    with pytest.raises(SolverNotReadyError, match="0 HAADF, 0 chemical"):
+        empty.step()
+    with pytest.raises(SolverNotReadyError):
+        empty.volumes()
+    with pytest.raises(SolverNotReadyError, match="chemical"):
+        empty.initialize()
+    haadf_only = _solver(sim24.series, chem=False)
+    assert not haadf_only.ready
+    with pytest.raises(SolverNotReadyError):
+        haadf_only.run(1)
+    chem_only = _solver(sim24.series, haadf=False)
+    assert not chem_only.ready  # HAADF needed while lambda_haadf > 0
+    with pytest.raises(SolverNotReadyError):
+        chem_only.step()
+    assert empty.iteration == haadf_only.iteration == chem_only.iteration == 0
+
+
+@pytest.mark.xfail(strict=True, raises=GeometryError,
+                   reason="with lambda_haadf = 0 `ready` is True without HAADF tilts, but "
+                   "initialize() builds the HAADF SIRT weights of an empty projector; "
+                   "reported to the lead (baselines.chemical_tv works around it)")
+def test_chemical_only_solver_runs_without_haadf(sim24) -> None:
+    solver = _solver(sim24.series, FusionParams(lambda_haadf=0.0), haadf=False)
+    assert solver.ready
+    solver.run(2)
+    assert solver.iteration == 2
+
+
+# -- bad data leaves the state unchanged -----------------------------------------------------------
+def _bad_chem_cases(s) -> dict[str, tuple[Any, Any, type[Exception], str]]:
+    ang = s.common_chem_angles[:2]
+    good = {e: s.chem[e][:2] for e in s.elements}
+    nan = {e: v.copy() for e, v in good.items()}
+    nan["O"][0, 1, 1] = np.nan
+    neg = {e: v.copy() for e, v in good.items()}
+    neg["Cu"][1, 2, 3] = -3.0
+    return {
+        "unknown-element": (ang, {**good, "Zn": good["O"]}, KeyError, "Zn"),
+        "missing-element": (ang, {e: v for e, v in good.items() if e != "Au"}, KeyError,
+                            "Au"),
+        "negative-counts": (ang, neg, ValueError, r"Cu.*negative"),
+        "nan": (ang, nan, ValueError, r"O.*NaN"),
+        "wrong-shape": (ang, {e: v[:, :, :-1] for e, v in good.items()}, GeometryError,
+                        r"\(2, 24, 23\)"),
+        "angle-count": (s.common_chem_angles[:3], good, GeometryError, r"\(3, 24, 24\)"),
+        "array-wrong-elements": (ang, np.stack([good[e] for e in s.elements])[:3],
+                                 GeometryError, "3 maps for 4 elements"),
+        "array-nan": (ang, np.stack([nan[e] for e in s.elements]), ValueError, "NaN"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown-element", "missing-element", "negative-counts",
+                                  "nan", "wrong-shape", "angle-count", "array-wrong-elements",
+                                  "array-nan"])
+def test_add_chem_errors_leave_state_unchanged(sim24, case: str) -> None:
+    s = sim24.series
+    solver = _solver(s)
+    solver.run(1)
+    x_before = solver.x.copy()
+    n_chem, n_haadf = solver.n_chem, solver.n_haadf
+    angles, maps, exc, needle = _bad_chem_cases(s)[case]
+    with pytest.raises(exc, match=needle):
+        solver.add_chem(angles, maps)
+    assert (solver.n_chem, solver.n_haadf) == (n_chem, n_haadf)
+    assert solver.chem_proj.angles.size == n_chem
+    np.testing.assert_array_equal(solver.x, x_before)
+    solver.step()  # data and projector still agree
+    assert solver.iteration == 2
+
+
+def test_add_haadf_errors_leave_state_unchanged(sim24) -> None:
+    s = sim24.series
+    solver = _solver(s)
+    n_haadf = solver.n_haadf
+    bad = s.haadf[:2].copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"HAADF.*NaN or inf"):
+        solver.add_haadf(s.haadf_angles[:2], bad)
+    with pytest.raises(GeometryError, match=r"\(2, 24, 25\)"):
+        solver.add_haadf(s.haadf_angles[:2], np.zeros((2, 24, 25)))
+    with pytest.raises(GeometryError):
+        solver.add_haadf(s.haadf_angles[:3], s.haadf[:2])
+    assert solver.n_haadf == n_haadf == s.haadf_angles.size
+    solver.run(1)
+
+
+# -- warm start ------------------------------------------------------------------------------------
+def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
+    s = sim24.series
+    h_first, h_more = np.arange(0, s.haadf_angles.size, 2), np.arange(1, s.haadf_angles.size, 2)
+    c_first, c_more = np.arange(0, 6), np.arange(6, s.common_chem_angles.size)
+
+    def chem(idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {e: s.chem[e][idx] for e in s.elements}
+
+    def fill(solver: FusedSolver, with_more: bool) -> None:
+        solver.add_haadf(s.haadf_angles[h_first], s.haadf[h_first])
+        solver.add_chem(s.common_chem_angles[c_first], chem(c_first))
+        if with_more:
+            solver.add_haadf(s.haadf_angles[h_more], s.haadf[h_more])
+            solver.add_chem(s.common_chem_angles[c_more], chem(c_more))
+
+    live = _solver(s, haadf=False, chem=False)
+    calls = []
+    original = live.initialize
+
+    def counting_initialize(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(live, "initialize", counting_initialize)
+    fill(live, with_more=False)
+    live.run(5)
+    x5, scale_tv, haadf_scale = live.x.copy(), live.scale_tv.copy(), live.haadf_scale
+    fill_more = _solver(s, haadf=False, chem=False)  # same data order, for the reference step
+    fill(fill_more, with_more=True)
+
+    live.add_haadf(s.haadf_angles[h_more], s.haadf[h_more])
+    live.add_chem(s.common_chem_angles[c_more], chem(c_more))
+    np.testing.assert_array_equal(live.x, x5)  # adding tilts does not touch the volumes
+    np.testing.assert_array_equal(live.scale_tv, scale_tv)
+    live.step()
+
+    # That step started from x5 with all the data: it is the step of a solver that holds
+    # all the data and is handed x5 (and the scales the live solver had fitted).
+    fill_more.x = x5.copy()
+    fill_more.scale_tv = scale_tv.copy()
+    fill_more.haadf_scale = haadf_scale
+    fill_more.step()
+    np.testing.assert_allclose(live.x, fill_more.x, rtol=1e-5, atol=1e-6 * float(x5.max()))
+
+    live.run(2)
+    assert len(calls) == 1  # initialised once, at the first step
+    assert live.iteration == 8
+    h = live.history
+    assert len(h.haadf) == len(h.chem) == len(h.tv) == len(h.haadf_scale) == 8
+    assert h.n_haadf_tilts == [h_first.size] * 5 + [s.haadf_angles.size] * 3
+    assert h.n_chem_tilts == [c_first.size] * 5 + [s.common_chem_angles.size] * 3
+    assert set(h.as_arrays()) >= {"haadf", "chem", "tv", "haadf_scale"}
+
+
+# -- costs -----------------------------------------------------------------------------------------
+def test_haadf_cost_decreases_on_noise_free_haadf() -> None:
+    """Noise-free HAADF, default chemistry (SNR 2.5): the HAADF term falls at each of the
+    first iterations from the conventional initialisation (measured 1, 0.75, 0.64, 0.59,
+    0.57 of the first value at 24^3)."""
+    sim = simulate("nanocubes", N, acq=AcquisitionParams(haadf_snr=1e9), seed=0)
+    solver = _solver(sim.series)
+    solver.run(5)
+    h = np.asarray(solver.history.haadf)
+    assert np.all(np.diff(h) < 0), h / h[0]
+    assert h[-1] < 0.8 * h[0]
+    assert np.all(np.isfinite(solver.history.chem)) and np.all(np.isfinite(solver.history.tv))
+
+
+def test_haadf_only_step_is_a_descent_on_noise_free_data() -> None:
+    """With the chemical and TV steps off, the HAADF update alone lowers Psi1 monotonically
+    even when chemistry and HAADF are both noise-free."""
+    acq = AcquisitionParams(haadf_snr=1e9, chem_snr=1e3, oversample=1)
+    sim = simulate("nanocubes", N, acq=acq, seed=0)
+    solver = _solver(sim.series, FusionParams(lambda_chem=0.0, lambda_tv=0.0))
+    solver.run(8)
+    h = np.asarray(solver.history.haadf)
+    assert np.all(np.diff(h) < 0), h / h[0]
+
+
+@pytest.mark.xfail(strict=True, reason="with noise-free, consistent HAADF and chemistry (no "
+                   "oversampling) the fused step raises the HAADF term after ~2 iterations "
+                   "(2.3x its first value after 10); reported to the lead")
+def test_haadf_cost_keeps_falling_when_all_data_are_noise_free() -> None:
+    acq = AcquisitionParams(haadf_snr=1e9, chem_snr=1e3, oversample=1)
+    sim = simulate("nanocubes", N, acq=acq, seed=0)
+    solver = _solver(sim.series)
+    solver.run(10)
+    h = np.asarray(solver.history.haadf)
+    assert np.all(np.diff(h) < 0), h / h[0]
+
+
+# -- known answer ----------------------------------------------------------------------------------
+def test_fused_beats_conventional_mlem_on_nanocubes_32() -> None:
+    """Nanocubes, seed 0, 32^3, default acquisition (+-70 deg, HAADF every 3 deg, chemistry
+    every 15 deg, chemical SNR 2.5) and default FusionParams, 30 iterations each.
+    Measured with the current defaults: fused <NRMSE> 0.44, conventional ML-EM 0.67 (30
+    iterations; its best over iterations is 0.46 at 8). Asserted with a safety margin."""
+    n = 32
+    sim = simulate("nanocubes", n, seed=0)
+    s = sim.series
+    solver = _solver(s)
+    solver.run(30)
+    fused = _mean_nrmse(sim.truth, solver.volumes())
+    maps = np.stack([s.chem[e] for e in s.elements])
+    conv_vols = chemical_mlem(s.common_chem_angles, maps, 30,
+                              background=[s.background[e] for e in s.elements], device="cpu")
+    conv = _mean_nrmse(sim.truth, dict(zip(s.elements, conv_vols, strict=True)))
+    assert fused < 0.55
+    assert fused < conv - 0.1, (fused, conv)
+    vols = solver.volumes()
+    assert all(v.dtype == np.float32 and v.shape == (n, n, n) and v.min() >= 0
+               for v in vols.values())
+
+
+def test_small_scheme_runs_and_records_history() -> None:
+    scheme = TiltScheme(haadf_angles=(-60.0, -30.0, 0.0, 30.0, 60.0), chem_angles=(-45.0, 45.0))
+    sim = simulate("core-shell", 16, scheme=scheme, seed=0)
+    solver = _solver(sim.series)
+    seen = []
+    solver.run(3, callback=lambda k, costs: seen.append((k, sorted(costs))))
+    assert seen == [(k, ["chem", "haadf", "tv"]) for k in range(3)]
+    assert solver.haadf_scale > 0
+    assert solver.lipschitz()["haadf"] == pytest.approx(1.0, abs=0.05)
+
+
+# -- CPU vs GPU ------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_matches_cpu(sim24) -> None:
+    """Three fused iterations on the GPU agree with the CPU to 1e-3 of the peak (float32
+    sums in another order, carried through three non-linear steps)."""
+    cpu = _solver(sim24.series)
+    gpu = _solver(sim24.series, device="gpu")
+    cpu.run(3)
+    gpu.run(3)
+    for e, v in cpu.volumes().items():
+        np.testing.assert_allclose(gpu.volumes()[e], v, rtol=1e-3, atol=1e-3 * float(v.max()))
+    np.testing.assert_allclose(gpu.history.haadf, cpu.history.haadf, rtol=1e-3)
