@@ -124,7 +124,7 @@ def run_reference(case: TiltCase, iterations: int, repeats: int) -> tuple[dict, 
 
 REF_GRID = {"lambdaEDS": (0.005, 0.02, 0.05, 0.1), "lambdaTV": (0.003, 0.01, 0.03, 0.1),
             "method": (0, 3)}
-OUR_GRID = {"lambda_tv": (0.04, 0.06, 0.08, 0.1, 0.15)}
+OUR_GRID = {"lambda_tv": (0.04, 0.06, 0.08, 0.1, 0.15), "amount_exponent": (None, 1.0)}
 
 
 def oracle_sweep(case: TiltCase, iterations: int) -> dict:
@@ -148,11 +148,13 @@ def oracle_sweep(case: TiltCase, iterations: int) -> dict:
         sc = scores(case.clean, df.get_results())
         ref.append({"lambdaEDS": le, "lambdaTV": lt, "method": meth, "psnr_db": sc})
     ours = []
-    for lt in OUR_GRID["lambda_tv"]:
-        f = Fused2D(case.haadf, case.noisy, case.Z, Fusion2DParams(lambda_tv=lt),
+    for lt, be in itertools.product(*OUR_GRID.values()):
+        f = Fused2D(case.haadf, case.noisy, case.Z,
+                    Fusion2DParams(lambda_tv=lt, amount_exponent=be),
                     background=case.background, device="cpu")
         f.run(iterations)
-        ours.append({"lambda_tv": lt, "psnr_db": scores(case.clean, f.maps())})
+        ours.append({"lambda_tv": lt, "amount_exponent": be,
+                     "psnr_db": scores(case.clean, f.maps())})
 
     def best(rows: list[dict]) -> dict:
         return max(rows, key=lambda r: r["psnr_db"]["mean"])
@@ -247,7 +249,8 @@ def _print(results: dict) -> None:
                   + f"   (lambdaEDS {r['lambdaEDS']}, lambdaTV {r['lambdaTV']}, "
                   f"method {r['method']})")
             print(f"  {'oracle-tuned ours':20s}" + "".join(f"{f['psnr_db'][e]:8.2f}" for e in els)
-                  + f"   (lambda_tv {f['lambda_tv']})")
+                  + f"   (lambda_tv {f['lambda_tv']}, amount_exponent "
+                  f"{f['amount_exponent']})")
         print(f"  ms/iteration: multimodal_fusion {1e3 * t['multimodal_fusion']:.2f}, "
               f"fusetomo {1e3 * t['fusetomo']:.2f}, "
               f"ratio {t['ratio_reference_over_fusetomo']:.2f}")

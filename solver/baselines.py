@@ -207,10 +207,6 @@ def chemical_tv(
     solver = FusedSolver(nd, ns, names, [1.0] * n_el, params, device=_device(device),
                          background=bg.tolist())
     solver.add_chem(ang, m)
-    # Work-around: FusedSolver._weights builds the HAADF SIRT weights even when there is no
-    # HAADF tilt (its projector then has no matrix); no HAADF weights are ever used here.
-    if solver.n_haadf == 0 and solver._haadf_weights is None:
-        solver._haadf_weights = (None, None)
     solver.initialize()
     solver.run(k)
     vols = solver.volumes()

@@ -10,17 +10,24 @@ How each term is scaled, so that the defaults hold across specimens and doses:
   closed form at every iteration (variable projection), so b_H may come in any units;
 - the HAADF step is preconditioned with the SIRT weights (1/row sums, 1/column sums) of
   A_h, whose preconditioned Lipschitz constant is 1 (checked by sigpy's power method,
-  `lipschitz()`), and is carried from the summed signal s = sum_i (Z_i x_i)^gamma to the
-  elements by a per-voxel Gauss-Newton split along ds/dx_i = gamma Z_i^gamma x_i^(gamma-1);
+  `lipschitz()`): a few such steps are taken on the summed signal s = sum_i (Z_i x_i)^gamma
+  alone (one volume, cheap) and the change they ask for is split among the elements in
+  proportion to x_i Z_i^beta, normalised by ds/dx_i. beta = 0 would keep each voxel's
+  element ratios (its stoichiometry, which the chemical maps decide) and scale only the
+  amount of material; beta > 0 leans towards heavy elements, which dominate HAADF;
 - the Poisson step is the relaxed ML-EM step (the gradient preconditioned by x / A_c^T 1),
-  the majorise-minimise step of Psi2 that is monotone for any relaxation in (0, 1];
+  the majorise-minimise step of Psi2. Its step fraction is set per voxel and element:
+  lambda_chem where the element carries the HAADF signal, up to lambda_chem_dark where
+  HAADF cannot see it (a light element next to heavy ones), so that each element is driven
+  by the modality that sees it;
 - the TV weight is relative to each element's dynamic range (its 99.9th percentile after
   the conventional initialisation), so it does not depend on dose or units.
-lambda_haadf and lambda_chem are therefore step fractions in (0, 1] of steps bounded by the
-Lipschitz constants, and lambda_tv is dimensionless.
+lambda_haadf and the lambda_chem pair are step fractions in (0, 1] of steps bounded by the
+Lipschitz constants, and lambda_tv is dimensionless; none is tuned per dataset.
 
-One iteration: both data steps from the same iterate (as the reference implementation),
-then the TV proximal step by FGP with the non-negativity projection.
+One iteration: Nesterov extrapolation (restarted whenever tilts are added), both data steps
+from the same point (as the reference implementation), then the TV proximal step by FGP with
+the non-negativity projection. The three cost terms are recorded at every iteration.
 """
 
 from __future__ import annotations
@@ -193,6 +200,11 @@ class FusedSolver:
         with self.device:
             self._b_haadf = xp.concatenate([self._b_haadf, to_device(data, self.device)])
         self._haadf_weights = None
+        self._restart_momentum()
+
+    def _restart_momentum(self) -> None:
+        self._x_prev = None
+        self._momentum_k = 1
 
     def add_chem(
         self, angles: Sequence[float] | float, maps: dict[str, np.ndarray] | np.ndarray
@@ -226,13 +238,14 @@ class FusedSolver:
             new = to_device(np.stack(stack), self.device)
             self._b_chem = xp.concatenate([self._b_chem, new], axis=1)
         self._chem_cinv = None
+        self._restart_momentum()
 
     # -- set-up ---------------------------------------------------------------------------
     def _weights(self) -> tuple[tuple[Any, Any], Any]:
-        if self._haadf_weights is None:
+        if self._haadf_weights is None and self.n_haadf:
             self._haadf_weights = sirt_weights(self.haadf_proj)
         if self._chem_cinv is None:
-            self._chem_cinv = sirt_weights(self.chem_proj)
+            self._chem_cinv = sirt_weights(self.chem_proj)  # (1/row sums, 1/col sums)
         return self._haadf_weights, self._chem_cinv
 
     def lipschitz(self) -> dict[str, float]:
@@ -271,7 +284,7 @@ class FusedSolver:
 
     # -- iterations -----------------------------------------------------------------------
     def _chem_lsq_step(self, x: Any, relax: float) -> Any:
-        r_inv, c_inv = sirt_weights(self.chem_proj)
+        _, (r_inv, c_inv) = self._weights()
         resid = (self._b_chem - self._bg - self.chem_proj.forward(x)) * r_inv
         return x + relax * c_inv * self.chem_proj.adjoint(resid)
 
@@ -317,7 +330,9 @@ class FusedSolver:
         up to lambda_chem_dark where HAADF cannot see it (light elements next to heavy ones),
         so that each element is driven by the modality that sees it."""
         p = self.params
-        if p.lambda_chem_dark == p.lambda_chem or (self.n_haadf == 0 and p.lambda_haadf == 0):
+        if self.n_haadf == 0:
+            return p.lambda_chem_dark  # nothing is seen by HAADF
+        if p.lambda_chem_dark == p.lambda_chem:
             return p.lambda_chem
         xp = self.device.xp
         contrib = self._w * x**p.gamma
@@ -335,7 +350,7 @@ class FusedSolver:
             self.initialize()
         p = self.params
         xp = self.device.xp
-        _, (_, cc_inv) = self._weights()
+        _, (cr_inv, cc_inv) = self._weights()
         with self.device:
             x = self.x
             if p.momentum and self._x_prev is not None:
@@ -354,7 +369,6 @@ class FusedSolver:
             else:
                 r = self._b_chem - Ax
                 cost_c = 0.5 * float(xp.vdot(r, r))
-                cr_inv, _ = sirt_weights(self.chem_proj)
                 dx_c = cc_inv * self.chem_proj.adjoint(r * cr_inv)
             tv_now = to_numpy(tv_value(x)) / self.scale_tv
             x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c

@@ -43,6 +43,8 @@ def divergence(p: Any) -> Any:
     for axis in range(3):
         q = p[axis]
         ax = q.ndim - 3 + axis
+        if q.shape[ax] < 2:
+            continue  # no differences along a length-1 axis (2D images as [1, U, V])
         sl = [slice(None)] * q.ndim
 
         def at(s: slice, sl: list = sl, ax: int = ax) -> tuple:

@@ -81,6 +81,20 @@ def test_consistent_data_is_a_fixed_point() -> None:
     assert f.history.haadf[-1] < 1e-6 * float(np.sum(haadf**2))
 
 
+def test_linear_amount_model_is_a_fixed_point_of_its_data() -> None:
+    rng = np.random.default_rng(2)
+    x = {"S": rng.uniform(1, 20, (10, 14)).astype(np.float32),
+         "Co": rng.uniform(1, 20, (10, 14)).astype(np.float32)}
+    haadf = 0.1 * (16**1.7 * x["S"] + 27**1.7 * x["Co"])  # sum Z^gamma x: linear in x
+    p = Fusion2DParams(lambda_tv=0.0, amount_exponent=1.0)
+    f = Fused2D(haadf, {e: v + 3.0 for e, v in x.items()}, None, p, background=[3.0, 3.0],
+                device="cpu")
+    f.run(5)
+    for e, v in f.maps().items():
+        np.testing.assert_allclose(v, x[e], rtol=1e-4)
+    np.testing.assert_allclose(f.haadf_model(), haadf, rtol=1e-4)
+
+
 def test_haadf_units_do_not_matter(cubes) -> None:
     haadf, noisy, _, Z, bg = cubes
     a = fuse_2d(haadf, noisy, Z, iterations=20, background=bg, device="cpu")
@@ -154,6 +168,7 @@ def test_tv_prox_lowers_its_objective() -> None:
     ({"lambda_tv": -1.0}, "lambda_tv"),
     ({"eps": 0.0}, "eps"),
     ({"tv_iterations": -1}, "tv_iterations"),
+    ({"amount_exponent": 0.5}, "amount_exponent"),
 ])
 def test_params_validation(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):

@@ -110,15 +110,15 @@ def test_solver_not_ready_before_data(sim24) -> None:
     assert empty.iteration == haadf_only.iteration == chem_only.iteration == 0
 
 
-@pytest.mark.xfail(strict=True, raises=GeometryError,
-                   reason="with lambda_haadf = 0 `ready` is True without HAADF tilts, but "
-                   "initialize() builds the HAADF SIRT weights of an empty projector; "
-                   "reported to the lead (baselines.chemical_tv works around it)")
 def test_chemical_only_solver_runs_without_haadf(sim24) -> None:
+    """lambda_haadf = 0 makes the solver the chemical-only reconstruction: it is ready and
+    runs without any HAADF tilt."""
     solver = _solver(sim24.series, FusionParams(lambda_haadf=0.0), haadf=False)
     assert solver.ready
     solver.run(2)
     assert solver.iteration == 2
+    assert solver.history.haadf == [0.0, 0.0]
+    assert all(v.min() >= 0 for v in solver.volumes().values())
 
 
 # -- bad data leaves the state unchanged -----------------------------------------------------------
@@ -237,20 +237,20 @@ def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
 # -- costs -----------------------------------------------------------------------------------------
 def test_haadf_cost_decreases_on_noise_free_haadf() -> None:
     """Noise-free HAADF, default chemistry (SNR 2.5): the HAADF term falls at each of the
-    first iterations from the conventional initialisation (measured 1, 0.75, 0.64, 0.59,
-    0.57 of the first value at 24^3)."""
+    first iterations from the conventional initialisation (measured 1, 0.42, 0.25, 0.18,
+    0.13 of the first value at 24^3)."""
     sim = simulate("nanocubes", N, acq=AcquisitionParams(haadf_snr=1e9), seed=0)
     solver = _solver(sim.series)
     solver.run(5)
     h = np.asarray(solver.history.haadf)
     assert np.all(np.diff(h) < 0), h / h[0]
-    assert h[-1] < 0.8 * h[0]
+    assert h[-1] < 0.4 * h[0]
     assert np.all(np.isfinite(solver.history.chem)) and np.all(np.isfinite(solver.history.tv))
 
 
 def test_haadf_only_step_is_a_descent_on_noise_free_data() -> None:
     """With the chemical and TV steps off, the HAADF update alone lowers Psi1 monotonically
-    even when chemistry and HAADF are both noise-free."""
+    when chemistry and HAADF are both noise-free."""
     acq = AcquisitionParams(haadf_snr=1e9, chem_snr=1e3, oversample=1)
     sim = simulate("nanocubes", N, acq=acq, seed=0)
     solver = _solver(sim.series, FusionParams(lambda_chem=0.0, lambda_tv=0.0))
@@ -259,24 +259,28 @@ def test_haadf_only_step_is_a_descent_on_noise_free_data() -> None:
     assert np.all(np.diff(h) < 0), h / h[0]
 
 
-@pytest.mark.xfail(strict=True, reason="with noise-free, consistent HAADF and chemistry (no "
-                   "oversampling) the fused step raises the HAADF term after ~2 iterations "
-                   "(2.3x its first value after 10); reported to the lead")
 def test_haadf_cost_keeps_falling_when_all_data_are_noise_free() -> None:
+    """Noise-free, consistent HAADF and chemistry (no oversampling): the fused iteration
+    (both data steps and TV) keeps lowering the HAADF term for 10 iterations (measured
+    1, 0.37, 0.22, ..., 0.03 of the first value at 24^3). An earlier solver raised it after
+    two iterations."""
     acq = AcquisitionParams(haadf_snr=1e9, chem_snr=1e3, oversample=1)
     sim = simulate("nanocubes", N, acq=acq, seed=0)
     solver = _solver(sim.series)
     solver.run(10)
     h = np.asarray(solver.history.haadf)
     assert np.all(np.diff(h) < 0), h / h[0]
+    assert h[-1] < 0.2 * h[0]
 
 
 # -- known answer ----------------------------------------------------------------------------------
 def test_fused_beats_conventional_mlem_on_nanocubes_32() -> None:
     """Nanocubes, seed 0, 32^3, default acquisition (+-70 deg, HAADF every 3 deg, chemistry
-    every 15 deg, chemical SNR 2.5) and default FusionParams, 30 iterations each.
-    Measured with the current defaults: fused <NRMSE> 0.44, conventional ML-EM 0.67 (30
-    iterations; its best over iterations is 0.46 at 8). Asserted with a safety margin."""
+    every 15 deg, chemical SNR 2.5, simulated on a 2x finer grid) and default FusionParams,
+    30 fused iterations. Measured with the current defaults: fused <NRMSE> 0.32; conventional
+    ML-EM 0.67 after 30 iterations and 0.46 at its best (8 iterations, an oracle stop).
+    Asserted with safety margins: fused below 0.42, below 0.6 x ML-EM at 30 iterations and
+    0.05 below ML-EM's best stop."""
     n = 32
     sim = simulate("nanocubes", n, seed=0)
     s = sim.series
@@ -284,11 +288,14 @@ def test_fused_beats_conventional_mlem_on_nanocubes_32() -> None:
     solver.run(30)
     fused = _mean_nrmse(sim.truth, solver.volumes())
     maps = np.stack([s.chem[e] for e in s.elements])
-    conv_vols = chemical_mlem(s.common_chem_angles, maps, 30,
-                              background=[s.background[e] for e in s.elements], device="cpu")
-    conv = _mean_nrmse(sim.truth, dict(zip(s.elements, conv_vols, strict=True)))
-    assert fused < 0.55
-    assert fused < conv - 0.1, (fused, conv)
+    bg = [s.background[e] for e in s.elements]
+    conv = {}
+    for k in (5, 8, 12, 30):
+        vols = chemical_mlem(s.common_chem_angles, maps, k, background=bg, device="cpu")
+        conv[k] = _mean_nrmse(sim.truth, dict(zip(s.elements, vols, strict=True)))
+    assert fused < 0.42, fused
+    assert fused < 0.6 * conv[30], (fused, conv)
+    assert fused < min(conv.values()) - 0.05, (fused, conv)
     vols = solver.volumes()
     assert all(v.dtype == np.float32 and v.shape == (n, n, n) and v.min() >= 0
                for v in vols.values())

@@ -39,7 +39,8 @@ def _flip3(a: np.ndarray) -> np.ndarray:
 
 
 # -- gradient, divergence, value --------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(6, 7, 8), (2, 6, 7, 8), (2, 3, 4, 5, 3)])
+@pytest.mark.parametrize("shape", [(6, 7, 8), (2, 6, 7, 8), (2, 3, 4, 5, 3), (1, 6, 7),
+                                   (2, 1, 5, 6), (6, 1, 1)])
 def test_divergence_is_minus_adjoint_of_gradient(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
