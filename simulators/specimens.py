@@ -53,7 +53,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _place(rng, radius: float, taken: list[tuple[np.ndarray, float]], r_cyl: float = 0.42):
-    for _ in range(2000):
+    for _ in range(500):
         c = np.array([rng.uniform(-0.38 + radius, 0.38 - radius),
                       rng.uniform(-r_cyl, r_cyl), rng.uniform(-r_cyl, r_cyl)])
         if np.hypot(c[1], c[2]) + radius > r_cyl:
@@ -64,14 +64,41 @@ def _place(rng, radius: float, taken: list[tuple[np.ndarray, float]], r_cyl: flo
     raise SpecimenError("could not place particles without overlap; try another seed")
 
 
+def _fit(rng: np.random.Generator, draw, what: str) -> list:
+    """Call draw(rng, shrink, taken) until its particles fit; after a failure, draw again
+    with all sizes at 90%."""
+    shrink = 1.0
+    for _ in range(8):
+        try:
+            return draw(rng, shrink, [])
+        except SpecimenError:
+            shrink *= 0.9
+    raise SpecimenError(f"could not place the {what} without overlap")
+
+
+def _draw_cubes(rng: np.random.Generator, shrink: float, taken: list) -> list:
+    cubes = []
+    for kind in ("Co", "Cu", "Co", "Cu"):
+        a = rng.uniform(0.17, 0.23) * shrink
+        cubes.append((kind, _place(rng, a * np.sqrt(3) / 2, taken), a, _random_rotation(rng)))
+    return cubes
+
+
+def _draw_core_shell(rng: np.random.Generator, shrink: float, taken: list) -> list:
+    particles = []
+    for radius in (rng.uniform(0.24, 0.28) * shrink, rng.uniform(0.1, 0.13) * shrink):
+        c = _place(rng, radius, taken)
+        core_r = radius * rng.uniform(0.5, 0.65)
+        off = rng.standard_normal(3)
+        off *= (radius - core_r) * 0.4 / np.linalg.norm(off)
+        particles.append((c, radius, c + off, core_r))
+    return particles
+
+
 def nanocubes(size: int, seed: int = 0) -> Specimen:
     """Au-decorated CoO and CuO nanocubes (the 3D paper's synthetic case): Co, Cu, O, Au."""
     rng = np.random.default_rng(seed)
-    cubes = []
-    taken: list[tuple[np.ndarray, float]] = []
-    for kind in ("Co", "Cu", "Co", "Cu"):
-        a = rng.uniform(0.17, 0.23)
-        cubes.append((kind, _place(rng, a * np.sqrt(3) / 2, taken), a, _random_rotation(rng)))
+    cubes = _fit(rng, _draw_cubes, "nanocubes")
     spheres = []
     for _kind, c, a, rot in cubes:
         for _ in range(int(rng.integers(2, 4))):
@@ -100,14 +127,7 @@ def nanocubes(size: int, seed: int = 0) -> Specimen:
 def core_shell(size: int, seed: int = 0) -> Specimen:
     """Core-shell nanoparticles: CoS core inside a CoO shell (Co, S, O)."""
     rng = np.random.default_rng(seed)
-    taken: list[tuple[np.ndarray, float]] = []
-    particles = []
-    for radius in (rng.uniform(0.24, 0.28), rng.uniform(0.1, 0.13)):
-        c = _place(rng, radius, taken)
-        core_r = radius * rng.uniform(0.5, 0.65)
-        off = rng.standard_normal(3)
-        off *= (radius - core_r) * 0.4 / np.linalg.norm(off)
-        particles.append((c, radius, c + off, core_r))
+    particles = _fit(rng, _draw_core_shell, "core-shell particles")
     s, u, v = _grid(size)
     vol = {e: np.zeros((size, size, size), np.float32) for e in ("Co", "S", "O")}
     for c, r, cc, cr in particles:
@@ -171,7 +191,11 @@ def load_specimen(path: str | Path) -> Specimen:
         if "specimen" not in f or not isinstance(f["specimen"], h5py.Group):
             raise SpecimenError(f"{path}: no /specimen group")
         els, zs, vols = [], [], []
-        for e in f["specimen"]:
+        group = f["specimen"]
+        order = [str(e) for e in group.attrs.get("elements", [])]
+        names = order if sorted(order) == sorted(group) else sorted(group)
+        title = str(group.attrs.get("name", path.stem))
+        for e in names:
             ds = f["specimen"][e]
             name = f"{path}:/specimen/{e}"
             try:
@@ -194,7 +218,7 @@ def load_specimen(path: str | Path) -> Specimen:
     if len({v.shape for v in vols}) != 1:
         raise SpecimenError(f"{path}: element volumes differ in shape "
                             f"{[v.shape for v in vols]}")
-    return Specimen(path.stem, els, zs, np.stack(vols))
+    return Specimen(title, els, zs, np.stack(vols))
 
 
 def save_specimen(spec: Specimen, path: str | Path) -> None:
@@ -204,3 +228,4 @@ def save_specimen(spec: Specimen, path: str | Path) -> None:
             ds = g.create_dataset(e, data=spec.volumes[i], compression="gzip")
             ds.attrs["Z"] = int(spec.Z[i])
         g.attrs["name"] = spec.name
+        g.attrs["elements"] = list(spec.elements)

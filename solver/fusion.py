@@ -85,6 +85,13 @@ class FusionParams:
             raise ValueError(f"chem_model must be 'poisson' or 'lsq', got {self.chem_model!r}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.tv_backend not in ("slices", "sigpy"):
+            raise ValueError(f"tv_backend must be 'slices' or 'sigpy', got {self.tv_backend!r}")
+        if not 0.0 <= self.lambda_chem_dark <= 1.0:
+            raise ValueError(f"lambda_chem_dark is a step fraction in [0, 1], "
+                             f"got {self.lambda_chem_dark}")
+        if self.split_bias < 0:
+            raise ValueError(f"split_bias must be >= 0, got {self.split_bias}")
         if self.tv_iterations < 0 or self.init_iterations < 0:
             raise ValueError("iteration counts must be >= 0")
 

@@ -70,8 +70,6 @@ def test_fusion_params_defaults_are_valid_and_frozen() -> None:
         p.gamma = 2.0  # type: ignore[misc]
 
 
-@pytest.mark.xfail(strict=True, reason="FusionParams does not validate tv_backend; a bad "
-                   "name fails only inside the first step; reported to the lead")
 def test_fusion_params_rejects_unknown_tv_backend() -> None:
     with pytest.raises(ValueError, match=r"tv_backend|back end"):
         FusionParams(tv_backend="fft")  # type: ignore[arg-type]
