@@ -1,0 +1,170 @@
+"""ZeroMQ sockets of the live loop, one class per role.
+
+Patterns (docs/protocol.md says why):
+- data and commands: the instrument binds a ROUTER, the controller connects a DEALER with a
+  fixed identity. Tilts flow up, acknowledgements and commands flow down, asynchronously,
+  over one connection that ZeroMQ re-establishes by itself when either side restarts. The
+  controller acknowledges a tilt only once it is recorded; the instrument keeps every
+  unacknowledged message and resends it when the controller says `hello` (at-least-once),
+  and the controller drops what it already recorded (so each tilt is recorded once).
+- status: the controller binds a PUB, viewers connect SUBs. Publishing never waits for a
+  slow viewer (a full high-water mark drops status messages, never data).
+Everything binds to 127.0.0.1 unless told otherwise. CURVE encryption with client
+authentication is available for a microscope PC on another host (`CurveKeys`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+
+from fusetomo.adapters.protocol import Message, ProtocolError, decode, encode
+
+DEFAULT_BIND = "tcp://127.0.0.1:0"
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Key files made by `zmq.auth.create_certificates`. The server needs its secret key
+    and the folder of authorised client public keys; a client its own secret key and the
+    server's public key."""
+
+    secret_file: Path
+    server_public_file: Path | None = None  # client side
+    authorized_clients_dir: Path | None = None  # server side
+
+
+def _apply_server_curve(sock: zmq.Socket, ctx: zmq.Context, keys: CurveKeys):
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    if keys.authorized_clients_dir is None:
+        raise ValueError("a CURVE server needs the folder of authorised client public keys")
+    auth.configure_curve(domain="*", location=str(keys.authorized_clients_dir))
+    pub, sec = zmq.auth.load_certificate(str(keys.secret_file))
+    if sec is None:
+        raise ValueError(f"{keys.secret_file}: not a secret key file")
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_server = sec, pub, True
+    return auth
+
+
+def _apply_client_curve(sock: zmq.Socket, keys: CurveKeys) -> None:
+    pub, sec = zmq.auth.load_certificate(str(keys.secret_file))
+    if sec is None or keys.server_public_file is None:
+        raise ValueError("a CURVE client needs its secret key file and the server's public key")
+    server_pub, _ = zmq.auth.load_certificate(str(keys.server_public_file))
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = sec, pub, server_pub
+
+
+class _Endpoint:
+    def __init__(self, sock_type: int, ctx: zmq.Context | None) -> None:
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(sock_type)
+        self.sock.linger = 0
+        self._auth = None
+
+    @property
+    def endpoint(self) -> str:
+        """The address actually bound or connected (with the real port after :0)."""
+        return self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class InstrumentServer(_Endpoint):
+    """Instrument side: ROUTER bound at `bind`; talks to any number of controllers."""
+
+    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> None:
+        super().__init__(zmq.ROUTER, ctx)
+        self.sock.router_mandatory = False
+        if curve is not None:
+            self._auth = _apply_server_curve(self.sock, self.ctx, curve)
+        self.sock.bind(bind)
+
+    def send(self, peer: bytes, msg: Message) -> None:
+        self.sock.send_multipart([peer, *encode(msg)], copy=False)
+
+    def recv(self, timeout_ms: int) -> tuple[bytes, Message] | None:
+        """Next message from a controller, None on time-out. A malformed message raises
+        ProtocolError with `.peer` set so that the caller can reply."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        peer, *frames = self.sock.recv_multipart(copy=True)
+        try:
+            return peer, decode(frames)
+        except ProtocolError as e:
+            e.peer = peer  # type: ignore[attr-defined]
+            raise
+
+
+class ControllerClient(_Endpoint):
+    """Controller side: DEALER connected to the instrument with a stable identity, so the
+    instrument recognises the controller after a reconnect."""
+
+    def __init__(self, connect: str, *, identity: bytes = b"fusetomo-controller",
+                 ctx: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
+        super().__init__(zmq.DEALER, ctx)
+        self.sock.identity = identity
+        self.sock.reconnect_ivl = 100
+        self.sock.reconnect_ivl_max = 2000
+        if curve is not None:
+            _apply_client_curve(self.sock, curve)
+        self.address = connect
+        self.sock.connect(connect)
+
+    def send(self, msg: Message) -> None:
+        self.sock.send_multipart(encode(msg), copy=False)
+
+    def recv_frames(self, timeout_ms: int) -> list[bytes] | None:
+        """Raw frames (the controller decodes them itself to reply to bad ones)."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        return self.sock.recv_multipart(copy=True)
+
+
+class StatusPublisher(_Endpoint):
+    """Controller side: PUB bound at `bind`; topic frame, then a protocol message."""
+
+    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None,
+                 hwm: int = 100) -> None:
+        super().__init__(zmq.PUB, ctx)
+        self.sock.sndhwm = hwm
+        self.sock.bind(bind)
+
+    def publish(self, topic: str, msg: Message) -> None:
+        # A slow subscriber never holds up the controller: its messages are dropped.
+        with contextlib.suppress(zmq.Again):
+            self.sock.send_multipart([topic.encode(), *encode(msg)], flags=zmq.NOBLOCK,
+                                     copy=False)
+
+
+class StatusSubscriber(_Endpoint):
+    """Viewer side: SUB connected to a controller's status address."""
+
+    def __init__(self, connect: str, topics: tuple[str, ...] = ("",), *,
+                 ctx: zmq.Context | None = None) -> None:
+        super().__init__(zmq.SUB, ctx)
+        for t in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self.sock.connect(connect)
+
+    def recv(self, timeout_ms: int) -> tuple[str, Message] | None:
+        if not self.sock.poll(timeout_ms):
+            return None
+        topic, *frames = self.sock.recv_multipart(copy=True)
+        return topic.decode(errors="replace"), decode(frames)
