@@ -8,6 +8,7 @@ ends with `fusetomo: error: <message>` on stderr and exit status 2, without a tr
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -232,7 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    # Live-loop commands live beside the modules they drive; each such module offers
+    # register(subparsers) and may be absent while it is being built.
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
     return parser
+
+
+_COMMAND_MODULES = ("fusetomo.controller.cli_instrument", "fusetomo.controller.cli_live")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
