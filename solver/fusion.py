@@ -53,6 +53,23 @@ class SolverNotReadyError(RuntimeError):
     """The solver needs at least one HAADF and one chemical tilt before it can iterate."""
 
 
+def check_fusion_weights(p: Any) -> None:
+    """Validate the fields that the 3D and 2D fusion parameters share (ValueError naming
+    the field and value): gamma, the two step fractions, the TV weight and eps."""
+    if not 1.0 <= p.gamma <= 2.5:
+        raise ValueError(f"gamma must lie in [1, 2.5], got {p.gamma}")
+    for name in ("lambda_haadf", "lambda_chem"):
+        v = getattr(p, name)
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} is a step fraction in [0, 1], got {v}")
+    if p.lambda_tv < 0:
+        raise ValueError(f"lambda_tv must be >= 0, got {p.lambda_tv}")
+    if p.eps <= 0:
+        raise ValueError(f"eps must be > 0, got {p.eps}")
+    if p.tv_iterations < 0:
+        raise ValueError(f"tv_iterations must be >= 0, got {p.tv_iterations}")
+
+
 @dataclass(frozen=True)
 class FusionParams:
     """Parameters of the fused reconstruction; the defaults need no per-dataset tuning."""
@@ -73,18 +90,9 @@ class FusionParams:
     lambda_chem_dark: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 1.0 <= self.gamma <= 2.5:
-            raise ValueError(f"gamma must lie in [1, 2.5], got {self.gamma}")
-        for name in ("lambda_haadf", "lambda_chem"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} is a step fraction in [0, 1], got {v}")
-        if self.lambda_tv < 0:
-            raise ValueError(f"lambda_tv must be >= 0, got {self.lambda_tv}")
+        check_fusion_weights(self)
         if self.chem_model not in ("poisson", "lsq"):
             raise ValueError(f"chem_model must be 'poisson' or 'lsq', got {self.chem_model!r}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.tv_backend not in ("slices", "sigpy"):
             raise ValueError(f"tv_backend must be 'slices' or 'sigpy', got {self.tv_backend!r}")
         if not 0.0 <= self.lambda_chem_dark <= 1.0:

@@ -38,6 +38,7 @@ import sigpy as sp
 
 from fusetomo.adapters.elements import atomic_number
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
+from fusetomo.solver.fusion import check_fusion_weights
 
 __all__ = ["Cost2DHistory", "Fused2D", "Fusion2DParams", "fuse_2d", "tv_value_2d"]
 
@@ -67,18 +68,7 @@ class Fusion2DParams:
     amount_exponent: float | None = None
 
     def __post_init__(self) -> None:
-        if not 1.0 <= self.gamma <= 2.5:
-            raise ValueError(f"gamma must lie in [1, 2.5], got {self.gamma}")
-        for name in ("lambda_haadf", "lambda_chem"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} is a step fraction in [0, 1], got {v}")
-        if self.lambda_tv < 0:
-            raise ValueError(f"lambda_tv must be >= 0, got {self.lambda_tv}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.tv_iterations < 0:
-            raise ValueError(f"tv_iterations must be >= 0, got {self.tv_iterations}")
+        check_fusion_weights(self)
         if self.amount_exponent is not None and not 1.0 <= self.amount_exponent <= 2.5:
             raise ValueError(f"amount_exponent must lie in [1, 2.5] or be None, "
                              f"got {self.amount_exponent}")
