@@ -83,7 +83,7 @@ class FusionParams:
     tv_iterations: int = 5
     init_iterations: int = 8
     haadf_inner_iterations: int = 5
-    tv_backend: Backend = "sigpy"
+    tv_backend: Backend = "slices"
     refit_scale: bool = True
     split_bias: float = 0.85
     momentum: bool = True
@@ -100,6 +100,11 @@ class FusionParams:
                              f"got {self.lambda_chem_dark}")
         if self.split_bias < 0:
             raise ValueError(f"split_bias must be >= 0, got {self.split_bias}")
+        if not isinstance(self.momentum, bool):
+            raise ValueError(f"momentum must be True or False, got {self.momentum!r}")
+        if self.haadf_inner_iterations < 1:
+            raise ValueError(f"haadf_inner_iterations must be >= 1, got "
+                             f"{self.haadf_inner_iterations}")
         if self.tv_iterations < 0 or self.init_iterations < 0:
             raise ValueError("iteration counts must be >= 0")
 
@@ -322,7 +327,7 @@ class FusedSolver:
         # A few SIRT iterations on the summed signal alone (one volume, cheap), then
         # the change they ask for is split among the elements.
         target = c * s
-        for k in range(max(p.haadf_inner_iterations, 1)):
+        for k in range(p.haadf_inner_iterations):
             r_k = resid if k == 0 else b - self.haadf_proj.forward(target)
             target = xp.maximum(target + hc_inv * self.haadf_proj.adjoint(r_k * hr_inv), 0)
         # Split the change of the summed signal among the elements in proportion to

@@ -4,12 +4,15 @@ The proximal step solves, per volume, min_x 1/2 ||x - b||^2 + w TV(x) subject to
 the fast gradient projection method on the dual. Volumes are [..., S, U, V]; leading axes
 (elements) are independent and may have their own weights.
 
-Two finite-difference back ends are offered and measured in bench/speed.py:
-- "slices" (default): forward differences with a Neumann boundary written as array slices,
-  which run unchanged on NumPy and CuPy. Hand-written because it avoids the copies of a roll
-  and keeps the standard boundary of FGP;
-- "sigpy": sigpy.linop.FiniteDifference and its adjoint (circular boundary).
-The bench keeps the faster one as the default and records both timings.
+Two finite-difference back ends, both measured by bench/speed.py:
+- "slices" (the default): forward differences with a Neumann (zero-gradient) boundary, the
+  standard boundary of FGP, written as in-place array-slice updates into work arrays that are
+  allocated once, so the same code runs on NumPy and CuPy without temporaries. Hand-written
+  because the prox is the solver's most expensive CPU step: at 128^3 x 4 elements, 5 FGP
+  iterations take 0.8-1.4 s here against 1.9-2.1 s for sigpy's operators (2 shared cores);
+- "sigpy": sigpy.linop.FiniteDifference and its adjoint, which use backward differences with a
+  circular boundary. The two results are mirror images of each other, so they differ by a few
+  per cent inside the volume, not only at its border.
 """
 
 from __future__ import annotations
@@ -26,35 +29,41 @@ Backend = Literal["slices", "sigpy"]
 _LIPSCHITZ_3D = 12.0
 
 
-def gradient(x: Any) -> Any:
-    """Forward differences along the last three axes: [3, ...]; zero at the far boundary."""
+def _along(ndim: int, axis: int, sl: slice) -> tuple:
+    idx = [slice(None)] * ndim
+    idx[axis] = sl
+    return tuple(idx)
+
+
+def gradient(x: Any, out: Any = None) -> Any:
+    """Forward differences along the last three axes: [3, ...]; zero at the far boundary.
+    `out`, if given, must be zero on those boundaries (it is reused across iterations)."""
     xp = array_module(x)
-    g = xp.zeros((3, *x.shape), dtype=x.dtype)
-    g[0, ..., :-1, :, :] = x[..., 1:, :, :] - x[..., :-1, :, :]
-    g[1, ..., :, :-1, :] = x[..., :, 1:, :] - x[..., :, :-1, :]
-    g[2, ..., :, :, :-1] = x[..., :, :, 1:] - x[..., :, :, :-1]
+    g = xp.zeros((3, *x.shape), dtype=x.dtype) if out is None else out
+    nd = x.ndim
+    for k in range(3):
+        ax = nd - 3 + k
+        if x.shape[ax] > 1:
+            xp.subtract(x[_along(nd, ax, slice(1, None))], x[_along(nd, ax, slice(0, -1))],
+                        out=g[k][_along(nd, ax, slice(0, -1))])
     return g
 
 
-def divergence(p: Any) -> Any:
-    """The negative adjoint of `gradient`: <gradient(x), p> = -<x, divergence(p)>."""
+def divergence(p: Any, out: Any = None) -> Any:
+    """The negative adjoint of `gradient`: <gradient(x), p> = -<x, divergence(p)>.
+    (The adjoint ignores p's last entry along each axis, where the gradient is zero.)"""
     xp = array_module(p)
-    d = xp.zeros(p.shape[1:], dtype=p.dtype)
-    for axis in range(3):
-        q = p[axis]
-        ax = q.ndim - 3 + axis
-        if q.shape[ax] < 2:
+    d = xp.zeros(p.shape[1:], dtype=p.dtype) if out is None else out
+    if out is not None:
+        d.fill(0)
+    nd = d.ndim
+    for k in range(3):
+        ax = nd - 3 + k
+        if d.shape[ax] < 2:
             continue  # no differences along a length-1 axis (2D images as [1, U, V])
-        sl = [slice(None)] * q.ndim
-
-        def at(s: slice, sl: list = sl, ax: int = ax) -> tuple:
-            sl2 = list(sl)
-            sl2[ax] = s
-            return tuple(sl2)
-
-        d[at(slice(0, 1))] += q[at(slice(0, 1))]
-        d[at(slice(1, -1))] += q[at(slice(1, -1))] - q[at(slice(0, -2))]
-        d[at(slice(-1, None))] -= q[at(slice(-2, -1))]
+        q = p[k][_along(nd, ax, slice(0, -1))]
+        d[_along(nd, ax, slice(0, -1))] += q
+        d[_along(nd, ax, slice(1, None))] -= q
     return d
 
 
@@ -88,13 +97,13 @@ def prox_tv(
     w = xp.asarray(weight, dtype=b.dtype).reshape(*xp.shape(weight), *([1] * 3))
     if xp.all(w <= 0) or iterations <= 0:
         return xp.maximum(b, 0) if nonnegative else b.copy()
-    if backend == "slices":
-        grad, div = gradient, divergence
-    elif backend == "sigpy":
-        grad, div = _sigpy_ops(tuple(b.shape))
-    else:
+    if backend not in ("slices", "sigpy"):
         raise ValueError(f"TV back end must be 'slices' or 'sigpy', got {backend!r}")
     safe_w = xp.where(w > 0, w, 1)
+    step = (1.0 / (_LIPSCHITZ_3D * safe_w)).astype(b.dtype)
+    if backend == "slices":
+        return _fgp_buffered(b, w, step, iterations, nonnegative)
+    grad, div = _sigpy_ops(tuple(b.shape))
     p = xp.zeros((3, *b.shape), dtype=b.dtype)
     r = p.copy()
     t = 1.0
@@ -105,10 +114,52 @@ def prox_tv(
 
     for _ in range(iterations):
         x = primal(r)
-        p_new = r + grad(x) / (_LIPSCHITZ_3D * safe_w)
+        p_new = r + grad(x) * step
         norm = xp.maximum(xp.sqrt(xp.sum(p_new * p_new, axis=0)), 1)
         p_new /= norm
         t_new = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
         r = p_new + ((t - 1.0) / t_new) * (p_new - p)
         p, t = p_new, t_new
     return primal(p)
+
+
+def _fgp_buffered(b: Any, w: Any, step: Any, iterations: int, nonnegative: bool) -> Any:
+    """FGP with every work array allocated once (the 'slices' back end): the same updates
+    as the generic loop, written with in-place ufuncs because the prox is the solver's
+    most expensive step on the CPU."""
+    xp = array_module(b)
+    p = xp.zeros((3, *b.shape), dtype=b.dtype)
+    p_new = xp.zeros_like(p)
+    r = xp.zeros_like(p)
+    g = xp.zeros_like(p)  # gradient buffer: its far boundaries stay zero
+    x = xp.empty_like(b)
+    d = xp.empty_like(b)
+    norm = xp.empty_like(b)
+    tmp = xp.empty_like(b)
+    t = 1.0
+
+    def primal(q: Any) -> Any:
+        divergence(q, out=d)
+        xp.multiply(d, w, out=x)
+        xp.add(x, b, out=x)
+        if nonnegative:
+            xp.maximum(x, 0, out=x)
+        return x
+
+    for _ in range(iterations):
+        gradient(primal(r), out=g)
+        xp.multiply(g, step, out=p_new)
+        p_new += r
+        xp.multiply(p_new[0], p_new[0], out=norm)
+        for k in (1, 2):
+            xp.multiply(p_new[k], p_new[k], out=tmp)
+            norm += tmp
+        xp.sqrt(norm, out=norm)
+        xp.maximum(norm, 1, out=norm)
+        p_new /= norm
+        t_new = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        xp.subtract(p_new, p, out=r)
+        r *= (t - 1.0) / t_new
+        r += p_new
+        p, p_new, t = p_new, p, t_new
+    return primal(p).copy()

@@ -56,6 +56,8 @@ def _mean_nrmse(truth: dict[str, np.ndarray], vols: dict[str, np.ndarray]) -> fl
     ({"eps": -1.0}, "eps"),
     ({"tv_iterations": -1}, "iteration"),
     ({"init_iterations": -5}, "iteration"),
+    ({"lambda_chem_dark": 1.5}, "lambda_chem_dark"),
+    ({"split_bias": -1.0}, "split_bias"),
 ])
 def test_fusion_params_validation(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):

@@ -1,0 +1,705 @@
+"""The live controller: receive tilts, record them, then acknowledge, and keep the fused
+reconstruction up to date while the series is acquired.
+
+One loop in one thread, in this order for every message from the instrument:
+    decode (protocol.py) -> check against the series' state -> record in the run file
+    (flushed) -> ACK -> add to the solver -> k iterations (warm start) -> publish
+Between iterations the data socket is polled, so a tilt waits at most one iteration before
+it is recorded and acknowledged; while no tilt is owed iterations the solver keeps
+iterating (up to `max_idle_iterations` per tilt) and the controller says `hello` whenever
+nothing arrived for `heartbeat_s`, or the connection has just been (re)made, so that the
+instrument resends what it has not had acknowledged. Duplicates (by sequence number) are
+acknowledged as such and change nothing; every other problem gets an ERROR reply with a
+specific code (`ERROR_CODES` plus protocol.py's) and a log line, and changes nothing.
+
+Every iteration's costs and the tilt counts it saw are recorded, so that the solver's state
+can be rebuilt exactly (`rebuild_solver`) by replaying the recorded schedule: this is how
+`--resume` continues after a crash, and how tests check the live result offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from fusetomo.adapters import protocol as P
+from fusetomo.adapters.protocol import Message, ProtocolError, decode, encode, make
+from fusetomo.adapters.transport import ControllerClient, CurveKeys, StatusPublisher
+from fusetomo.controller.runfile import RunFile, RunFileError
+from fusetomo.solver.backend import resolve_device, to_numpy
+from fusetomo.solver.fusion import FusedSolver, FusionParams
+
+log = logging.getLogger("fusetomo.live")
+
+# Codes of the state-dependent checks made here (protocol.py's `decode` has the others).
+ERROR_CODES: dict[str, str] = {
+    "no_series": "data or series_end before any series_start",
+    "wrong_series": "series id differs from the series being recorded",
+    "series_in_progress": "series_start for another series while one is being recorded",
+    "series_complete": "data after the series end was recorded",
+    "out_of_order": "sequence number is not the next one (a gap, or below the series start)",
+    "duplicate_tilt": "a tilt angle already recorded for that modality, under a new seq",
+    "shape_mismatch": "image shape differs from the series' [n_slices, n_det]",
+    "element_mismatch": "chemical tilt's elements differ from the series' elements",
+    "count_mismatch": "series_end's tilt counts differ from the recorded ones",
+    "bad_series": "series_start whose Z, gamma or background do not fit its elements",
+    "unexpected_type": "a message type the instrument does not send",
+    "record_failed": "the run file refused or failed to record the message",
+}
+HEALTHY, INTERRUPTED = 0, 1
+ANGLE_TOL = 1e-6  # degrees: angles closer than this are the same tilt
+HEADER_BUDGET = 48 * 1024  # bytes of orthoslice values in one published header
+
+
+class LiveError(RuntimeError):
+    """The series cannot be completed (no instrument, run file unusable, ...)."""
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    """How the controller iterates, records and publishes."""
+
+    iterations_per_tilt: int = 3  # k: warm-start iterations after each tilt
+    idle_iterations: bool = True  # keep iterating while waiting for tilts
+    max_idle_iterations: int = 50  # at most this many idle iterations after each tilt
+    final_iterations: int = 20  # after the series end
+    interleave: bool = True  # False: run each tilt's k iterations before reading on
+    snapshot_chem: bool = True  # record a snapshot once a chemical tilt's k are done
+    snapshot_every: int = 0  # also every n iterations (0: never)
+    publish_every: int = 1  # status every n iterations
+    slices_every: int = 5  # orthoslices every n iterations (and after each tilt's k)
+    slice_size: int = 32  # orthoslices are block-averaged down to at most this side
+    device: str = "auto"
+    fusion: FusionParams = field(default_factory=FusionParams)
+    heartbeat_s: float = 1.0  # hello after this long without a message
+    timeout_s: float | None = None  # give up after this long without a message
+    poll_ms: int = 50  # socket wait while there is nothing to compute
+    max_logged_rejections: int = 1000  # rejections recorded in the run file per session
+
+    def __post_init__(self) -> None:
+        for name in ("iterations_per_tilt", "max_idle_iterations", "final_iterations",
+                     "snapshot_every", "max_logged_rejections"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("publish_every", "slices_every", "slice_size", "poll_ms"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not (math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0):
+            raise ValueError(f"heartbeat_s must be > 0, got {self.heartbeat_s!r}")
+        if self.timeout_s is not None and not (math.isfinite(self.timeout_s)
+                                               and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0 (or None), got {self.timeout_s!r}")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")
+
+
+@dataclass
+class _Pending:
+    """A tilt whose k iterations are not done yet (for latency and snapshots)."""
+
+    seq: int
+    t_arrival: float
+    target_iteration: int
+    chem: bool
+
+
+def _angle_key(angle: float) -> int:
+    return round(float(angle) / ANGLE_TOL)
+
+
+# -- solver from a series header, and its exact rebuild from a run file ----------------------
+def solver_for(header: dict[str, Any], params: LiveParams) -> FusedSolver:
+    """A FusedSolver for the series announced by `header` (a series_start header)."""
+    import dataclasses
+
+    ns, nd = (int(s) for s in header["shape"])
+    els = list(header["elements"])
+    fusion = params.fusion
+    if header.get("gamma") is not None:
+        fusion = dataclasses.replace(fusion, gamma=float(header["gamma"]))
+    bg = header.get("background")
+    return FusedSolver(nd, ns, els, [float(header["Z"][e]) for e in els], fusion,
+                       device=resolve_device(params.device),
+                       background=None if bg is None else [float(bg[e]) for e in els])
+
+
+def check_series_start(header: dict[str, Any]) -> None:
+    """What decode leaves to the receiver: Z per element, optional gamma and background."""
+    els, Z = header["elements"], header["Z"]
+    if sorted(Z) != sorted(els):
+        raise ProtocolError("bad_series", f"series_start: Z is given for {sorted(Z)}, the "
+                            f"elements are {els}", seq=header.get("seq"))
+    for e in els:
+        z = Z[e]
+        if isinstance(z, bool) or not isinstance(z, int | float) or not 0 < z <= 118:
+            raise ProtocolError("bad_series", f"series_start: Z of {e} must be a number in "
+                                f"(0, 118], got {z!r}", seq=header.get("seq"))
+    g = header.get("gamma")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int | float)
+                          or not 1.0 <= g <= 2.5):
+        raise ProtocolError("bad_series", f"series_start: gamma must lie in [1, 2.5], got "
+                            f"{g!r}", seq=header.get("seq"))
+    bg = header.get("background")
+    if bg is not None:
+        if not isinstance(bg, dict) or sorted(bg) != sorted(els):
+            raise ProtocolError("bad_series", "series_start: background must map each "
+                                f"element to counts per pixel, got {bg!r}",
+                                seq=header.get("seq"))
+        for e, v in bg.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ProtocolError("bad_series", f"series_start: background of {e} must be "
+                                    f"a number >= 0, got {v!r}", seq=header.get("seq"))
+
+
+def rebuild_solver(run: RunFile, params: LiveParams) -> FusedSolver:
+    """The solver as the live controller left it after the last recorded iteration: the
+    recorded tilts are added in recorded order, and each recorded iteration is taken with
+    the HAADF and chemical tilt counts it was recorded with. Tilts recorded after the last
+    iteration are added at the end. (Adding a tilt only appends data and restarts the
+    momentum, so the order of adds between two iterations does not matter.)"""
+    solver = solver_for(run.start_header, params)
+    haadf, chem = run.tilts()
+    schedule = run.iteration_schedule()
+    nh = nc = 0
+
+    def add_until(h: int, c: int) -> tuple[int, int]:
+        if h > len(haadf) or c > len(chem):
+            raise LiveError(f"{run.path}: iteration schedule needs {h} HAADF and {c} "
+                            f"chemical tilts, the run holds {len(haadf)} and {len(chem)}")
+        for angle, image in haadf[nh:h]:
+            solver.add_haadf(angle, image)
+        for angle, maps in chem[nc:c]:
+            solver.add_chem(angle, {e: maps[e][None] for e in solver.elements})
+        return max(h, nh), max(c, nc)
+
+    for h, c in schedule:
+        nh, nc = add_until(h, c)
+        solver.step()
+    add_until(len(haadf), len(chem))
+    return solver
+
+
+# -- published reconstruction previews ----------------------------------------------------
+def _block_mean(img: np.ndarray, f: int) -> np.ndarray:
+    if f <= 1:
+        return img
+    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    if h == 0 or w == 0:
+        return img
+    return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
+def orthoslices(x: Any, elements: list[str], size: int) -> dict[str, dict[str, Any]]:
+    """Central slices of each element volume x[i] ([n_slices, n, n], on any device),
+    normal to each axis ('s' tilt axis, 'u', 'v'), block-averaged to at most `size` pixels
+    a side and quantised to integers 0..255 of `vmax` (value = q * vmax / 255)."""
+    ns, n = int(x.shape[1]), int(x.shape[2])
+    # Keep the header small: 3 slices per element, about 4 characters per value.
+    budget = max(int(math.sqrt(HEADER_BUDGET / (12 * max(len(elements), 1)))), 4)
+    side = min(size, budget)
+    f = max(math.ceil(max(ns, n) / side), 1)
+    out: dict[str, dict[str, Any]] = {}
+    for i, e in enumerate(elements):
+        cuts = {"s": to_numpy(x[i, ns // 2, :, :]), "u": to_numpy(x[i, :, n // 2, :]),
+                "v": to_numpy(x[i, :, :, n // 2])}
+        small = {k: _block_mean(np.asarray(v, dtype=np.float64), f) for k, v in cuts.items()}
+        vmax = max(float(v.max()) for v in small.values())
+        vmax = vmax if vmax > 0 and math.isfinite(vmax) else 1.0
+        out[e] = {"vmax": vmax, **{k: np.clip(np.rint(v / vmax * 255), 0, 255).astype(int)
+                                  .tolist() for k, v in small.items()}}
+    return out
+
+
+# -- the controller -------------------------------------------------------------------------
+class LiveController:
+    """Connects to the instrument at `instrument_address`, records into `run_path`, and
+    publishes status on `publish_bind`. `run()` returns 0 once the series end is recorded
+    and the final reconstruction is saved, 1 if `stop_event` interrupted it (the run file
+    can be resumed), and raises LiveError when the series cannot be completed."""
+
+    def __init__(self, instrument_address: str, run_path: str | Path,
+                 params: LiveParams | None = None, *, resume: bool = False,
+                 publish_bind: str = "tcp://127.0.0.1:0", curve: CurveKeys | None = None,
+                 identity: bytes = b"fusetomo-controller") -> None:
+        self.address = instrument_address
+        self.run_path = Path(run_path)
+        self.params = params or LiveParams()
+        self.resume = resume
+        self.identity = identity
+        self._curve = curve
+        self._publish_bind = publish_bind
+        self.run_file: RunFile | None = None
+        self.solver: FusedSolver | None = None
+        self.latencies: list[float] = []
+        self.rejected: list[tuple[str, int | None]] = []  # (code, seq), for callers
+        self._angles: dict[str, set[int]] = {"haadf": set(), "chem": set()}
+        self._pending: list[_Pending] = []
+        self._owed = 0
+        self._idle_done = 0
+        self._out_seq = 0
+        self._pub_seq = 0
+        self._connected = False
+        self._ended = False
+        self._finished = False
+        self._logged_rejections = 0
+        self._last_rx = time.monotonic()
+        self._last_hello = 0.0
+        self._last_costs: dict[str, float] = {}
+        self._ctx: zmq.Context | None = None
+        self._client: ControllerClient | None = None
+        self._monitor: zmq.Socket | None = None
+        self.publisher: StatusPublisher | None = None
+        self.ready = threading.Event()  # set once the sockets are up (publish endpoint known)
+        if not resume and self.run_path.exists():
+            raise LiveError(f"{self.run_path} exists: continue it with --resume, or record "
+                            "to a new file (a run file is never overwritten)")
+        if resume and not self.run_path.exists():
+            raise LiveError(f"{self.run_path}: no such run file to resume")
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def publish_endpoint(self) -> str:
+        if self.publisher is None:
+            raise LiveError("the controller is not running")
+        return self.publisher.endpoint
+
+    def run(self, stop_event: threading.Event | None = None) -> int:
+        self._open()
+        try:
+            if self.resume:
+                self._resume()
+                if self._finished:
+                    return HEALTHY
+            return self._loop(stop_event)
+        finally:
+            self._close()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        self._ctx = zmq.Context()
+        self.publisher = StatusPublisher(self._publish_bind, ctx=self._ctx)
+        self._client = ControllerClient(self.address, identity=self.identity, ctx=self._ctx,
+                                        curve=self._curve)
+        self._monitor = self._client.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._last_rx = time.monotonic()
+        self.ready.set()
+
+    def _close(self) -> None:
+        if self.run_file is not None:
+            with contextlib.suppress(Exception):
+                self.run_file.close()
+        if self._client is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._client.sock.disable_monitor()
+        for s in (self._monitor,):
+            if s is not None:
+                s.close(0)
+        for ep in (self._client, self.publisher):
+            if ep is not None:
+                ep.close()
+        if self._ctx is not None:
+            self._ctx.term()
+
+    def _resume(self) -> None:
+        try:
+            run = RunFile.resume(self.run_path)
+        except (RunFileError, OSError) as e:
+            raise LiveError(f"cannot resume {self.run_path}: {e}") from None
+        self.run_file = run
+        haadf, chem = run.tilts()
+        self._angles = {"haadf": {_angle_key(a) for a, _ in haadf},
+                        "chem": {_angle_key(a) for a, _ in chem}}
+        t0 = time.perf_counter()
+        self.solver = rebuild_solver(run, self.params)
+        solver = self.solver
+        k = self.params.iterations_per_tilt
+        if solver.ready:
+            # Iterations still owed to the tilts recorded since the solver became ready
+            # (their k each), beyond those already recorded.
+            owed = k * run.tilts_since_ready() - solver.iteration
+            self._owed = max(owed, 0)
+        log.info("resumed %s: %d HAADF + %d chemical tilts, last seq %d, %d iterations "
+                 "replayed in %.1f s, %d owed", self.run_path, len(haadf), len(chem),
+                 run.last_seq, solver.iteration, time.perf_counter() - t0, self._owed)
+        run.record_event("resumed", last_seq=run.last_seq, iteration=solver.iteration,
+                         owed=self._owed)
+        if run.complete:
+            self._ended = True
+            if run.has_final_snapshot():
+                log.info("%s is complete; nothing to do", self.run_path)
+                self._finished = True
+            else:
+                self._finish()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _loop(self, stop_event: threading.Event | None) -> int:
+        assert self._client is not None and self._monitor is not None
+        poller = zmq.Poller()
+        poller.register(self._client.sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        p = self.params
+        while not self._ended:
+            if stop_event is not None and stop_event.is_set():
+                log.info("stopped before the series end; resume with --resume")
+                return INTERRUPTED
+            busy = self._owed > 0 or self._can_idle()
+            events = dict(poller.poll(0 if busy else p.poll_ms))
+            if self._monitor in events:
+                self._on_monitor()
+            if self._client.sock in events:
+                frames = self._client.sock.recv_multipart(copy=True)
+                self._last_rx = time.monotonic()
+                self._handle(frames, time.time())
+                continue
+            if self._owed > 0:
+                self._iterate(idle=False)
+            elif self._can_idle():
+                self._iterate(idle=True)
+            self._heartbeat()
+        self._finish()
+        return HEALTHY
+
+    def _can_idle(self) -> bool:
+        return (self.params.idle_iterations and self.solver is not None and self.solver.ready
+                and self._idle_done < self.params.max_idle_iterations)
+
+    def _on_monitor(self) -> None:
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected = True
+                log.info("connected to the instrument at %s", self.address)
+                self._hello("connect")
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self._connected = False
+                log.warning("instrument at %s disconnected; waiting for it", self.address)
+                self._event("disconnected")
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        silent = now - self._last_rx
+        p = self.params
+        if p.timeout_s is not None and silent > p.timeout_s:
+            what = "no instrument answered" if self.run_file is None else \
+                "the instrument went silent"
+            raise LiveError(
+                f"{what} at {self.address} for {p.timeout_s:g} s; the series is not complete"
+                + ("" if self.run_file is None else
+                   f" ({self.run_file.haadf_count} HAADF + {self.run_file.chem_count} "
+                   f"chemical tilts recorded in {self.run_path}; continue with --resume)"))
+        if self._connected and silent > p.heartbeat_s and now - self._last_hello > p.heartbeat_s:
+            self._hello("heartbeat")
+
+    # -- sending --------------------------------------------------------------------------
+    @property
+    def _series(self) -> str:
+        return self.run_file.series_id if self.run_file is not None else "*"
+
+    def _send(self, mtype: str, **fields: Any) -> None:
+        assert self._client is not None
+        msg = make(mtype, self._series, self._out_seq, **fields)
+        self._out_seq += 1
+        try:
+            self._client.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:  # nobody connected: the instrument resends on the next hello
+            log.debug("could not send %s (no connection)", mtype)
+
+    def _hello(self, why: str) -> None:
+        last = self.run_file.last_seq if self.run_file is not None else -1
+        log.debug("hello (%s), last_seq %d", why, last)
+        self._send(P.HELLO, last_seq=last)
+        self._last_hello = time.monotonic()
+
+    def _ack(self, seq: int, status: str) -> None:
+        self._send(P.ACK, ack_seq=seq, status=status)
+
+    def _publish(self, topic: str, mtype: str, **fields: Any) -> None:
+        if self.publisher is None:
+            return
+        msg = make(mtype, self._series, self._pub_seq, **fields)
+        self._pub_seq += 1
+        self.publisher.publish(topic, msg)
+
+    def _event(self, name: str, **fields: Any) -> None:
+        self._publish("event", P.EVENT, event=name, **fields)
+
+    def _status(self, state: str, **extra: Any) -> None:
+        run, s = self.run_file, self.solver
+        self._publish(
+            "status", P.STATUS, state=state,
+            iteration=0 if s is None else s.iteration,
+            costs=self._last_costs,
+            haadf_tilts=0 if run is None else run.haadf_count,
+            chem_tilts=0 if run is None else run.chem_count,
+            planned_haadf=None if run is None else _planned(run.start_header, "haadf_angles"),
+            planned_chem=None if run is None else _planned(run.start_header, "chem_angles"),
+            dose_e_per_A2=None if run is None else run.dose_e_per_A2,
+            last_seq=-1 if run is None else run.last_seq,
+            owed_iterations=self._owed,
+            latency_s=self.latencies[-1] if self.latencies else None,
+            **extra)
+
+    # -- receiving ------------------------------------------------------------------------
+    def _handle(self, frames: list[bytes], t_arrival: float) -> None:
+        try:
+            msg = decode(frames)
+        except ProtocolError as e:
+            self._reject(e, None)
+            return
+        try:
+            self._dispatch(msg, t_arrival)
+        except ProtocolError as e:
+            self._reject(e, msg)
+
+    def _reject(self, e: ProtocolError, msg: Message | None) -> None:
+        mtype = msg.type if msg is not None else "message"
+        log.warning("rejected %s seq %s: [%s] %s", mtype, e.seq, e.code, e)
+        self.rejected.append((e.code, e.seq))
+        self._send(P.ERROR, code=e.code, message=str(e), ref_seq=e.seq)
+        self._event("rejected", code=e.code, ref_seq=e.seq, message=str(e))
+        if (self.run_file is not None
+                and self._logged_rejections < self.params.max_logged_rejections):
+            self._logged_rejections += 1
+            self.run_file.record_event("rejected", code=e.code, ref_seq=e.seq,
+                                       message=str(e)[:500])
+
+    def _dispatch(self, msg: Message, t_arrival: float) -> None:
+        t = msg.type
+        if t == P.SERIES_START:
+            self._on_start(msg)
+        elif t in (P.HAADF_TILT, P.CHEM_TILT):
+            self._on_tilt(msg, t_arrival)
+        elif t == P.SERIES_END:
+            self._on_end(msg)
+        elif t == P.ERROR:  # never answered (no error ping-pong)
+            log.warning("instrument reports [%s] %s", msg.header["code"],
+                        msg.header["message"])
+            if self.run_file is not None:
+                self.run_file.record_event("instrument_error", code=msg.header["code"],
+                                           message=str(msg.header["message"])[:500])
+        else:
+            raise ProtocolError("unexpected_type", f"{t}: not a message an instrument "
+                                "sends to the controller", seq=msg.seq)
+
+    def _on_start(self, msg: Message) -> None:
+        h, run = msg.header, self.run_file
+        if run is not None:
+            if h["series"] == run.series_id and run.has_seq(msg.seq):
+                self._ack(msg.seq, "duplicate")
+                return
+            raise ProtocolError("series_in_progress", f"series {run.series_id!r} is being "
+                                f"recorded; series_start of {h['series']!r} (seq {msg.seq}) "
+                                "refused", seq=msg.seq)
+        check_series_start(h)
+        try:
+            solver = solver_for(h, self.params)
+        except ValueError as e:
+            raise ProtocolError("bad_series", f"series_start: {e}", seq=msg.seq) from None
+        try:
+            self.run_file = RunFile.create(self.run_path, msg)
+        except (RunFileError, OSError) as e:
+            raise LiveError(f"cannot create {self.run_path}: {e}") from None
+        self.solver = solver
+        self.run_file.record_event("controller", iterations_per_tilt=
+                                   self.params.iterations_per_tilt,
+                                   interleave=self.params.interleave,
+                                   device=str(solver.device))
+        self._ack(msg.seq, "recorded")
+        log.info("series %s started: %s, shape %s", h["series"], h["elements"], h["shape"])
+        self._event("series_start", elements=h["elements"], shape=h["shape"])
+        self._status("recording")
+
+    def _require_run(self, msg: Message) -> RunFile:
+        run = self.run_file
+        if run is None:
+            raise ProtocolError("no_series", f"{msg.type} seq {msg.seq} before any "
+                                "series_start", seq=msg.seq)
+        if msg.header["series"] != run.series_id:
+            raise ProtocolError("wrong_series", f"{msg.type} seq {msg.seq} is for series "
+                                f"{msg.header['series']!r}, recording {run.series_id!r}",
+                                seq=msg.seq)
+        return run
+
+    def _check_seq(self, run: RunFile, msg: Message) -> bool:
+        """True if new; a recorded seq is acknowledged as a duplicate (returns False)."""
+        if run.has_seq(msg.seq):
+            self._ack(msg.seq, "duplicate")
+            return False
+        if run.complete:
+            raise ProtocolError("series_complete", f"{msg.type} seq {msg.seq} after the "
+                                "series end was recorded", seq=msg.seq)
+        if msg.seq != run.last_seq + 1:
+            raise ProtocolError("out_of_order", f"{msg.type} seq {msg.seq}: expected seq "
+                                f"{run.last_seq + 1}", seq=msg.seq)
+        return True
+
+    def _on_tilt(self, msg: Message, t_arrival: float) -> None:
+        run = self._require_run(msg)
+        if not self._check_seq(run, msg):
+            return
+        h = msg.header
+        shape = list(msg.arrays[0].shape)
+        if shape != list(run.shape):
+            raise ProtocolError("shape_mismatch", f"{msg.type} seq {msg.seq}: image shape "
+                                f"{shape}, the series has {list(run.shape)}", seq=msg.seq)
+        modality = "haadf" if msg.type == P.HAADF_TILT else "chem"
+        if modality == "chem":
+            extra = [e for e in h["elements"] if e not in run.elements]
+            missing = [e for e in run.elements if e not in h["elements"]]
+            if extra or missing:
+                raise ProtocolError("element_mismatch", f"chem_tilt seq {msg.seq}: elements "
+                                    f"not in the series {extra}, missing {missing}",
+                                    seq=msg.seq)
+        key = _angle_key(h["angle"])
+        if key in self._angles[modality]:
+            raise ProtocolError("duplicate_tilt", f"{msg.type} seq {msg.seq}: angle "
+                                f"{h['angle']} already recorded for {modality}", seq=msg.seq)
+        try:
+            run.record_tilt(msg)
+        except RunFileError as e:
+            raise ProtocolError("record_failed", f"{msg.type} seq {msg.seq}: {e}",
+                                seq=msg.seq) from None
+        except OSError as e:
+            self._send(P.ERROR, code="record_failed", message=str(e), ref_seq=msg.seq)
+            raise LiveError(f"cannot record to {self.run_path}: {e}") from None
+        self._angles[modality].add(key)
+        self._ack(msg.seq, "recorded")
+        self._add_to_solver(msg, modality, t_arrival)
+
+    def _add_to_solver(self, msg: Message, modality: str, t_arrival: float) -> None:
+        solver = self.solver
+        assert solver is not None
+        angle = float(msg.header["angle"])
+        if modality == "haadf":
+            solver.add_haadf(angle, np.asarray(msg.arrays[0], dtype=np.float32))
+        else:
+            maps = dict(zip(msg.header["elements"], msg.arrays, strict=True))
+            solver.add_chem(angle, {e: np.asarray(maps[e], dtype=np.float32)[None]
+                                    for e in solver.elements})
+        self._idle_done = 0
+        self._event("tilt_received", seq=msg.seq, modality=modality, angle=angle)
+        if solver.ready:
+            self._owed += self.params.iterations_per_tilt
+            self._pending.append(_Pending(msg.seq, t_arrival, solver.iteration + self._owed,
+                                          modality == "chem"))
+        self._status("recording")
+        if not self.params.interleave:
+            while self._owed > 0:
+                self._iterate(idle=False)
+        if not self._owed:
+            self._settle()
+
+    def _on_end(self, msg: Message) -> None:
+        run = self._require_run(msg)
+        if not self._check_seq(run, msg):
+            return
+        h = msg.header
+        if (h["n_haadf"], h["n_chem"]) != (run.haadf_count, run.chem_count):
+            raise ProtocolError("count_mismatch", f"series_end seq {msg.seq} announces "
+                                f"{h['n_haadf']} HAADF + {h['n_chem']} chemical tilts, "
+                                f"{run.haadf_count} + {run.chem_count} are recorded",
+                                seq=msg.seq)
+        try:
+            run.mark_complete(msg)
+        except OSError as e:
+            raise LiveError(f"cannot record to {self.run_path}: {e}") from None
+        self._ack(msg.seq, "recorded")
+        log.info("series end recorded: %d HAADF + %d chemical tilts", run.haadf_count,
+                 run.chem_count)
+        self._event("series_end", haadf_tilts=run.haadf_count, chem_tilts=run.chem_count)
+        self._ended = True
+
+    # -- iterating ------------------------------------------------------------------------
+    def _iterate(self, *, idle: bool) -> None:
+        solver, run = self.solver, self.run_file
+        assert solver is not None and run is not None
+        costs = solver.step()
+        self._last_costs = costs
+        if idle:
+            self._idle_done += 1
+        else:
+            self._owed = max(self._owed - 1, 0)
+        run.record_costs(solver.iteration, {**costs, "n_haadf": solver.n_haadf,
+                                            "n_chem": solver.n_chem, "idle": int(idle)})
+        p = self.params
+        if p.snapshot_every and solver.iteration % p.snapshot_every == 0:
+            run.record_snapshot(solver.iteration, solver.volumes())
+        if self._pending and solver.iteration >= self._pending[0].target_iteration:
+            self._settle()
+        else:
+            if solver.iteration % p.publish_every == 0:
+                self._status("iterating")
+            if solver.iteration % p.slices_every == 0:
+                self._publish_slices()
+
+    def _settle(self) -> None:
+        """Publish the reconstruction for the tilts whose k iterations are done; record
+        their latency (arrival -> published) and a snapshot after a chemical tilt."""
+        solver, run = self.solver, self.run_file
+        assert solver is not None and run is not None
+        done = [q for q in self._pending if solver.iteration >= q.target_iteration]
+        if not done:
+            return
+        self._pending = [q for q in self._pending if q not in done]
+        self._status("iterating")
+        self._publish_slices()
+        t = time.time()
+        for q in done:
+            lat = t - q.t_arrival
+            self.latencies.append(lat)
+            run.record_event("latency", seq=q.seq, latency_s=lat, iteration=solver.iteration)
+        if self.params.snapshot_chem and any(q.chem for q in done):
+            run.record_snapshot(solver.iteration, solver.volumes())
+
+    def _publish_slices(self) -> None:
+        solver = self.solver
+        if solver is None or solver.x is None:
+            return
+        self._publish("slices", P.STATUS, iteration=solver.iteration,
+                      slices=orthoslices(solver.x, solver.elements, self.params.slice_size))
+
+    def _finish(self) -> None:
+        """After the series end: final iterations (answering resends between them), the
+        final snapshot, and the closing event."""
+        solver, run = self.solver, self.run_file
+        assert run is not None
+        if solver is not None and solver.ready:
+            for _ in range(self._owed + self.params.final_iterations):
+                self._drain()
+                self._iterate(idle=False)
+            self._settle()
+            run.record_snapshot(solver.iteration, solver.volumes(), final=True)
+        else:
+            log.warning("series ended without both HAADF and chemical tilts: "
+                        "no reconstruction")
+        run.record_event("finished", iteration=0 if solver is None else solver.iteration)
+        self._status("complete")
+        self._event("complete", iteration=0 if solver is None else solver.iteration)
+        self._finished = True
+        log.info("run complete: %s", self.run_path)
+
+    def _drain(self) -> None:
+        assert self._client is not None
+        while self._client.sock.poll(0):
+            self._handle(self._client.sock.recv_multipart(copy=True), time.time())
+
+
+def _planned(header: dict[str, Any], key: str) -> int | None:
+    scheme = header.get("scheme")
+    if isinstance(scheme, dict) and isinstance(scheme.get(key), list):
+        return len(scheme[key])
+    return None
