@@ -97,7 +97,8 @@ def dose_sweep(size: int, iterations: int | None, device: str, seed: int,
         bg = np.array([s.background[e] for e in s.elements])
         conv = baselines.chemical_mlem(s.common_chem_angles, chem_stack(sim), background=bg,
                                        device=device)
-        rows.append({"dose_factor": f, "chem_snr": float(np.mean(list(sim.chem_snr.values()))),
+        snr_mean = float(np.mean(list(sim.chem_snr.values())))
+        rows.append({"dose_factor": f, "size": size, "chem_snr": snr_mean,
                      "chem_dose_e_per_A2": float(s.attrs["chem_dose_e_per_A2"]),
                      "fused": scores(sim, vols), "conventional_mlem": scores(sim, conv)})
         r = rows[-1]
@@ -109,38 +110,58 @@ def dose_sweep(size: int, iterations: int | None, device: str, seed: int,
 
 
 def plot(main: dict, sweep: list[dict], sim: Simulation, fused_vols, conv_vols, path: Path) -> None:
+    """Each element at the slice holding most of its mass, truth / conventional / fused on
+    the truth's colour scale; the dose sweep; the three cost terms of the fused run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     els = sim.series.elements
-    n = sim.truth[els[0]].shape[0]
-    fig, ax = plt.subplots(3, len(els) + 1, figsize=(3 * (len(els) + 1), 9))
+    fig, ax = plt.subplots(3, len(els) + 1, figsize=(3.2 * (len(els) + 1), 9.5))
     for j, e in enumerate(els):
+        k = int(np.argmax(sim.truth[e].sum(axis=(1, 2))))
+        vmax = float(sim.truth[e].max()) or 1.0
         for i, (name, v) in enumerate((("truth", sim.truth), ("conventional", conv_vols),
                                        ("fused", fused_vols))):
-            ax[i, j].imshow(v[e][n // 2], cmap="inferno")
-            ax[i, j].set_title(f"{e} {name}" + ("" if name == "truth" else
-                               f" {nrmse(sim.truth[e], v[e]):.2f}"), fontsize=9)
+            img = v[e][k]
+            if name != "truth":  # put the reconstruction on the truth's scale (least squares)
+                y, x = sim.truth[e].ravel(), v[e].ravel()
+                img = img * (float(x @ y) / max(float(x @ x), 1e-30))
+            ax[i, j].imshow(img, cmap="inferno", vmin=0, vmax=vmax)
+            title = f"{e} {name}, slice {k}"
+            if name != "truth":
+                title += f"\nNRMSE {nrmse(sim.truth[e], v[e]):.2f}"
+            ax[i, j].set_title(title, fontsize=9)
             ax[i, j].axis("off")
     a = ax[0, -1]
     if sweep:
         x = [r["chem_dose_e_per_A2"] for r in sweep]
-        a.semilogx(x, [r["fused"]["mean"] for r in sweep], "o-", label="fused")
-        a.semilogx(x, [r["conventional_mlem"]["mean"] for r in sweep], "s-", label="conventional")
+        a.semilogx(x, [r["fused"]["mean"] for r in sweep], "o-", label="fused <NRMSE>")
+        a.semilogx(x, [r["conventional_mlem"]["mean"] for r in sweep], "s-",
+                   label="conventional <NRMSE>")
+        for e in els:
+            a.semilogx(x, [r["fused"][e] for r in sweep], ":", lw=1, label=f"fused {e}")
         a.set_xlabel("chemical dose per map (e/A^2)")
-        a.set_ylabel("<NRMSE>")
-        a.legend(fontsize=8)
+        a.legend(fontsize=7)
+        a.set_title(f"dose sweep ({sweep[0].get('size', '')}^3)", fontsize=9)
+    else:
+        a.axis("off")
     h = main["convergence"]
-    for k, name in enumerate(("haadf", "chem", "tv")):
-        y = np.asarray(h[name])
-        ax[1 + k // 2, -1].plot((y - y.min()) / (np.ptp(y) or 1) + 0.0 * k, label=name)
-    ax[1, -1].set_title("cost terms (normalised)", fontsize=9)
-    ax[1, -1].legend(fontsize=8)
-    ax[2, -1].axis("off")
+    b = ax[1, -1]
+    for name in ("haadf", "chem", "tv"):
+        y = np.asarray(h[name], dtype=float)
+        b.plot((y - y.min()) / (np.ptp(y) or 1.0), label=name)
+    b.set_xlabel("iteration")
+    b.set_title("fused cost terms (min-max normalised)", fontsize=9)
+    b.legend(fontsize=8)
+    c = ax[2, -1]
+    names = ["fused", "chem_tv_best", "hebt", "conventional_mlem", "conventional_sirt"]
+    c.barh(names, [main[n]["mean"] for n in names])
+    c.set_xlabel("<NRMSE>")
+    c.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
 
 
 def main() -> None:
