@@ -200,6 +200,7 @@ class SimulatedInstrument:
         self._acq = params.acquisition
         self._fine: np.ndarray | None = None  # fine specimen volumes (simulated source)
         self._hsig: np.ndarray | None = None
+        self._Z = np.zeros(0)
         if params.source is not None:
             self.plan, self.series = self._load_source(Path(params.source))
         else:
@@ -686,6 +687,7 @@ class SimulatedInstrument:
 
     def _ack_command(self, cmd: dict[str, Any], status: str, reason: str | None = None,
                      **extra: Any) -> None:
+        self._flush()  # data a command produced goes out before its ack (window permitting)
         if status == "rejected":
             log.warning("command %s (id %d) rejected: %s", cmd["cmd"], cmd["id"], reason)
         self._reply(cmd["peer"], make(ACK, self.series_id, cmd["seq"], ack_seq=cmd["id"],
