@@ -11,6 +11,9 @@ nothing arrived for `heartbeat_s`, or the connection has just been (re)made, so 
 instrument resends what it has not had acknowledged. Duplicates (by sequence number) are
 acknowledged as such and change nothing; every other problem gets an ERROR reply with a
 specific code (`ERROR_CODES` plus protocol.py's) and a log line, and changes nothing.
+With `interleave=False` each tilt's k iterations run before the next message is read, and
+with `idle_iterations=False` none run in between: the schedule, hence the result, then does
+not depend on timing.
 
 Every iteration's costs and the tilt counts it saw are recorded, so that the solver's state
 can be rebuilt exactly (`rebuild_solver`) by replaying the recorded schedule: this is how
@@ -20,10 +23,13 @@ can be rebuilt exactly (`rebuild_solver`) by replaying the recorded schedule: th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +38,10 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from fusetomo.adapters import protocol as P
+from fusetomo.adapters import protocol as proto
 from fusetomo.adapters.protocol import Message, ProtocolError, decode, encode, make
 from fusetomo.adapters.transport import ControllerClient, CurveKeys, StatusPublisher
-from fusetomo.controller.runfile import RunFile, RunFileError
+from fusetomo.controller.runfile import RunFile, RunFileError, RunRecord, read_run
 from fusetomo.solver.backend import resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 
@@ -56,7 +62,12 @@ ERROR_CODES: dict[str, str] = {
     "unexpected_type": "a message type the instrument does not send",
     "record_failed": "the run file refused or failed to record the message",
 }
-HEALTHY, INTERRUPTED = 0, 1
+HEALTHY, INTERRUPTED = 0, 1  # run()'s return values
+# What an iteration was run for (the `phase` cost column).
+PHASE_TILT, PHASE_IDLE, PHASE_FINAL = 0, 1, 2
+# Cost rows recorded per iteration: the solver's terms, the tilt counts it held (to replay
+# the schedule), and the phase.
+RUN_COST_TERMS = ("haadf", "chem", "tv", "haadf_scale", "n_haadf", "n_chem", "idle", "phase")
 ANGLE_TOL = 1e-6  # degrees: angles closer than this are the same tilt
 HEADER_BUDGET = 48 * 1024  # bytes of orthoslice values in one published header
 
@@ -85,6 +96,7 @@ class LiveParams:
     timeout_s: float | None = None  # give up after this long without a message
     poll_ms: int = 50  # socket wait while there is nothing to compute
     max_logged_rejections: int = 1000  # rejections recorded in the run file per session
+    reconstruct: bool = True  # False: receive, record and acknowledge only (load tests)
 
     def __post_init__(self) -> None:
         for name in ("iterations_per_tilt", "max_idle_iterations", "final_iterations",
@@ -122,8 +134,6 @@ def _angle_key(angle: float) -> int:
 # -- solver from a series header, and its exact rebuild from a run file ----------------------
 def solver_for(header: dict[str, Any], params: LiveParams) -> FusedSolver:
     """A FusedSolver for the series announced by `header` (a series_start header)."""
-    import dataclasses
-
     ns, nd = (int(s) for s in header["shape"])
     els = list(header["elements"])
     fusion = params.fusion
@@ -163,32 +173,69 @@ def check_series_start(header: dict[str, Any]) -> None:
                                     f"a number >= 0, got {v!r}", seq=header.get("seq"))
 
 
-def rebuild_solver(run: RunFile, params: LiveParams) -> FusedSolver:
-    """The solver as the live controller left it after the last recorded iteration: the
+def schedule_of(record: RunRecord) -> list[tuple[int, int, int]]:
+    """(HAADF tilts, chemical tilts, phase) of every recorded iteration, in order."""
+    c = record.costs
+    for kh, kc in (("n_haadf", "n_chem"), ("n_haadf_tilts", "n_chem_tilts")):
+        if kh in c and kc in c:
+            break
+    else:
+        raise LiveError("the run file's cost rows hold no tilt counts (n_haadf, n_chem)")
+    phase = c.get("phase", np.zeros(len(c["iteration"])))
+    return [(int(h), int(n), int(ph) if np.isfinite(ph) else PHASE_TILT)
+            for h, n, ph in zip(c[kh], c[kc], phase, strict=True)]
+
+
+def arrival_order(record: RunRecord) -> list[str]:
+    """The modality ('haadf' or 'chem') of every recorded tilt, in order of seq."""
+    tagged = [(int(q), "haadf") for q in record.seq["haadf"]]
+    tagged += [(int(q), "chem") for q in record.seq["chem"]]
+    return [m for _, m in sorted(tagged)]
+
+
+def rebuild_solver(record: RunRecord, params: LiveParams) -> FusedSolver:
+    """The solver as the live controller left it after its last recorded iteration: the
     recorded tilts are added in recorded order, and each recorded iteration is taken with
-    the HAADF and chemical tilt counts it was recorded with. Tilts recorded after the last
-    iteration are added at the end. (Adding a tilt only appends data and restarts the
-    momentum, so the order of adds between two iterations does not matter.)"""
-    solver = solver_for(run.start_header, params)
-    haadf, chem = run.tilts()
-    schedule = run.iteration_schedule()
+    the HAADF and chemical tilt counts it was recorded with; tilts recorded after the last
+    iteration are added at the end. Adding a tilt only appends its data and restarts the
+    momentum, so the order of HAADF and chemical adds between two iterations does not
+    matter, and on the CPU this reproduces the live volumes bit for bit (a GPU's atomic
+    reductions may differ in the last bits)."""
+    series = record.series
+    solver = solver_for(json_header(record), params)
     nh = nc = 0
 
     def add_until(h: int, c: int) -> tuple[int, int]:
-        if h > len(haadf) or c > len(chem):
-            raise LiveError(f"{run.path}: iteration schedule needs {h} HAADF and {c} "
-                            f"chemical tilts, the run holds {len(haadf)} and {len(chem)}")
-        for angle, image in haadf[nh:h]:
-            solver.add_haadf(angle, image)
-        for angle, maps in chem[nc:c]:
-            solver.add_chem(angle, {e: maps[e][None] for e in solver.elements})
+        if h > series.haadf.shape[0] or c > series.common_chem_angles.size:
+            raise LiveError(f"iteration schedule needs {h} HAADF and {c} chemical tilts, "
+                            f"the run holds {series.haadf.shape[0]} and "
+                            f"{series.common_chem_angles.size}")
+        # One tilt at a time, as live: extending the projectors tilt by tilt orders their
+        # sums as the live solver did, which makes the replay bit-identical on the CPU.
+        for i in range(nh, h):
+            solver.add_haadf(series.haadf_angles[i], series.haadf[i])
+        for i in range(nc, c):
+            solver.add_chem(series.common_chem_angles[i],
+                            {e: series.chem[e][i][None] for e in solver.elements})
         return max(h, nh), max(c, nc)
 
-    for h, c in schedule:
+    for h, c, _ in schedule_of(record):
         nh, nc = add_until(h, c)
         solver.step()
-    add_until(len(haadf), len(chem))
+    add_until(series.haadf.shape[0], series.common_chem_angles.size)
     return solver
+
+
+def json_header(record: RunRecord) -> dict[str, Any]:
+    """The series_start header a run file was created from."""
+    raw = record.attrs.get("start_header", "{}")
+    try:
+        h = json.loads(raw)
+    except ValueError:
+        raise LiveError("the run file's start_header is not JSON") from None
+    if not isinstance(h, dict):
+        raise LiveError("the run file's start_header is not a JSON object")
+    return h
 
 
 # -- published reconstruction previews ----------------------------------------------------
@@ -245,6 +292,8 @@ class LiveController:
         self.latencies: list[float] = []
         self.rejected: list[tuple[str, int | None]] = []  # (code, seq), for callers
         self._angles: dict[str, set[int]] = {"haadf": set(), "chem": set()}
+        self._start_seq = -1
+        self._end_seq: int | None = None
         self._pending: list[_Pending] = []
         self._owed = 0
         self._idle_done = 0
@@ -261,7 +310,6 @@ class LiveController:
         self._client: ControllerClient | None = None
         self._monitor: zmq.Socket | None = None
         self.publisher: StatusPublisher | None = None
-        self.ready = threading.Event()  # set once the sockets are up (publish endpoint known)
         if not resume and self.run_path.exists():
             raise LiveError(f"{self.run_path} exists: continue it with --resume, or record "
                             "to a new file (a run file is never overwritten)")
@@ -275,74 +323,103 @@ class LiveController:
             raise LiveError("the controller is not running")
         return self.publisher.endpoint
 
-    def run(self, stop_event: threading.Event | None = None) -> int:
+    def run(self, stop_event: threading.Event | None = None, *,
+            on_ready: Callable[[LiveController], None] | None = None) -> int:
+        """Serve until the series is complete. `on_ready(self)` is called once the sockets
+        are up (the status endpoint is known) and the run file is open when resuming."""
         self._open()
         try:
             if self.resume:
                 self._resume()
-                if self._finished:
-                    return HEALTHY
+            if on_ready is not None:
+                on_ready(self)
+            if self._finished:
+                return HEALTHY
             return self._loop(stop_event)
+        except RunFileError as e:  # writing failed (disk full, file removed, ...)
+            raise LiveError(f"cannot record to {self.run_path}: {e}") from None
         finally:
             self._close()
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
         self._ctx = zmq.Context()
-        self.publisher = StatusPublisher(self._publish_bind, ctx=self._ctx)
-        self._client = ControllerClient(self.address, identity=self.identity, ctx=self._ctx,
-                                        curve=self._curve)
+        try:
+            self.publisher = StatusPublisher(self._publish_bind, ctx=self._ctx)
+            self._client = ControllerClient(self.address, identity=self.identity,
+                                            ctx=self._ctx, curve=self._curve)
+        except (zmq.ZMQError, ValueError, OSError) as e:  # bad address, port or key file
+            self._close()
+            raise LiveError(f"cannot open the sockets (instrument {self.address!r}, status "
+                            f"{self._publish_bind!r}): {e}") from None
         self._monitor = self._client.sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._last_rx = time.monotonic()
-        self.ready.set()
 
     def _close(self) -> None:
         if self.run_file is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RunFileError, OSError):
                 self.run_file.close()
-        if self._client is not None:
+        if self._client is not None and self._monitor is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._client.sock.disable_monitor()
-        for s in (self._monitor,):
-            if s is not None:
-                s.close(0)
+        if self._monitor is not None:
+            self._monitor.close(0)
         for ep in (self._client, self.publisher):
             if ep is not None:
                 ep.close()
         if self._ctx is not None:
             self._ctx.term()
+            self._ctx = None
 
     def _resume(self) -> None:
+        try:
+            record = read_run(self.run_path)
+        except (RunFileError, OSError) as e:
+            raise LiveError(f"cannot resume {self.run_path}: {e}") from None
+        if record.complete:
+            # Recorded to the end; a crash during the final iterations leaves no 'finished'
+            # event, but the recorded data are complete either way.
+            done = any(ev.get("kind") == "finished" for ev in record.events)
+            log.warning("%s: the series end is already recorded%s; nothing to resume",
+                        self.run_path, "" if done else " (its final reconstruction is "
+                        "missing: reconstruct the run file offline)")
+            self._finished = True
+            return
+        t0 = time.perf_counter()
+        solver = rebuild_solver(record, self.params) if self.params.reconstruct else None
         try:
             run = RunFile.resume(self.run_path)
         except (RunFileError, OSError) as e:
             raise LiveError(f"cannot resume {self.run_path}: {e}") from None
-        self.run_file = run
-        haadf, chem = run.tilts()
-        self._angles = {"haadf": {_angle_key(a) for a, _ in haadf},
-                        "chem": {_angle_key(a) for a, _ in chem}}
-        t0 = time.perf_counter()
-        self.solver = rebuild_solver(run, self.params)
-        solver = self.solver
-        k = self.params.iterations_per_tilt
-        if solver.ready:
-            # Iterations still owed to the tilts recorded since the solver became ready
-            # (their k each), beyond those already recorded.
-            owed = k * run.tilts_since_ready() - solver.iteration
-            self._owed = max(owed, 0)
-        log.info("resumed %s: %d HAADF + %d chemical tilts, last seq %d, %d iterations "
-                 "replayed in %.1f s, %d owed", self.run_path, len(haadf), len(chem),
-                 run.last_seq, solver.iteration, time.perf_counter() - t0, self._owed)
-        run.record_event("resumed", last_seq=run.last_seq, iteration=solver.iteration,
+        self.run_file, self.solver = run, solver
+        self._start_seq = _int_or(run.start_header.get("seq"), -1)
+        series = record.series
+        self._angles = {"haadf": {_angle_key(a) for a in series.haadf_angles},
+                        "chem": {_angle_key(a) for a in series.common_chem_angles}}
+        if solver is not None and solver.ready:
+            self._owed = self._owed_after_crash(record)
+        iteration = 0 if solver is None else solver.iteration
+        log.info("resumed %s: %d HAADF + %d chemical tilts, last seq %d; %d iterations "
+                 "replayed in %.1f s, %d owed", self.run_path, run.haadf_count,
+                 run.chem_count, self._last_seq(), iteration, time.perf_counter() - t0,
+                 self._owed)
+        run.record_event("resumed", last_seq=self._last_seq(), iteration=iteration,
                          owed=self._owed)
-        if run.complete:
-            self._ended = True
-            if run.has_final_snapshot():
-                log.info("%s is complete; nothing to do", self.run_path)
-                self._finished = True
-            else:
-                self._finish()
+
+    def _owed_after_crash(self, record: RunRecord) -> int:
+        """The per-tilt iterations (k per tilt since the solver became ready) not yet
+        recorded: those the crash interrupted."""
+        order = arrival_order(record)
+        nh = nc = 0
+        ready_at = len(order)
+        for i, m in enumerate(order):
+            nh, nc = nh + (m == "haadf"), nc + (m == "chem")
+            if nc > 0 and (nh > 0 or self.params.fusion.lambda_haadf == 0):
+                ready_at = i
+                break
+        done = sum(1 for *_, ph in schedule_of(record) if ph == PHASE_TILT)
+        return max(self.params.iterations_per_tilt * (len(order) - ready_at) - done, 0)
 
     # -- the loop -------------------------------------------------------------------------
     def _loop(self, stop_event: threading.Event | None) -> int:
@@ -351,9 +428,10 @@ class LiveController:
         poller.register(self._client.sock, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         p = self.params
+        self._status("waiting")
         while not self._ended:
             if stop_event is not None and stop_event.is_set():
-                log.info("stopped before the series end; resume with --resume")
+                log.info("stopped before the series end; continue with --resume")
                 return INTERRUPTED
             busy = self._owed > 0 or self._can_idle()
             events = dict(poller.poll(0 if busy else p.poll_ms))
@@ -365,9 +443,9 @@ class LiveController:
                 self._handle(frames, time.time())
                 continue
             if self._owed > 0:
-                self._iterate(idle=False)
+                self._iterate(PHASE_TILT)
             elif self._can_idle():
-                self._iterate(idle=True)
+                self._iterate(PHASE_IDLE)
             self._heartbeat()
         self._finish()
         return HEALTHY
@@ -394,13 +472,13 @@ class LiveController:
         silent = now - self._last_rx
         p = self.params
         if p.timeout_s is not None and silent > p.timeout_s:
-            what = "no instrument answered" if self.run_file is None else \
-                "the instrument went silent"
-            raise LiveError(
-                f"{what} at {self.address} for {p.timeout_s:g} s; the series is not complete"
-                + ("" if self.run_file is None else
-                   f" ({self.run_file.haadf_count} HAADF + {self.run_file.chem_count} "
-                   f"chemical tilts recorded in {self.run_path}; continue with --resume)"))
+            run = self.run_file
+            what = "no instrument answered" if run is None else "the instrument went silent"
+            where = "" if run is None else (
+                f" ({run.haadf_count} HAADF + {run.chem_count} chemical tilts are recorded "
+                f"in {self.run_path}; continue with --resume)")
+            raise LiveError(f"{what} at {self.address} for {p.timeout_s:g} s; the series "
+                            f"is not complete{where}")
         if self._connected and silent > p.heartbeat_s and now - self._last_hello > p.heartbeat_s:
             self._hello("heartbeat")
 
@@ -409,23 +487,33 @@ class LiveController:
     def _series(self) -> str:
         return self.run_file.series_id if self.run_file is not None else "*"
 
-    def _send(self, mtype: str, **fields: Any) -> None:
+    def _last_seq(self) -> int:
+        """The highest seq recorded (series_start and series_end included); -1 if none."""
+        if self.run_file is None:
+            return -1
+        return max(self.run_file.last_seq, self._start_seq,
+                   -1 if self._end_seq is None else self._end_seq)
+
+    def _send(self, mtype: str, seq: int | None = None, **fields: Any) -> None:
+        """Replies (ack, error) carry the seq of the message they answer; other messages
+        the controller's own counter."""
         assert self._client is not None
-        msg = make(mtype, self._series, self._out_seq, **fields)
-        self._out_seq += 1
+        if seq is None:
+            seq = self._out_seq
+            self._out_seq += 1
+        msg = make(mtype, self._series, seq, **fields)
         try:
             self._client.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:  # nobody connected: the instrument resends on the next hello
             log.debug("could not send %s (no connection)", mtype)
 
     def _hello(self, why: str) -> None:
-        last = self.run_file.last_seq if self.run_file is not None else -1
-        log.debug("hello (%s), last_seq %d", why, last)
-        self._send(P.HELLO, last_seq=last)
+        log.debug("hello (%s), last_seq %d", why, self._last_seq())
+        self._send(proto.HELLO, last_seq=self._last_seq())
         self._last_hello = time.monotonic()
 
     def _ack(self, seq: int, status: str) -> None:
-        self._send(P.ACK, ack_seq=seq, status=status)
+        self._send(proto.ACK, seq, ack_seq=seq, status=status)
 
     def _publish(self, topic: str, mtype: str, **fields: Any) -> None:
         if self.publisher is None:
@@ -435,20 +523,21 @@ class LiveController:
         self.publisher.publish(topic, msg)
 
     def _event(self, name: str, **fields: Any) -> None:
-        self._publish("event", P.EVENT, event=name, **fields)
+        self._publish("event", proto.EVENT, event=name, **fields)
 
     def _status(self, state: str, **extra: Any) -> None:
         run, s = self.run_file, self.solver
+        header = {} if run is None else run.start_header
         self._publish(
-            "status", P.STATUS, state=state,
+            "status", proto.STATUS, state=state,
             iteration=0 if s is None else s.iteration,
             costs=self._last_costs,
             haadf_tilts=0 if run is None else run.haadf_count,
             chem_tilts=0 if run is None else run.chem_count,
-            planned_haadf=None if run is None else _planned(run.start_header, "haadf_angles"),
-            planned_chem=None if run is None else _planned(run.start_header, "chem_angles"),
+            planned_haadf=_planned(header, "haadf_angles"),
+            planned_chem=_planned(header, "chem_angles"),
             dose_e_per_A2=None if run is None else run.dose_e_per_A2,
-            last_seq=-1 if run is None else run.last_seq,
+            last_seq=self._last_seq(),
             owed_iterations=self._owed,
             latency_s=self.latencies[-1] if self.latencies else None,
             **extra)
@@ -469,28 +558,33 @@ class LiveController:
         mtype = msg.type if msg is not None else "message"
         log.warning("rejected %s seq %s: [%s] %s", mtype, e.seq, e.code, e)
         self.rejected.append((e.code, e.seq))
-        self._send(P.ERROR, code=e.code, message=str(e), ref_seq=e.seq)
-        self._event("rejected", code=e.code, ref_seq=e.seq, message=str(e))
+        bad = e.seq if isinstance(e.seq, int) and e.seq >= 0 else None
+        self._send(proto.ERROR, bad or 0, code=e.code, message=str(e), bad_seq=bad)
+        self._event("rejected", code=e.code, bad_seq=bad, message=str(e)[:500])
         if (self.run_file is not None
                 and self._logged_rejections < self.params.max_logged_rejections):
             self._logged_rejections += 1
-            self.run_file.record_event("rejected", code=e.code, ref_seq=e.seq,
+            self.run_file.record_event("rejected", code=e.code, bad_seq=bad,
                                        message=str(e)[:500])
 
     def _dispatch(self, msg: Message, t_arrival: float) -> None:
         t = msg.type
-        if t == P.SERIES_START:
+        if t == proto.SERIES_START:
             self._on_start(msg)
-        elif t in (P.HAADF_TILT, P.CHEM_TILT):
+        elif t in (proto.HAADF_TILT, proto.CHEM_TILT):
             self._on_tilt(msg, t_arrival)
-        elif t == P.SERIES_END:
+        elif t == proto.SERIES_END:
             self._on_end(msg)
-        elif t == P.ERROR:  # never answered (no error ping-pong)
+        elif t == proto.ERROR:  # logged, never answered (no error ping-pong)
             log.warning("instrument reports [%s] %s", msg.header["code"],
                         msg.header["message"])
             if self.run_file is not None:
                 self.run_file.record_event("instrument_error", code=msg.header["code"],
                                            message=str(msg.header["message"])[:500])
+        elif t == proto.ACK and self.run_file is not None and "cmd" in msg.header:
+            # The instrument's answer to a command (commands are sent by other tools).
+            self.run_file.record_event("command_ack", **{
+                k: msg.header.get(k) for k in ("cmd", "ack_seq", "status", "reason")})
         else:
             raise ProtocolError("unexpected_type", f"{t}: not a message an instrument "
                                 "sends to the controller", seq=msg.seq)
@@ -498,7 +592,7 @@ class LiveController:
     def _on_start(self, msg: Message) -> None:
         h, run = msg.header, self.run_file
         if run is not None:
-            if h["series"] == run.series_id and run.has_seq(msg.seq):
+            if h["series"] == run.series_id and msg.seq == self._start_seq:
                 self._ack(msg.seq, "duplicate")
                 return
             raise ProtocolError("series_in_progress", f"series {run.series_id!r} is being "
@@ -510,14 +604,23 @@ class LiveController:
         except ValueError as e:
             raise ProtocolError("bad_series", f"series_start: {e}", seq=msg.seq) from None
         try:
-            self.run_file = RunFile.create(self.run_path, msg)
-        except (RunFileError, OSError) as e:
+            self.run_file = RunFile.create(self.run_path, msg, cost_terms=RUN_COST_TERMS)
+        except RunFileError as e:
+            if isinstance(e.__cause__, OSError) or self.run_path.exists():
+                raise LiveError(f"cannot create {self.run_path}: {e}") from None
+            raise ProtocolError("bad_series", f"series_start: {e}", seq=msg.seq) from None
+        except OSError as e:
             raise LiveError(f"cannot create {self.run_path}: {e}") from None
-        self.solver = solver
-        self.run_file.record_event("controller", iterations_per_tilt=
-                                   self.params.iterations_per_tilt,
-                                   interleave=self.params.interleave,
-                                   device=str(solver.device))
+        p = self.params
+        self.solver = solver if p.reconstruct else None
+        self._start_seq = msg.seq
+        self.run_file.record_event(
+            "controller", iterations_per_tilt=p.iterations_per_tilt,
+            idle_iterations=p.idle_iterations, max_idle_iterations=p.max_idle_iterations,
+            final_iterations=p.final_iterations, interleave=p.interleave,
+            reconstruct=p.reconstruct,
+            device="cpu" if solver.device.id < 0 else f"gpu:{solver.device.id}",
+            fusion=dataclasses.asdict(solver.params))
         self._ack(msg.seq, "recorded")
         log.info("series %s started: %s, shape %s", h["series"], h["elements"], h["shape"])
         self._event("series_start", elements=h["elements"], shape=h["shape"])
@@ -536,15 +639,16 @@ class LiveController:
 
     def _check_seq(self, run: RunFile, msg: Message) -> bool:
         """True if new; a recorded seq is acknowledged as a duplicate (returns False)."""
-        if run.has_seq(msg.seq):
+        if run.has_seq(msg.seq) or msg.seq in (self._start_seq, self._end_seq):
             self._ack(msg.seq, "duplicate")
             return False
         if run.complete:
             raise ProtocolError("series_complete", f"{msg.type} seq {msg.seq} after the "
                                 "series end was recorded", seq=msg.seq)
-        if msg.seq != run.last_seq + 1:
+        expected = self._last_seq() + 1
+        if msg.seq != expected:
             raise ProtocolError("out_of_order", f"{msg.type} seq {msg.seq}: expected seq "
-                                f"{run.last_seq + 1}", seq=msg.seq)
+                                f"{expected}", seq=msg.seq)
         return True
 
     def _on_tilt(self, msg: Message, t_arrival: float) -> None:
@@ -556,7 +660,7 @@ class LiveController:
         if shape != list(run.shape):
             raise ProtocolError("shape_mismatch", f"{msg.type} seq {msg.seq}: image shape "
                                 f"{shape}, the series has {list(run.shape)}", seq=msg.seq)
-        modality = "haadf" if msg.type == P.HAADF_TILT else "chem"
+        modality = "haadf" if msg.type == proto.HAADF_TILT else "chem"
         if modality == "chem":
             extra = [e for e in h["elements"] if e not in run.elements]
             missing = [e for e in run.elements if e not in h["elements"]]
@@ -566,24 +670,28 @@ class LiveController:
                                     seq=msg.seq)
         key = _angle_key(h["angle"])
         if key in self._angles[modality]:
-            raise ProtocolError("duplicate_tilt", f"{msg.type} seq {msg.seq}: angle "
-                                f"{h['angle']} already recorded for {modality}", seq=msg.seq)
+            raise ProtocolError("duplicate_tilt", f"{msg.type} seq {msg.seq}: a {modality} "
+                                f"tilt at {h['angle']} degrees is already recorded",
+                                seq=msg.seq)
         try:
             run.record_tilt(msg)
         except RunFileError as e:
+            if isinstance(e.__cause__, OSError):
+                self._send(proto.ERROR, msg.seq, code="record_failed", message=str(e),
+                           bad_seq=msg.seq)
+                raise
             raise ProtocolError("record_failed", f"{msg.type} seq {msg.seq}: {e}",
                                 seq=msg.seq) from None
-        except OSError as e:
-            self._send(P.ERROR, code="record_failed", message=str(e), ref_seq=msg.seq)
-            raise LiveError(f"cannot record to {self.run_path}: {e}") from None
         self._angles[modality].add(key)
         self._ack(msg.seq, "recorded")
         self._add_to_solver(msg, modality, t_arrival)
 
     def _add_to_solver(self, msg: Message, modality: str, t_arrival: float) -> None:
         solver = self.solver
-        assert solver is not None
         angle = float(msg.header["angle"])
+        if solver is None:  # recording only
+            self._event("tilt_received", tilt_seq=msg.seq, modality=modality, angle=angle)
+            return
         if modality == "haadf":
             solver.add_haadf(angle, np.asarray(msg.arrays[0], dtype=np.float32))
         else:
@@ -591,7 +699,7 @@ class LiveController:
             solver.add_chem(angle, {e: np.asarray(maps[e], dtype=np.float32)[None]
                                     for e in solver.elements})
         self._idle_done = 0
-        self._event("tilt_received", seq=msg.seq, modality=modality, angle=angle)
+        self._event("tilt_received", tilt_seq=msg.seq, modality=modality, angle=angle)
         if solver.ready:
             self._owed += self.params.iterations_per_tilt
             self._pending.append(_Pending(msg.seq, t_arrival, solver.iteration + self._owed,
@@ -599,9 +707,8 @@ class LiveController:
         self._status("recording")
         if not self.params.interleave:
             while self._owed > 0:
-                self._iterate(idle=False)
-        if not self._owed:
-            self._settle()
+                self._iterate(PHASE_TILT)
+        self._settle()
 
     def _on_end(self, msg: Message) -> None:
         run = self._require_run(msg)
@@ -613,10 +720,8 @@ class LiveController:
                                 f"{h['n_haadf']} HAADF + {h['n_chem']} chemical tilts, "
                                 f"{run.haadf_count} + {run.chem_count} are recorded",
                                 seq=msg.seq)
-        try:
-            run.mark_complete(msg)
-        except OSError as e:
-            raise LiveError(f"cannot record to {self.run_path}: {e}") from None
+        run.mark_complete(msg)
+        self._end_seq = msg.seq
         self._ack(msg.seq, "recorded")
         log.info("series end recorded: %d HAADF + %d chemical tilts", run.haadf_count,
                  run.chem_count)
@@ -624,27 +729,28 @@ class LiveController:
         self._ended = True
 
     # -- iterating ------------------------------------------------------------------------
-    def _iterate(self, *, idle: bool) -> None:
+    def _iterate(self, phase: int) -> None:
         solver, run = self.solver, self.run_file
         assert solver is not None and run is not None
         costs = solver.step()
         self._last_costs = costs
-        if idle:
+        if phase == PHASE_IDLE:
             self._idle_done += 1
-        else:
+        elif phase == PHASE_TILT:
             self._owed = max(self._owed - 1, 0)
-        run.record_costs(solver.iteration, {**costs, "n_haadf": solver.n_haadf,
-                                            "n_chem": solver.n_chem, "idle": int(idle)})
+        run.record_costs(solver.iteration, {
+            **costs, "haadf_scale": solver.haadf_scale, "n_haadf": solver.n_haadf,
+            "n_chem": solver.n_chem, "idle": int(phase == PHASE_IDLE), "phase": phase})
         p = self.params
         if p.snapshot_every and solver.iteration % p.snapshot_every == 0:
             run.record_snapshot(solver.iteration, solver.volumes())
         if self._pending and solver.iteration >= self._pending[0].target_iteration:
             self._settle()
-        else:
-            if solver.iteration % p.publish_every == 0:
-                self._status("iterating")
-            if solver.iteration % p.slices_every == 0:
-                self._publish_slices()
+            return
+        if solver.iteration % p.publish_every == 0:
+            self._status("iterating")
+        if solver.iteration % p.slices_every == 0:
+            self._publish_slices()
 
     def _settle(self) -> None:
         """Publish the reconstruction for the tilts whose k iterations are done; record
@@ -658,8 +764,10 @@ class LiveController:
         self._status("iterating")
         self._publish_slices()
         t = time.time()
-        for q in done:
-            lat = t - q.t_arrival
+        lats = [t - q.t_arrival for q in done]
+        self._event("reconstruction_updated", iteration=solver.iteration,
+                    tilt_seqs=[q.seq for q in done], latency_s=lats)
+        for q, lat in zip(done, lats, strict=True):
             self.latencies.append(lat)
             run.record_event("latency", seq=q.seq, latency_s=lat, iteration=solver.iteration)
         if self.params.snapshot_chem and any(q.chem for q in done):
@@ -669,24 +777,28 @@ class LiveController:
         solver = self.solver
         if solver is None or solver.x is None:
             return
-        self._publish("slices", P.STATUS, iteration=solver.iteration,
+        self._publish("slices", proto.STATUS, iteration=solver.iteration,
                       slices=orthoslices(solver.x, solver.elements, self.params.slice_size))
 
     def _finish(self) -> None:
-        """After the series end: final iterations (answering resends between them), the
-        final snapshot, and the closing event."""
+        """After the series end: the owed and final iterations (answering resends between
+        them), the final snapshot, and the closing event."""
         solver, run = self.solver, self.run_file
         assert run is not None
         if solver is not None and solver.ready:
-            for _ in range(self._owed + self.params.final_iterations):
+            while self._owed > 0:
                 self._drain()
-                self._iterate(idle=False)
+                self._iterate(PHASE_TILT)
+            for _ in range(self.params.final_iterations):
+                self._drain()
+                self._iterate(PHASE_FINAL)
             self._settle()
-            run.record_snapshot(solver.iteration, solver.volumes(), final=True)
-        else:
-            log.warning("series ended without both HAADF and chemical tilts: "
-                        "no reconstruction")
-        run.record_event("finished", iteration=0 if solver is None else solver.iteration)
+            run.record_snapshot(solver.iteration, solver.volumes())
+        elif self.params.reconstruct:
+            log.warning("the series ended without both HAADF and chemical tilts: no "
+                        "reconstruction")
+        run.record_event("finished", iteration=0 if solver is None else solver.iteration,
+                         latency_s_median=_median(self.latencies))
         self._status("complete")
         self._event("complete", iteration=0 if solver is None else solver.iteration)
         self._finished = True
@@ -703,3 +815,11 @@ def _planned(header: dict[str, Any], key: str) -> int | None:
     if isinstance(scheme, dict) and isinstance(scheme.get(key), list):
         return len(scheme[key])
     return None
+
+
+def _int_or(v: Any, default: int) -> int:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else default
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None

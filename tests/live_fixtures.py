@@ -1,0 +1,131 @@
+"""Helpers for the live-loop tests: a hand-driven fake instrument, threads running the
+simulated instrument and the controller, and free ports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from fusetomo.adapters.protocol import HELLO, Message, decode
+from fusetomo.controller.live import LiveController, LiveParams
+from fusetomo.controller.runfile import describe_run
+from fusetomo.simulators.instrument import InstrumentParams, SimulatedInstrument
+
+# A small, fast series: 16^3, 11 HAADF + 3 chemical tilts.
+SMALL = {"size": 16, "tilt_range": (-60.0, 60.0), "haadf_step": 12.0, "chem_step": 60.0,
+         "seed": 3}
+# A deterministic schedule on the CPU: k iterations per tilt, nothing in between.
+STRICT = LiveParams(device="cpu", iterations_per_tilt=2, idle_iterations=False,
+                    interleave=False, final_iterations=3, heartbeat_s=0.3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Driver:
+    """A fake instrument driven by the test: a ROUTER that learns the controller from its
+    hello, then sends raw frames one message at a time and returns the reply."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.router_handover = True
+        self.sock.bind("tcp://127.0.0.1:0")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.peer: bytes | None = None
+
+    def wait_hello(self, timeout: float = 10.0) -> Message:
+        msg = self._next(timeout, skip_hello=False)
+        assert msg.type == HELLO, msg.header
+        return msg
+
+    def _next(self, timeout: float, *, skip_hello: bool) -> Message:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise TimeoutError("no reply from the controller")
+            peer, *frames = self.sock.recv_multipart()
+            self.peer = peer
+            msg = decode(frames)
+            if skip_hello and msg.type == HELLO:
+                continue
+            return msg
+
+    def exchange(self, frames: list[bytes], timeout: float = 10.0) -> Message:
+        """Send one message's frames; the controller's reply (hellos skipped)."""
+        assert self.peer is not None, "wait_hello first"
+        self.sock.send_multipart([self.peer, *frames])
+        return self._next(timeout, skip_hello=True)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@contextmanager
+def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT,
+                      **kwargs: Any) -> Iterator[tuple[LiveController, dict[str, Any]]]:
+    """A LiveController running in a thread; `result` gets 'code' or 'error'. Stopped (and
+    joined) on leaving the block."""
+    ctrl = LiveController(address, run_path, params, **kwargs)
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["code"] = ctrl.run(stop)
+        except Exception as e:  # reported to the test
+            result["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    result["thread"] = t
+    try:
+        yield ctrl, result
+    finally:
+        stop.set()
+        t.join(30)
+
+
+@contextmanager
+def instrument_thread(**kwargs: Any) -> Iterator[SimulatedInstrument]:
+    """The simulated instrument serving in a thread (stopped on leaving the block)."""
+    inst = SimulatedInstrument(InstrumentParams(**{**SMALL, "speed": 1e4, **kwargs}))
+    inst.bind()
+    stop = threading.Event()
+    t = threading.Thread(target=inst.serve, args=(stop,), daemon=True)
+    t.start()
+    try:
+        yield inst
+    finally:
+        stop.set()
+        t.join(10)
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def recorded_tilts(path: Path) -> int:
+    """Tilts committed to a run file, read while its writer may be live (0 if unreadable)."""
+    try:
+        d = describe_run(path)
+    except Exception:
+        return 0
+    return int(d["haadf_tilts"]) + int(d["chem_tilts"])
