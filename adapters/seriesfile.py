@@ -30,6 +30,7 @@ from fusetomo.adapters.elements import UnknownElementError, atomic_number
 from fusetomo.adapters.series import SeriesError, TiltSeries
 
 FORMAT = "fusetomo-series"
+RUN_FORMAT = "fusetomo-run"  # adapters/runfile.py: a series file plus the live record
 VERSION = 1
 RESERVED_ATTRS = frozenset({"format", "version", "gamma", "pixel_size_nm"})
 
@@ -217,8 +218,17 @@ def _read_chem(f: h5py.File, path: Path) -> tuple[dict, dict, dict, dict]:
 
 
 def read_series(path: str | Path) -> TiltSeries:
-    """Read and validate a series file; any problem raises SeriesFileError."""
+    """Read and validate a series file, or the tilts of a run file (which has the same
+    layout plus its commit records: read through them, so that a tilt half-written by a
+    writer that crashed is never returned). Any problem raises SeriesFileError."""
     path = Path(path)
+    if file_format(path) == RUN_FORMAT:
+        from fusetomo.adapters.runfile import RunFileError, read_run
+
+        try:
+            return read_run(path).series
+        except RunFileError as e:
+            raise SeriesFileError(str(e)) from None
     with open_h5(path) as f:
         check_format(f, path, FORMAT)
         haadf = _read(f, "/haadf/data", path, 3)
@@ -261,7 +271,14 @@ def total_dose(attrs: Mapping[str, Any], haadf_tilts: int, chem_tilts: int) -> f
 
 
 def file_format(path: str | Path) -> str:
-    """The root `format` attribute of an HDF5 file ('' when absent)."""
+    """The root `format` attribute of an HDF5 file ('' when absent). A run file whose
+    writer is live or died is open in SWMR mode: it is then read as an SWMR reader."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            return str(attr_value(f.attrs.get("format", "")))
+    except (OSError, ValueError):
+        pass
     with open_h5(path) as f:
         return str(attr_value(f.attrs.get("format", "")))
 

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from fusetomo.adapters.elements import UnknownElementError
+from fusetomo.adapters.runfile import describe_run
 from fusetomo.adapters.series import SeriesError, TiltSeries
 from fusetomo.adapters.seriesfile import (
+    RUN_FORMAT,
     describe_series,
     file_format,
     read_series,
@@ -129,7 +131,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     fmt = file_format(args.file)
-    info = describe_recon(args.file) if fmt == RECON_FORMAT else describe_series(args.file)
+    if fmt == RECON_FORMAT:
+        info = describe_recon(args.file)
+    elif fmt == RUN_FORMAT:
+        info = describe_run(args.file)
+    else:
+        info = describe_series(args.file)
     if args.json:
         print(json.dumps(info))
     else:
@@ -221,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emd", required=True, help="EMD file to write (.emd)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="simulate, reconstruct (fused and conventional), score")
+    p = sub.add_parser("offline-demo",
+                       help="simulate, reconstruct offline (fused and conventional), score")
     _add_simulation_options(p, size=64)
-    p.add_argument("--out", default="fusetomo-demo", help="folder for the files")
+    p.add_argument("--out", default="fusetomo-offline-demo", help="folder for the files")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--iterations", type=_positive_int, default=None, help=argparse.SUPPRESS)

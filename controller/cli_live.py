@@ -1,4 +1,5 @@
-"""Live-loop commands: `control`, `replay` and `live-demo` (registered by cli.py).
+"""Live-loop commands: `control`, `replay` and `demo` (alias `live-demo`; registered by
+cli.py).
 
     fusetomo control --instrument tcp://HOST:PORT --record RUN.h5 [--resume] ...
     fusetomo replay FILE.h5 [--speed X] [--record RUN.h5]
@@ -35,6 +36,8 @@ import numpy as np
 import zmq
 from tqdm.auto import tqdm
 
+from fusetomo.adapters.runfile import FORMAT as RUN_FORMAT
+from fusetomo.adapters.runfile import RunFileError, read_run, read_snapshot
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import SeriesFileError, file_format, write_series
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys, StatusSubscriber
@@ -44,8 +47,6 @@ from fusetomo.controller.live import (
     LiveError,
     LiveParams,
 )
-from fusetomo.controller.runfile import FORMAT as RUN_FORMAT
-from fusetomo.controller.runfile import RunFileError, read_run, read_snapshot
 from fusetomo.solver.fusion import FusionParams
 
 READY_PREFIX = "controller publishing status on "
@@ -553,7 +554,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_replay)
 
     p = subparsers.add_parser(
-        "live-demo", help="simulated instrument and controller as separate processes",
+        "demo", aliases=["live-demo"],
+        help="the main job: simulated instrument and controller as separate processes",
         description="Run a whole simulated series through the live loop over loopback "
                     "ZeroMQ, with a progress display; write DIR/run.h5 and "
                     "DIR/summary.json.")

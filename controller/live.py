@@ -40,8 +40,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from fusetomo.adapters import protocol as proto
 from fusetomo.adapters.protocol import Message, ProtocolError, decode, encode, make
+from fusetomo.adapters.runfile import RunFile, RunFileError, RunRecord, read_run
 from fusetomo.adapters.transport import ControllerClient, CurveKeys, StatusPublisher
-from fusetomo.controller.runfile import RunFile, RunFileError, RunRecord, read_run
 from fusetomo.solver.backend import resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 

@@ -14,8 +14,8 @@ from typing import Any
 import zmq
 
 from fusetomo.adapters.protocol import HELLO, Message, decode
+from fusetomo.adapters.runfile import describe_run
 from fusetomo.controller.live import LiveController, LiveParams
-from fusetomo.controller.runfile import describe_run
 from fusetomo.simulators.instrument import InstrumentParams, SimulatedInstrument
 
 # A small, fast series: 16^3, 11 HAADF + 3 chemical tilts.

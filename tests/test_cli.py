@@ -141,11 +141,11 @@ def test_argparse_errors_return_2(capsys):
     assert main(["reconstruct"]) == 2
     assert main(["reconstruct", "x.h5", "--out", "y.h5", "--method", "magic"]) == 2
     assert main(["--help"]) == 0
-    assert "--iterations" not in _run(capsys, ["demo", "--help"])[1]
+    assert "--iterations" not in _run(capsys, ["offline-demo", "--help"])[1]
 
 
 def test_demo_json(tmp_path, capsys):
-    code, out, _ = _run(capsys, ["demo", "--out", str(tmp_path), "--size", "16",
+    code, out, _ = _run(capsys, ["offline-demo", "--out", str(tmp_path), "--size", "16",
                                  "--iterations", "3", "--device", "cpu", "--json"])
     assert code == 0
     summary = json.loads(out)

@@ -181,7 +181,9 @@ def test_add_haadf_errors_leave_state_unchanged(sim24) -> None:
 
 # -- warm start ------------------------------------------------------------------------------------
 def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
+    """With re-seeding off, adding tilts continues exactly from the current volumes."""
     s = sim24.series
+    no_reseed = FusionParams(reseed_on_chem=False)
     h_first, h_more = np.arange(0, s.haadf_angles.size, 2), np.arange(1, s.haadf_angles.size, 2)
     c_first, c_more = np.arange(0, 6), np.arange(6, s.common_chem_angles.size)
 
@@ -195,7 +197,7 @@ def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
             solver.add_haadf(s.haadf_angles[h_more], s.haadf[h_more])
             solver.add_chem(s.common_chem_angles[c_more], chem(c_more))
 
-    live = _solver(s, haadf=False, chem=False)
+    live = _solver(s, no_reseed, haadf=False, chem=False)
     calls = []
     original = live.initialize
 
@@ -207,7 +209,7 @@ def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
     fill(live, with_more=False)
     live.run(5)
     x5, scale_tv, haadf_scale = live.x.copy(), live.scale_tv.copy(), live.haadf_scale
-    fill_more = _solver(s, haadf=False, chem=False)  # same data order, for the reference step
+    fill_more = _solver(s, no_reseed, haadf=False, chem=False)  # same data order
     fill(fill_more, with_more=True)
 
     live.add_haadf(s.haadf_angles[h_more], s.haadf[h_more])
@@ -325,3 +327,30 @@ def test_gpu_matches_cpu(sim24) -> None:
     for e, v in cpu.volumes().items():
         np.testing.assert_allclose(gpu.volumes()[e], v, rtol=1e-3, atol=1e-3 * float(v.max()))
     np.testing.assert_allclose(gpu.history.haadf, cpu.history.haadf, rtol=1e-3)
+
+
+def test_chemical_tilts_reseed_and_haadf_tilts_warm_start(sim24, monkeypatch) -> None:
+    """Default: HAADF tilts keep the volumes; new chemical tilts re-seed the element split
+    from the conventional reconstruction once, at the next step."""
+    s = sim24.series
+    solver = _solver(s, haadf=False, chem=False)
+    calls: list[int] = []
+    original = solver.initialize
+
+    def counting_initialize(*args: Any, **kwargs: Any) -> None:
+        calls.append(solver.n_chem)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "initialize", counting_initialize)
+    solver.add_haadf(s.haadf_angles[:6], s.haadf[:6])
+    solver.add_chem(s.common_chem_angles[:3], {e: s.chem[e][:3] for e in s.elements})
+    solver.run(3)
+    before = solver.x.copy()
+    solver.add_haadf(s.haadf_angles[6:], s.haadf[6:])
+    np.testing.assert_array_equal(solver.x, before)
+    solver.run(2)
+    assert calls == [3]  # HAADF tilts did not re-initialise
+    solver.add_chem(s.common_chem_angles[3:], {e: s.chem[e][3:] for e in s.elements})
+    solver.run(2)
+    solver.run(1)
+    assert calls == [3, s.common_chem_angles.size]  # once, with all chemical tilts

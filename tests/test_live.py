@@ -44,6 +44,7 @@ from fusetomo.adapters.protocol import (
     encode,
     make,
 )
+from fusetomo.adapters.runfile import describe_run, read_run, read_snapshot
 from fusetomo.adapters.transport import StatusSubscriber
 from fusetomo.controller.cli import main
 from fusetomo.controller.cli_live import fusetomo_argv
@@ -54,7 +55,6 @@ from fusetomo.controller.live import (
     orthoslices,
     rebuild_solver,
 )
-from fusetomo.controller.runfile import describe_run, read_run, read_snapshot
 from fusetomo.simulators.forward import AcquisitionParams, TiltScheme, simulate
 
 CLI_STRICT = ["--strict-schedule", "--max-idle-iterations", "0", "--iterations-per-tilt",

@@ -25,8 +25,7 @@ from fusetomo.adapters.protocol import (
     Message,
     make,
 )
-from fusetomo.adapters.seriesfile import SeriesFileError, read_series, write_series
-from fusetomo.controller.runfile import (
+from fusetomo.adapters.runfile import (
     EVENT_ROW_BYTES,
     FORMAT,
     RunFile,
@@ -37,6 +36,7 @@ from fusetomo.controller.runfile import (
     read_run,
     read_snapshot,
 )
+from fusetomo.adapters.seriesfile import SeriesFileError, read_series, write_series
 
 ELEMENTS = ["Co", "O"]
 SHAPE = (6, 8)
@@ -75,7 +75,7 @@ WRITER = TILTS + textwrap.dedent('''
     import sys
     from pathlib import Path
     from fusetomo.adapters.protocol import SERIES_END
-    from fusetomo.controller.runfile import RunFile
+    from fusetomo.adapters.runfile import RunFile
 
     path, last = Path(sys.argv[1]), int(sys.argv[2])
     run = RunFile.resume(path) if path.exists() else RunFile.create(path, start())
@@ -402,7 +402,7 @@ def test_damaged_commit_record(tmp_path):
 
 
 # -- a reader beside the live writer -----------------------------------------------------------
-READER = ("import json, sys\nfrom fusetomo.controller.runfile import describe_run, read_run\n"
+READER = ("import json, sys\nfrom fusetomo.adapters.runfile import describe_run, read_run\n"
           "d = describe_run(sys.argv[1]); r = read_run(sys.argv[1])\n"
           "print(json.dumps([d['haadf_tilts'], d['chem_tilts'], d['writer_live'], "
           "int(r.series.haadf.sum() > 0)]))")
