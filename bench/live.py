@@ -136,8 +136,8 @@ def _rss_mb() -> float:
 
 
 def bench_load(args: argparse.Namespace) -> dict[str, Any]:
+    from fusetomo.adapters.runfile import describe_run, read_run
     from fusetomo.controller.live import LiveController, LiveParams
-    from fusetomo.controller.runfile import describe_run, read_run
 
     spec = {"tilts": args.tilts, "side": args.side, "chem_every": args.chem_every,
             "elements": ["Co", "O"][: args.load_elements] if args.load_elements <= 2
