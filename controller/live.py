@@ -479,7 +479,9 @@ class LiveController:
                 f"in {self.run_path}; continue with --resume)")
             raise LiveError(f"{what} at {self.address} for {p.timeout_s:g} s; the series "
                             f"is not complete{where}")
-        if self._connected and silent > p.heartbeat_s and now - self._last_hello > p.heartbeat_s:
+        # Not gated on the monitor's connected flag: the handshake can complete before the
+        # monitor is attached, and a hello sent with no peer is simply dropped.
+        if silent > p.heartbeat_s and now - self._last_hello > p.heartbeat_s:
             self._hello("heartbeat")
 
     # -- sending --------------------------------------------------------------------------

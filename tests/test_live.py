@@ -93,8 +93,10 @@ def test_live_run_records_each_tilt_once_publishes_and_replays_exactly(tmp_path)
             controller_thread(inst.endpoint, run, params) as (ctrl, result):
         wait_for(lambda: ctrl.publisher is not None, 10, "the status socket")
         sub = StatusSubscriber(ctrl.publish_endpoint)
+        deadline = time.monotonic() + 120
         try:
             while "code" not in result and "error" not in result:
+                assert time.monotonic() < deadline, "the live run did not finish in 120 s"
                 m = sub.recv(100)
                 if m is not None:
                     got.append((m[0], m[1].header))
