@@ -11,9 +11,10 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-from fusetomo.adapters.transport import DEFAULT_BIND
+from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
 from fusetomo.simulators.forward import AcquisitionParams
 from fusetomo.simulators.instrument import InstrumentError, InstrumentParams, SimulatedInstrument
 from fusetomo.simulators.schemes import ORDERS, SEQUENTIAL, SchemeError
@@ -63,6 +64,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--source", default=None, metavar="FILE.h5",
                    help="replay this series or run file instead of simulating")
     p.add_argument("--series-id", default=None, help="series id (default: a fresh one)")
+    g = p.add_argument_group("CURVE encryption (a controller on another host)")
+    g.add_argument("--curve-secret", default=None, metavar="FILE",
+                   help="this instrument's secret key file (zmq.auth.create_certificates)")
+    g.add_argument("--curve-clients", default=None, metavar="DIR",
+                   help="folder of the public keys of the controllers allowed to connect")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level")
     p.set_defaults(func=cmd_instrument_sim)
@@ -78,7 +84,17 @@ def params_from_args(args: argparse.Namespace) -> InstrumentParams:
         tilt_range=tuple(args.tilt_range), haadf_step=args.haadf_step,
         chem_step=args.chem_step, speed=args.speed, drift_sigma_px=args.drift,
         axis_offset_px=args.axis_offset, auto=not args.manual, window=args.window,
-        source=args.source, bind=args.bind, series_id=args.series_id, acquisition=acq)
+        source=args.source, bind=args.bind, series_id=args.series_id, acquisition=acq,
+        curve=_curve(args))
+
+
+def _curve(args: argparse.Namespace) -> CurveKeys | None:
+    secret, clients = args.curve_secret, args.curve_clients
+    if secret is None and clients is None:
+        return None
+    if secret is None or clients is None:
+        raise InstrumentError("CURVE needs both --curve-secret and --curve-clients")
+    return CurveKeys(secret_file=Path(secret), authorized_clients_dir=Path(clients))
 
 
 def cmd_instrument_sim(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ from fusetomo.adapters.protocol import (
 )
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import read_series, total_dose
-from fusetomo.adapters.transport import DEFAULT_BIND, InstrumentServer
+from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys, InstrumentServer
 from fusetomo.simulators.forward import (
     AcquisitionParams,
     bin_projections,
@@ -111,6 +111,7 @@ class InstrumentParams:
     window: int = 64  # max unacknowledged data messages in flight
     source: str | Path | None = None  # series/run file to replay instead of simulating
     bind: str = DEFAULT_BIND
+    curve: CurveKeys | None = None  # CURVE server keys, for a controller on another host
     series_id: str | None = None  # default: a fresh 'sim-...' id
     acquisition: AcquisitionParams = field(default_factory=AcquisitionParams)
     dose_budget: float | None = None  # e/A^2; default: the plan's total dose
@@ -304,7 +305,8 @@ class SimulatedInstrument:
         """Bind the server (once) and return the endpoint actually bound."""
         if self.server is None:
             try:
-                self.server = InstrumentServer(self.params.bind, ctx=self._ctx)
+                self.server = InstrumentServer(self.params.bind, ctx=self._ctx,
+                                               curve=self.params.curve)
             except zmq.ZMQError as e:
                 raise InstrumentError(f"cannot bind {self.params.bind!r}: {e}") from None
             log.info("instrument listening on %s (series %s)", self.server.endpoint,

@@ -559,3 +559,44 @@ def test_curve_encrypted_connection_says_hello(tmp_path):
             assert got is not None and got[1].type == HELLO
     finally:
         server.close()
+
+
+def test_instrument_sim_and_control_over_curve(tmp_path):
+    """Both command-line processes, an encrypted and authenticated link, a whole series."""
+    import zmq.auth
+
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    _, server_secret = zmq.auth.create_certificates(str(keys), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(keys), "client")
+    Path(client_public).rename(clients / "client.key")
+    inst = subprocess.Popen(
+        fusetomo_argv("instrument-sim", "--size", "16", "--tilt-range", "-60", "60",
+                      "--haadf-step", "12", "--chem-step", "60", "--speed", "200",
+                      "--log-level", "WARNING", "--curve-secret", str(server_secret),
+                      "--curve-clients", str(clients)),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert inst.stdout is not None
+        endpoint = inst.stdout.readline().split()[-1]
+        run = tmp_path / "run.h5"
+        proc = subprocess.run(
+            fusetomo_argv("control", "--instrument", endpoint, "--record", str(run),
+                          "--device", "cpu", "--timeout", "60", "--final-iterations", "1",
+                          "--curve-secret", str(client_secret),
+                          "--curve-server-key", str(keys / "server.key")),
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        d = describe_run(run)
+        assert d["complete"] and (d["haadf_tilts"], d["chem_tilts"]) == (11, 3), d
+        assert inst.wait(timeout=15) == 0
+    finally:
+        if inst.poll() is None:
+            inst.kill()
+
+
+def test_instrument_sim_curve_needs_both_options(tmp_path, capsys):
+    code = main(["instrument-sim", "--curve-secret", str(tmp_path / "x.key_secret")])
+    assert code == 2
+    assert "--curve-clients" in capsys.readouterr().err
