@@ -1,81 +1,108 @@
 """Per-voxel, per-element standard errors of the fused reconstruction (science.md §3).
 
-A Laplace approximation: at the solver's current volumes x (chemical-count units) the
-posterior covariance is approximated by H^-1, H the curvature of the objective Phi below,
-and the standard error of voxel j is sqrt([H^-1]_jj).
+A Laplace approximation: at the solver's current volumes x (chemical-count units, like
+`FusedSolver.volumes()`) the posterior covariance is approximated by H^-1, H the curvature
+of the objective Phi below, and the standard error of voxel j is sqrt([H^-1]_jj).
 
 The objective
 -------------
 The fused solver is a preconditioned forward-backward scheme (solver/fusion.py): its fixed
-point is not literally the minimiser of one weighted objective, so an objective has to be
-chosen. We take the negative log-posterior whose data terms carry their statistical weights
-and whose regulariser is the solver's TV prox, carried over to the likelihood's units:
+point is not the minimiser of one weighted objective, so an objective has to be chosen. We
+take the negative log-posterior whose data terms carry their statistical weights and whose
+regulariser is the solver's TV prox carried over to the likelihood's units:
 
     Phi(x) = 1/(2 sigma_H^2) ||c A_h sum_i w_i x_i^gamma - b_H||^2       HAADF, w_i = Z_i^gamma
            + sum_i 1^T (A_c x_i + bg_i) - b_i^T log(A_c x_i + bg_i)         Poisson, per element
            + sum_i sum_j mu_ij (sqrt(|grad x_i|_j^2 + delta_i^2) - delta_i)  smoothed TV
            + sum_i alpha_i / 2 ||x_i||^2                                     weak Gaussian prior
 
-- c is the solver's fitted HAADF scale (refitted here in closed form at x) and sigma_H^2
-  the HAADF noise variance estimated from the residual, mean((b_H - c A_h s)^2), unless
-  `haadf_sigma` is given. The residual also holds the model error (partial volume, the
-  gamma-of-average), so sigma_H is over- rather than under-estimated.
-- The TV weight. A step of the solver in the chemical directions is the relaxed ML-EM step
-  x - D grad Psi2 with the diagonal metric D = lambda_c(x) x / (A_c^T 1), followed by the
-  TV prox with weight t_i = lambda_tv * scale_tv[i] (in x units). A fixed point therefore
-  satisfies grad Psi2 + D^-1 t_i d TV(x_i) = 0: in the likelihood's units the prox acts as
-  a TV weight mu_ij = t_i / D_ij (`tv_metric='solver'`, the default; x is floored at
-  `x_floor * scale_tv[i]` so that vacuum voxels get a large but finite weight). We freeze
-  mu at the current x, which makes Phi a spatially weighted TV (the two differ only where
-  D varies from voxel to voxel). `tv_metric='fisher'` uses instead mu_ij = t_i * F_jj,
-  the prox read in the metric of the chemical Fisher information (a weaker regulariser).
-  The HAADF directions need no such care: HAADF at SNR in the hundreds pins the summed
-  signal both in the solver and in Phi.
-- delta_i = `tv_delta * scale_tv[i]` smooths TV so that it has a curvature; a TV solution
-  is flat over large regions where the curvature mu/delta is what sets the variance (a
-  Laplace approximation of a non-smooth prior is only defined through such a smoothing).
-- alpha_i = `prior_weight * median_j F_jj` (F the chemical Fisher diagonal over the voxels
-  where element i is present) only makes H positive definite where nothing else does.
+- HAADF: c is refitted in closed form at x, as the solver does at every iteration; because
+  it is refitted (variable projection), the HAADF data say nothing along A_h s itself and
+  its curvature is the projected Gauss-Newton term J^T (I - a a^T) J, a = A_h s/||A_h s||
+  (otherwise the HAADF would pin the absolute scale of every element, which in fact the
+  chemical counts set). sigma_H^2 = mean((b_H - c A_h s)^2) unless `haadf_sigma` is given;
+  the residual also holds the model error (partial volume, gamma of an average), so
+  sigma_H is over- rather than under-estimated (5x on the simulated nanocubes).
+- TV weight (`tv_metric='solver'`, the default). In the chemical directions a solver step
+  is the relaxed ML-EM step x - D grad Psi2, D = lambda_c(x) x / (A_c^T 1) (the per-voxel
+  step fraction of the solver), followed by the TV prox of weight t_i = lambda_tv *
+  scale_tv[i] in x units. A fixed point satisfies grad Psi2 + D^-1 t_i dTV(x_i) = 0, so in
+  the likelihood's units the prox is a TV of weight mu_ij = t_i / D_ij. mu is frozen at
+  the current x (Phi is then a spatially weighted TV; the two differ only where D varies
+  between neighbours), and x is floored at `x_floor * scale_tv[i]` (0.1: the level below
+  which an element counts as absent, also used for alpha): the ML-EM metric vanishes at
+  x = 0, where the solver's clip, not the metric, holds the voxel. `tv_metric='fisher'`
+  reads the prox in the metric of the Fisher diagonal instead (mu = t_i F_jj, a far weaker
+  TV than the solver applies; kept for comparison).
+- delta_i = `tv_delta * scale_tv[i]` only regularises the curvature where the solution is
+  exactly flat: the default 0.003 is well below the gradients of a reconstruction at
+  chemical SNR ~ 2, so the curvature is set by the solution's own gradients (on the 64^3
+  nanocubes the cheap standard errors change by ~10% between 0.001 and 0.003, then grow
+  with delta, +35% at 0.01 and 2x at 0.05, as their rank agreement with Monte Carlo falls).
+- alpha_i = `prior_weight * median F_jj` (F the chemical Fisher diagonal where element i
+  is present) only keeps H positive definite where nothing else does.
 
 Its curvature
 -------------
-    H = J^T J / sigma_H^2 + blockdiag_i A_c^T diag(q_i) A_c + blockdiag_i G^T diag(mu_i /
-        sqrt(|G x_i|^2 + delta_i^2)) G + diag(alpha)
+    H = J^T (I - a a^T) J / sigma_H^2 + blockdiag_i A_c^T diag(q_i) A_c
+        + blockdiag_i G^T diag(mu_i / sqrt(|G x_i|^2 + delta_i^2)) G + diag(alpha)
 
-with J v = c A_h sum_i gamma w_i x_i^(gamma-1) v_i (Gauss-Newton: the term in the HAADF
-residual is dropped; it blows up at x = 0 for gamma < 2 and makes H indefinite),
-q_i = 1 / (A_c x_i + bg_i) (the expected Fisher information, `fisher='expected'`) or
-b_i / (A_c x_i + bg_i)^2 (observed, `fisher='observed'`), G the forward differences of
-solver/tv.py, and the lagged-diffusivity curvature of the smoothed TV (the quadratic
-majoriser of TV at x, used by IRLS; it is >= the exact curvature, which has the smaller
-eigenvalue delta^2 / |.|^3 across edges, so edges are not given an infinite variance).
-`LaplaceModel.hessian_vector(v, exact=True)` applies the exact Hessian of Phi (second-order
-HAADF term, observed Fisher, exact smoothed-TV curvature): the tests check it against
-finite differences of `LaplaceModel.gradient`.
+J v = c A_h sum_i gamma w_i x_i^(gamma-1) v_i (Gauss-Newton: the term with the HAADF
+residual is dropped; it blows up at x = 0 for gamma < 2 and makes H indefinite);
+q_i = 1 / (A_c x_i + bg_i) (expected Fisher information, `fisher='expected'`) or
+b_i / (A_c x_i + bg_i)^2 (observed); G the forward differences of solver/tv.py with the
+lagged-diffusivity curvature of TV (the quadratic majoriser of TV at x, as in IRLS: the
+exact curvature has eigenvalue delta^2 / |.|^3 across an edge and would give edges an
+almost unbounded variance). `LaplaceModel.hessian_vector(v, exact=True)` applies instead
+the exact Hessian of Phi at fixed c (second-order HAADF term, observed Fisher, exact
+smoothed-TV curvature); the tests check it against finite differences of `gradient`.
 
 Two modes
 ---------
 - 'cheap': Jacobi, var_j = 1 / H_jj. diag(A^T diag(q) A) = (A o A)^T q is one
-  back-projection with the elementwise-squared matrix, cached per geometry, so the whole
+  back-projection with the elementwise-squared matrix (cached per number of tilts): the
   diagonal costs one forward HAADF projection, one forward and one squared back chemical
-  projection and a few finite differences: a fraction of one fused iteration. It is a lower
-  bound of [H^-1]_jj (for any positive definite H, [H^-1]_jj >= 1/H_jj): it ignores the
-  correlation between voxels, which the few chemical tilts and the TV coupling make large.
-- 'accurate': Hutchinson/Bekas, diag(H^-1) ~ mean_k v_k * H^-1 v_k with Rademacher v_k,
-  each H^-1 v_k by conjugate gradients preconditioned by the Jacobi diagonal, probes solved
-  as one batch. The returned `UncertaintyState` keeps the probes' seed and solutions, so
-  the next call (after a tilt) starts CG from them. Per-voxel estimates below the Jacobi
-  lower bound (Hutchinson's noise with few probes) are raised to it.
+  projection and a few finite differences, a fraction of one fused iteration. It is a lower
+  bound of [H^-1]_jj for the same H (ignores the correlations between voxels and elements).
+- 'accurate': diag(H^-1) from `probes` random vectors, each H^-1 v by conjugate gradients
+  preconditioned by the voxel-wise element blocks of H (diagonal plus the HAADF rank-one
+  block, inverted by Sherman-Morrison), the probes solved as one batch, warm-started from
+  the solutions of the previous call (`UncertaintyState`). Two estimators:
+  `estimator='sampling'` (default): v_k = B^T xi_k with xi_k standard normal and
+  H = B^T B the factorisation of H by its own terms (rows of J, of Q^1/2 A_c, of
+  Lambda^1/2 G and of alpha^1/2), so that u_k = H^-1 v_k ~ N(0, H^-1) and
+  var_j = mean_k u_kj^2 ("perturbation-optimisation" sampling of a Gaussian): its relative
+  error is sqrt(2 / probes) whatever the correlations. `estimator='hutchinson'` (Bekas et
+  al.): Rademacher v_k, var_j = mean_k v_kj (H^-1 v_k)_j; its error grows with the
+  off-diagonal mass of H^-1, which TV coupling over whole flat regions makes large (on a
+  tiny problem 128 probes give 8% median error by sampling, 39% by Hutchinson), and its
+  rough probes need ~3x more CG iterations; estimates below the Jacobi bound are raised to
+  it. The draws of each tilt come from their own seed, so the right-hand sides of earlier
+  tilts are unchanged when tilts are added and warm starts stay close.
+`covariance='estimator'` gives instead the linearised covariance of the penalised
+estimator, H^-1 F H^-1 (F the data terms of H; Fessler's approximation): sampling with the
+data rows of B only, and F_jj / H_jj^2 in the cheap mode.
 
 Honest caveats
 --------------
-The Laplace variance is the variance of the posterior, not of the estimator. For a
-penalised estimator the linearised (sandwich) covariance H^-1 F H^-1 is smaller, by
-H^-1 R H^-1 with R the regulariser's curvature: the Laplace std includes the regulariser's
-contribution (the part of the error that is bias) and so tends to over-estimate the
-empirical scatter over noise realisations where TV dominates, while TV's shrinkage and the
-solver's finite iterations reduce that scatter. Both depend on lambda_tv, tv_delta and
-x_floor; bench/uncertainty.py measures the result against Monte Carlo.
+- The Laplace variance is that of the posterior, not of the estimator: it exceeds the
+  estimator's (sandwich) covariance by H^-1 R H^-1, R the regulariser's curvature, i.e. it
+  counts the regulariser's share (which shows up as bias, not scatter). Over noise
+  realisations the empirical scatter lies between the two (bench/uncertainty.py).
+- TV shrinks the scatter in flat regions to almost nothing but the global level and puts
+  it at edges; the std there depends on mu, i.e. on lambda_tv and on the solver metric.
+- The statistical HAADF weight assumes the solver uses the HAADF as well as its noise
+  allows. At fine scale it does not (a few SIRT steps per iteration on a model with
+  errors), so for elements carried by the HAADF in small features (Au in the nanocubes)
+  the standard error is a lower bound, several times below the empirical scatter.
+- The solver is not a descent method: with momentum its iterates keep drifting after the
+  costs have levelled off, and the scatter over noise realisations depends on the number
+  of iterations (it grows several-fold from 60 to 300 iterations on the nanocubes). Its
+  loosest direction is the common level of the HAADF-carried elements (x and the refitted
+  HAADF scale trade against each other, and only the small chemical steps hold them): the
+  chemical counts fix that level to < 1% (sqrt(m^T H^-1 m), `functional_std`), while the
+  solver's level scatters by 1-8% over noise realisations. The standard error refers to the
+  objective, not to the iteration count.
 """
 
 from __future__ import annotations
@@ -96,6 +123,9 @@ if TYPE_CHECKING:
     from fusetomo.solver.fusion import FusedSolver
 
 Mode = Literal["cheap", "accurate"]
+
+# Level (relative to scale_tv) above which an element counts as present in a voxel.
+PRESENT = 0.1
 
 
 @dataclass(frozen=True)
@@ -143,9 +173,10 @@ class UncertaintyParams:
 class UncertaintyState:
     """What one call leaves for the next (warm start) and what it measured.
 
-    `solutions` (the probes' H^-1 v, on the solver's device) are the CG starting points of
-    the next 'accurate' call with the same shape, probe count and seed; the squared
-    projection matrices are cached per number of tilts."""
+    `solutions` (the probes' H^-1 v, on the solver's device: probes x one volume stack,
+    e.g. 16 x 4 x 256^3 float32 = 4.3 GB) are the CG starting points of the next 'accurate'
+    call with the same shape, seed, estimator, covariance and probe count; the squared
+    chemical matrix and the HAADF column sums are cached per number of tilts."""
 
     shape: tuple[int, ...] = ()
     seed: int = 0
@@ -284,7 +315,7 @@ class LaplaceModel:
             fd = to_numpy(self.fisher_diag)
             xn = to_numpy(self.x0)
             for i in range(n_el):
-                present = xn[i] > 0.1 * float(solver.scale_tv[i])
+                present = xn[i] > PRESENT * float(solver.scale_tv[i])
                 ref = fd[i][present] if present.any() else fd[i].ravel()
                 alpha[i] = p.prior_weight * float(np.median(ref))
             self.alpha = xp.asarray(alpha.reshape(n_el, 1, 1, 1), dtype=dt)
@@ -378,6 +409,16 @@ class LaplaceModel:
             cols = self.xp.asarray(A.multiply(A).sum(axis=0), dtype=self.dtype)
             self.cache["haadf_cols"] = (s.n_haadf, cols.reshape(s.n, s.n))
         return self.cache["haadf_cols"][1]
+
+    def data_hessian_vector(self, v: Any) -> Any:
+        """F v: the HAADF and Poisson terms of the curvature alone (no TV, no prior)."""
+        xp, s = self.xp, self.solver
+        v = xp.asarray(v, dtype=self.dtype)
+        out = s.chem_proj.adjoint(self.q * s.chem_proj.forward(v))
+        if self.has_haadf:
+            t = self._project_out_scale(s.haadf_proj.forward(xp.sum(self.jh * v, axis=-4)))
+            out = out + self.jh * s.haadf_proj.adjoint(t)[..., None, :, :, :]
+        return out
 
     def diagonal(self) -> Any:
         """diag(H) of the curvature used for the standard errors, [n_el, n_slices, n, n]."""
@@ -548,3 +589,29 @@ def estimate_std_error(
         std = to_numpy(xp.sqrt(var)).astype(np.float32)
     state.seconds = time.perf_counter() - t0
     return {e: std[i] for i, e in enumerate(solver.elements)}, state
+
+
+def functional_std(
+    solver: FusedSolver,
+    weights: Any,
+    params: UncertaintyParams | None = None,
+) -> np.ndarray:
+    """Standard errors of linear functionals m_k^T x of the volumes, e.g. the mean level of
+    an element over a region of interest: sqrt(m_k^T H^-1 m_k) (Laplace) or
+    sqrt(u_k^T F u_k), u_k = H^-1 m_k (covariance='estimator'), by one CG solve each.
+    `weights`: array [k, n_el, n_slices, n, n] (or one functional without the first axis).
+    These include the correlations between voxels, which no per-voxel std can give."""
+    p = params or UncertaintyParams()
+    dev = solver.device
+    xp = dev.xp
+    with dev:
+        model = LaplaceModel(solver, p)
+        m = xp.asarray(to_device(np.asarray(weights, dtype=np.float32), dev))
+        if m.ndim == 4:
+            m = m[None]
+        u, _ = batched_cg(model, m, model.preconditioner(), None, p.cg_iterations, p.cg_tol)
+        if p.covariance == "estimator":
+            var = _batched_dot(u, model.data_hessian_vector(u))
+        else:
+            var = _batched_dot(m, u)
+        return np.sqrt(np.maximum(to_numpy(var), 0)).astype(np.float64)
