@@ -89,6 +89,7 @@ class FusionParams:
     refit_scale: bool = True
     split_bias: float = 0.85
     momentum: bool = True
+    momentum_max: float = 0.8
     lambda_chem_dark: float = 0.1
     reseed_on_chem: bool = True
 
@@ -105,6 +106,8 @@ class FusionParams:
             raise ValueError(f"split_bias must be >= 0, got {self.split_bias}")
         if not isinstance(self.momentum, bool):
             raise ValueError(f"momentum must be True or False, got {self.momentum!r}")
+        if not 0.0 <= self.momentum_max < 1.0:
+            raise ValueError(f"momentum_max must lie in [0, 1), got {self.momentum_max}")
         if self.haadf_inner_iterations < 1:
             raise ValueError(f"haadf_inner_iterations must be >= 1, got "
                              f"{self.haadf_inner_iterations}")
@@ -389,7 +392,10 @@ class FusedSolver:
                 # Nesterov extrapolation (as in FISTA); the costs below are those of the
                 # extrapolated point the step is taken from.
                 k = self._momentum_k
-                x = xp.maximum(x + ((k - 1.0) / (k + 2.0)) * (x - self._x_prev), 0)
+                # Capped: with the coefficient going to 1 the overall level (a direction
+                # the objective hardly constrains) kept drifting over long runs.
+                beta = min((k - 1.0) / (k + 2.0), p.momentum_max)
+                x = xp.maximum(x + beta * (x - self._x_prev), 0)
             self._x_prev = self.x
             self._momentum_k += 1
             dx_h, cost_h, c = self._haadf_update(x) if self.n_haadf else (0.0, 0.0, 1.0)
