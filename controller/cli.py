@@ -113,7 +113,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     series = read_series(args.series)
     truth = read_truth(args.series)
     res = reconstruct(series, method=args.method, iterations=args.iterations,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet,
+                      uncertainty=args.uncertainty)
     res.save(args.out, source=args.series)
     print(f"wrote {args.out}: {args.method}, {res.params['iterations']} iterations on "
           f"{res.params['device']} in {res.elapsed:.1f} s")
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive_int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--uncertainty", choices=("cheap", "accurate"), default=None,
+                   help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("export", help="export a reconstruction to Berkeley EMD")

@@ -44,13 +44,15 @@ class ReconResult:
     history: CostHistory = field(default_factory=CostHistory)
     params: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
+    std_error: dict[str, np.ndarray] | None = None
 
     def save(self, path: str | Path, *, source: str | Path | None = None,
              attrs: Mapping[str, Any] | None = None) -> Path:
         """Write the reconstruction file (controller/reconfile.py)."""
         root = {**self.params, "elapsed_s": float(self.elapsed),
                 "source_file": None if source is None else str(source), **(attrs or {})}
-        return write_recon(path, self.volumes, convergence=self.history, attrs=root)
+        return write_recon(path, self.volumes, convergence=self.history, attrs=root,
+                           std_error=self.std_error)
 
 
 def _device_name(choice: str) -> str:
@@ -63,7 +65,7 @@ def _maps(series: TiltSeries) -> np.ndarray:
 
 
 def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParams,
-           progress: bool) -> tuple[dict[str, np.ndarray], CostHistory, dict[str, Any]]:
+           progress: bool) -> tuple[FusedSolver, dict[str, Any]]:
     p = replace(params, gamma=series.gamma) if series.gamma is not None else params
     ns, nd = series.shape
     solver = FusedSolver(
@@ -81,7 +83,7 @@ def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParam
             bar.set_postfix(haadf=f"{c['haadf']:.4g}", chem=f"{c['chem']:.4g}",
                             tv=f"{c['tv']:.4g}", refresh=False)
             bar.update()
-    return solver.volumes(), solver.history, asdict(p)
+    return solver, asdict(p)
 
 
 def _baseline(name: str) -> Callable[..., np.ndarray]:
@@ -133,13 +135,21 @@ def reconstruct(
     device: str = "auto",
     params: FusionParams | None = None,
     progress: bool = True,
+    uncertainty: str | None = None,
 ) -> ReconResult:
     """Reconstruct `series` by `method` (see METHODS). For 'fused', the series' gamma
-    (when set) replaces params.gamma, and Z and background come from the series."""
+    (when set) replaces params.gamma, and Z and background come from the series;
+    `uncertainty` ('cheap' or 'accurate', fused only) adds per-voxel standard errors
+    (solver/uncertainty.py) to the result."""
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if iterations is not None and iterations < 0:
         raise MethodError(f"iterations must be >= 0, got {iterations}")
+    if uncertainty not in (None, "cheap", "accurate"):
+        raise MethodError(f"uncertainty must be 'cheap' or 'accurate', got {uncertainty!r}")
+    if uncertainty is not None and method != "fused":
+        raise MethodError(f"standard errors are computed for the fused method only, not "
+                          f"{method!r}")
     dev = _device_name(device)
     info: dict[str, Any] = {
         "method": method, "device": dev, "haadf_tilts": int(series.haadf.shape[0]),
@@ -150,14 +160,21 @@ def reconstruct(
     }
     t0 = time.perf_counter()
     history = CostHistory()
+    std_error = None
     if method == "fused":
         k = DEFAULT_ITERATIONS if iterations is None else iterations
-        volumes, history, fparams = _fused(series, k, dev, params or FusionParams(), progress)
+        solver, fparams = _fused(series, k, dev, params or FusionParams(), progress)
+        volumes, history = solver.volumes(), solver.history
         info.update(iterations=k, **fparams)
+        if uncertainty is not None:
+            from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
+
+            std_error, _ = estimate_std_error(solver, UncertaintyParams(mode=uncertainty))
+            info["uncertainty"] = uncertainty
     else:
         with tqdm(total=1, desc=method, disable=not progress, leave=False) as bar:
             volumes, extra = _run_baseline(series, method, iterations, dev,
                                            params or FusionParams())
             bar.update()
         info.update(extra)
-    return ReconResult(volumes, history, info, time.perf_counter() - t0)
+    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error)

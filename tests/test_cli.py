@@ -170,3 +170,22 @@ def test_console_script(files, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "<NRMSE>" in proc.stdout and "Traceback" not in proc.stderr
     assert read_recon(out).attrs["iterations"] == 2
+
+
+def test_reconstruct_writes_standard_errors(capsys, tmp_path):
+    import h5py
+
+    series = tmp_path / "s.h5"
+    assert _run(capsys, ["simulate", "--specimen", "core-shell", "--size", "16", "--out",
+                         str(series)])[0] == 0
+    recon = tmp_path / "r.h5"
+    code, _, err = _run(capsys, ["reconstruct", str(series), "--out", str(recon),
+                                 "--iterations", "5", "--quiet", "--uncertainty", "cheap"])
+    assert code == 0, err
+    with h5py.File(recon, "r") as f:
+        for e in ("Co", "S", "O"):
+            se, vol = f[f"std_error/{e}"][()], f[f"volumes/{e}"][()]
+            assert se.shape == vol.shape and np.all(np.isfinite(se)) and np.all(se > 0)
+    code, _, err = _run(capsys, ["reconstruct", str(series), "--out", str(tmp_path / "x.h5"),
+                                 "--method", "sirt", "--uncertainty", "cheap"])
+    assert code == 2 and "fused method only" in err
