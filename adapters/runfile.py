@@ -84,6 +84,7 @@ import numpy as np
 from fusetomo.adapters.elements import UnknownElementError, atomic_number
 from fusetomo.adapters.protocol import CHEM_TILT, HAADF_TILT, SERIES_END, SERIES_START, Message
 from fusetomo.adapters.series import SeriesError, TiltSeries
+from fusetomo.adapters.seriesfile import attr_value as _attr
 
 try:  # POSIX only; without it there is no live-writer check
     import fcntl
@@ -355,14 +356,6 @@ def _optional(h: Mapping[str, Any], key: str, where: str) -> float | None:
     if not _is_number(v) or not math.isfinite(v):
         raise RunFileError(f"{where}: {key} must be a finite number or null, got {v!r}")
     return float(v)
-
-
-def _attr(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def _json_default(v: Any) -> Any:

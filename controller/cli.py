@@ -31,6 +31,7 @@ from fusetomo.adapters.seriesfile import (
     total_dose,
     write_series,
 )
+from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.controller.reconfile import FORMAT as RECON_FORMAT
 from fusetomo.controller.reconfile import ReconFileError, describe_recon, export_emd
 from fusetomo.controller.reconstruct import METHODS, MethodError, ReconResult, reconstruct
@@ -57,11 +58,6 @@ def _eprint(*args: Any) -> None:
     print(*args, file=sys.stderr)
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _simulation(args: argparse.Namespace) -> Simulation:

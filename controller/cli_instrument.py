@@ -15,23 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.controller.argtypes import positive_float as _positive_float
+from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.simulators.forward import AcquisitionParams
 from fusetomo.simulators.instrument import InstrumentError, InstrumentParams, SimulatedInstrument
 from fusetomo.simulators.schemes import ORDERS, SEQUENTIAL, SchemeError
-
-
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def register(subparsers: Any) -> None:

@@ -41,6 +41,9 @@ from fusetomo.adapters.runfile import RunFileError, read_run, read_snapshot
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import SeriesFileError, file_format, write_series
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys, StatusSubscriber
+from fusetomo.controller.argtypes import non_negative_int as _non_negative_int
+from fusetomo.controller.argtypes import positive_float as _positive_float
+from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.controller.live import (
     HEALTHY,
     LiveController,
@@ -59,28 +62,10 @@ class LiveCommandError(RuntimeError):
 
 
 # -- shared option parsing ------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
-def _non_negative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and np.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
 
 
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
