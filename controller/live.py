@@ -293,6 +293,7 @@ class LiveController:
         self.rejected: list[tuple[str, int | None]] = []  # (code, seq), for callers
         self._angles: dict[str, set[int]] = {"haadf": set(), "chem": set()}
         self._start_seq = -1
+        self._consumed_seq = -1  # highest data seq refused for its content (see _on_tilt)
         self._end_seq: int | None = None
         self._pending: list[_Pending] = []
         self._owed = 0
@@ -394,6 +395,8 @@ class LiveController:
             raise LiveError(f"cannot resume {self.run_path}: {e}") from None
         self.run_file, self.solver = run, solver
         self._start_seq = _int_or(run.start_header.get("seq"), -1)
+        self._consumed_seq = max([-1] + [_int_or(ev.get("tilt_seq"), -1) for ev in record.events
+                                         if ev.get("kind") == "seq_consumed"])
         series = record.series
         self._angles = {"haadf": {_angle_key(a) for a in series.haadf_angles},
                         "chem": {_angle_key(a) for a in series.common_chem_angles}}
@@ -493,7 +496,7 @@ class LiveController:
         """The highest seq recorded (series_start and series_end included); -1 if none."""
         if self.run_file is None:
             return -1
-        return max(self.run_file.last_seq, self._start_seq,
+        return max(self.run_file.last_seq, self._start_seq, self._consumed_seq,
                    -1 if self._end_seq is None else self._end_seq)
 
     def _send(self, mtype: str, seq: int | None = None, **fields: Any) -> None:
@@ -657,6 +660,21 @@ class LiveController:
         run = self._require_run(msg)
         if not self._check_seq(run, msg):
             return
+        try:
+            self._record_tilt(run, msg)
+        except ProtocolError:
+            # The message was the next in sequence but cannot be recorded (its content is
+            # wrong): its seq is consumed, persistently, so that the series goes on; the
+            # error reply names the problem and the instrument drops the message on the
+            # next hello. Nothing recorded changes.
+            self._consumed_seq = msg.seq
+            run.record_event("seq_consumed", tilt_seq=msg.seq)
+            raise
+        self._add_to_solver(msg, "haadf" if msg.type == proto.HAADF_TILT else "chem",
+                            t_arrival)
+
+    def _record_tilt(self, run: RunFile, msg: Message) -> None:
+        """Check the tilt's content against the series, record it (flushed), then ACK."""
         h = msg.header
         shape = list(msg.arrays[0].shape)
         if shape != list(run.shape):
@@ -686,7 +704,6 @@ class LiveController:
                                 seq=msg.seq) from None
         self._angles[modality].add(key)
         self._ack(msg.seq, "recorded")
-        self._add_to_solver(msg, modality, t_arrival)
 
     def _add_to_solver(self, msg: Message, modality: str, t_arrival: float) -> None:
         solver = self.solver

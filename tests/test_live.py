@@ -275,6 +275,24 @@ def _tamper(frames: list[bytes], drop: tuple[str, ...] = (), **changes) -> list[
     return [json.dumps(h).encode(), *frames[1:]]
 
 
+# Refusals of a tilt that was next in sequence but whose content cannot be recorded: the
+# controller spends its seq (the series goes on), so the sender moves to the next one.
+SEQ_CONSUMING = ("shape_mismatch", "element_mismatch", "duplicate_tilt")
+
+
+def _shifted(frames: list[bytes], by: int) -> list[bytes]:
+    """The message with its seq moved by `by` (unparseable headers are left as they are)."""
+    if by == 0:
+        return frames
+    try:
+        h = json.loads(frames[0])
+    except (UnicodeDecodeError, ValueError):
+        return frames
+    if not isinstance(h, dict) or not isinstance(h.get("seq"), int):
+        return frames
+    return _tamper(frames, seq=h["seq"] + by)
+
+
 def _hostile(s, n: int, st: dict) -> list[tuple[str, list[bytes], str]]:
     """(name, frames, expected error code); n is the next expected seq, st the state."""
     H = _haadf(s, n, st["free_haadf"])
@@ -426,11 +444,13 @@ def test_hostile_messages_get_specific_errors_and_change_nothing(tmp_path, small
                 seq += 1
                 st = {"recorded_haadf": 0, "free_haadf": min(n_h, len(s.haadf_angles) - 1),
                       "free_chem": min(n_c, len(s.common_chem_angles) - 1)}
-                corpus = _hostile(s, seq, st)
+                corpus, base = _hostile(s, seq, st), seq
                 corpus_size = len(corpus)
                 batch = corpus[corpus_done:corpus_done + 6] if valid else corpus[corpus_done:]
                 for name, bad, code in batch:
-                    expect_error(name, bad, code)
+                    expect_error(name, _shifted(bad, seq - base), code)
+                    if code in SEQ_CONSUMING:  # next in sequence, refused for its content:
+                        seq += 1               # its seq is spent and the series goes on
                 corpus_done += len(batch)
             assert corpus_done == corpus_size
             expect_ack(encode(make(SERIES_END, SID, seq, n_haadf=n_h, n_chem=n_c)),
@@ -600,3 +620,30 @@ def test_instrument_sim_curve_needs_both_options(tmp_path, capsys):
     code = main(["instrument-sim", "--curve-secret", str(tmp_path / "x.key_secret")])
     assert code == 2
     assert "--curve-clients" in capsys.readouterr().err
+
+
+def test_a_refused_tilt_does_not_stall_the_series(tmp_path, small_series):
+    """A tilt that is next in sequence but cannot be recorded (here: an angle already
+    recorded) gets an error reply, its seq is spent (persistently), the next tilt is
+    recorded, and a hello then tells the instrument to drop the refused one."""
+    s = small_series
+    run = tmp_path / "run.h5"
+    drv = Driver()
+    try:
+        with controller_thread(drv.endpoint, run, STRICT) as (_, result):
+            assert drv.wait_hello().header["last_seq"] == -1
+            assert drv.exchange(_start(s)).type == ACK
+            assert drv.exchange(_haadf(s, 1, 0)).header["status"] == "recorded"
+            reply = drv.exchange(_haadf(s, 2, 0))  # the same angle again, new seq
+            assert (reply.type, reply.header["code"]) == (ERROR, "duplicate_tilt")
+            reply = drv.exchange(_haadf(s, 3, 1))
+            assert (reply.type, reply.header["ack_seq"], reply.header["status"]) == \
+                (ACK, 3, "recorded")
+            drv.sock.send_multipart([drv.peer, *encode(make(SERIES_END, SID, 4, n_haadf=2,
+                                                            n_chem=0))])
+            wait_for(lambda: "code" in result or "error" in result, 30, "the controller")
+    finally:
+        drv.close()
+    rec = read_run(run)
+    assert rec.seq["haadf"].tolist() == [1, 3]
+    assert [ev["tilt_seq"] for ev in rec.events if ev["kind"] == "seq_consumed"] == [2]
