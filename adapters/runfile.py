@@ -71,7 +71,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -85,6 +85,7 @@ from fusetomo.adapters.elements import UnknownElementError, atomic_number
 from fusetomo.adapters.protocol import CHEM_TILT, HAADF_TILT, SERIES_END, SERIES_START, Message
 from fusetomo.adapters.series import SeriesError, TiltSeries
 from fusetomo.adapters.seriesfile import attr_value as _attr
+from fusetomo.adapters.seriesfile import open_h5
 
 try:  # POSIX only; without it there is no live-writer check
     import fcntl
@@ -459,25 +460,9 @@ def _open_swmr_write(path: Path) -> h5py.File:
     return h5py.File(fid)
 
 
-@contextlib.contextmanager
-def _open_read(path: Path) -> Iterator[h5py.File]:
+def _open_read(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
     """Open a run file for reading, whether its writer is live, dead or done."""
-    if not path.exists():
-        raise RunFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise RunFileError(f"{path}: not a file")
-    try:
-        f = h5py.File(path, "r", swmr=True)
-    except (OSError, ValueError) as e:
-        try:  # files not in the 1.10 format cannot be opened for SWMR reading
-            f = h5py.File(path, "r")
-        except (OSError, ValueError):
-            raise RunFileError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        try:
-            yield f
-        except (OSError, RuntimeError, KeyError) as e:
-            raise RunFileError(f"{path}: damaged HDF5 file ({e})") from None
+    return open_h5(path, RunFileError, swmr=True)
 
 
 # -- the live-writer lock ------------------------------------------------------------------------

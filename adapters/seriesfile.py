@@ -120,18 +120,26 @@ def write_series(
 
 # -- reading ----------------------------------------------------------------------------
 @contextmanager
-def open_h5(path: str | Path, error: type[Exception] = SeriesFileError) -> Iterator[h5py.File]:
+def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
+            swmr: bool = False) -> Iterator[h5py.File]:
     """Open an HDF5 file for reading; a missing, non-HDF5, truncated or damaged file raises
-    `error` naming it."""
+    `error` naming it. With `swmr`, open as an SWMR reader first (a run file whose writer is
+    live or died opens only that way), falling back to a plain read (files not in the
+    HDF5 1.10 format cannot be opened for SWMR reading)."""
     path = Path(path)
     if not path.exists():
         raise error(f"{path}: no such file")
     if not path.is_file():
         raise error(f"{path}: not a file")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", swmr=True) if swmr else h5py.File(path, "r")
     except (OSError, ValueError) as e:
-        raise error(f"{path}: not a readable HDF5 file ({e})") from None
+        try:
+            if not swmr:
+                raise
+            f = h5py.File(path, "r")
+        except (OSError, ValueError):
+            raise error(f"{path}: not a readable HDF5 file ({e})") from None
     with f:
         try:
             yield f
@@ -273,13 +281,7 @@ def total_dose(attrs: Mapping[str, Any], haadf_tilts: int, chem_tilts: int) -> f
 def file_format(path: str | Path) -> str:
     """The root `format` attribute of an HDF5 file ('' when absent). A run file whose
     writer is live or died is open in SWMR mode: it is then read as an SWMR reader."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r", swmr=True) as f:
-            return str(attr_value(f.attrs.get("format", "")))
-    except (OSError, ValueError):
-        pass
-    with open_h5(path) as f:
+    with open_h5(path, swmr=True) as f:
         return str(attr_value(f.attrs.get("format", "")))
 
 
