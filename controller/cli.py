@@ -254,7 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES = ("fusetomo.controller.cli_instrument", "fusetomo.controller.cli_live")
+# Each command module registers its own subcommands; one not yet present is skipped.
+_COMMAND_MODULES = (
+    "fusetomo.controller.cli_instrument",
+    "fusetomo.controller.cli_live",
+    "fusetomo.controller.cli_report",
+    "fusetomo.controller.cli_view",
+    "fusetomo.controller.cli_import",
+    "fusetomo.controller.cli_sweep",
+    "fusetomo.controller.cli_nion",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
