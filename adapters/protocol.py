@@ -41,8 +41,14 @@ SERIES_START, HAADF_TILT, CHEM_TILT, SERIES_END = "series_start", "haadf_tilt", 
 HELLO, ACK, ERROR, COMMAND = "hello", "ack", "error", "command"
 # Published by the controller.
 STATUS, EVENT = "status", "event"
+# Operator (viewer, Nion Swift panel) -> controller, on the controller's operator socket.
+OPERATOR = "operator"
 
-COMMANDS = ("go_to_tilt", "acquire_haadf", "acquire_spectrum", "pause", "resume", "abort")
+# `continue` releases an instrument that holds at each tilt for the controller's decision
+# (series_start `holds_for_advice`), without a spectrum image.
+COMMANDS = ("go_to_tilt", "acquire_haadf", "acquire_spectrum", "pause", "resume", "abort",
+            "continue")
+OPERATOR_ACTIONS = ("accept", "skip", "force", "pause", "resume", "abort", "auto", "manual")
 
 # type -> {field: allowed python types}; `None` in a tuple means the field may be null.
 _NUM = (int, float)
@@ -59,6 +65,7 @@ _SCHEMA: dict[str, dict[str, tuple]] = {
     COMMAND: {"cmd": (str,), "id": (int,)},
     STATUS: {},
     EVENT: {"event": (str,)},
+    OPERATOR: {"action": (str,), "id": (int,)},
 }
 _WITH_ARRAYS = (HAADF_TILT, CHEM_TILT)
 
@@ -246,6 +253,15 @@ def _check_semantics(h: dict, arrays: list[np.ndarray]) -> None:
                                        for s in shape)):
             raise _fail("bad_shape", f"series_start: shape {shape!r} must be [n_slices, n_det] "
                         f"within 1..{MAX_SIDE}", h)
+    if mtype == OPERATOR:
+        if h["action"] not in OPERATOR_ACTIONS:
+            raise _fail("unknown_action", f"operator action {h['action']!r} is not one of "
+                        f"{list(OPERATOR_ACTIONS)}", h)
+        aid = h.get("advice_id")
+        if h["action"] in ("accept", "skip") and (not isinstance(aid, int)
+                                                  or isinstance(aid, bool)):
+            raise _fail("missing_field", f"operator {h['action']}: needs the integer "
+                        f"'advice_id' of the advice it answers, got {aid!r}", h)
     if mtype == COMMAND and h["cmd"] not in COMMANDS:
         raise _fail("unknown_command", f"command {h['cmd']!r} is not one of {list(COMMANDS)}",
                     h)

@@ -669,6 +669,13 @@ class RunFile:
     def has_seq(self, seq: int) -> bool:
         return int(seq) in self._seqs
 
+    def angles(self, modality: str) -> list[float]:
+        """The recorded tilt angles of `modality` ('haadf' or 'chem'), ascending."""
+        if modality not in self._angles:
+            raise RunFileError(f"{self.path}: modality must be one of {list(self._angles)}, "
+                               f"got {modality!r}")
+        return sorted(self._angles[modality])
+
     @property
     def dose_e_per_A2(self) -> dict[str, float]:  # noqa: N802 (the protocol's name)
         """Dose recorded so far: per modality and in total (e/A^2)."""

@@ -9,6 +9,9 @@ Patterns (docs/protocol.md says why):
   and the controller drops what it already recorded (so each tilt is recorded once).
 - status: the controller binds a PUB, viewers connect SUBs. Publishing never waits for a
   slow viewer (a full high-water mark drops status messages, never data).
+- operator: the controller binds a ROUTER, viewers and the Nion Swift panel connect
+  DEALERs and send `operator` messages (accept / skip / force an advice, pause, ...); each
+  gets one `ack` reply.
 Everything binds to 127.0.0.1 unless told otherwise. CURVE encryption with client
 authentication is available for a microscope PC on another host (`CurveKeys`).
 """
@@ -16,13 +19,23 @@ authentication is available for a microscope PC on another host (`CurveKeys`).
 from __future__ import annotations
 
 import contextlib
+import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
-from fusetomo.adapters.protocol import Message, ProtocolError, decode, encode
+from fusetomo.adapters.protocol import (
+    ACK,
+    OPERATOR,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    make,
+)
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
 
@@ -168,3 +181,67 @@ class StatusSubscriber(_Endpoint):
             return None
         topic, *frames = self.sock.recv_multipart(copy=True)
         return topic.decode(errors="replace"), decode(frames)
+
+
+class OperatorError(ValueError):
+    """An operator command the controller rejected, or that got no reply in time."""
+
+
+class OperatorServer(_Endpoint):
+    """Controller side: ROUTER bound at `bind` for operator commands from any number of
+    viewers and panels."""
+
+    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None) -> None:
+        super().__init__(zmq.ROUTER, ctx)
+        self.sock.router_mandatory = False
+        self.sock.bind(bind)
+
+    def recv(self, timeout_ms: int = 0) -> tuple[bytes, Message] | None:
+        """Next operator message; a malformed one raises ProtocolError with `.peer`."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        peer, *frames = self.sock.recv_multipart(copy=True)
+        try:
+            return peer, decode(frames)
+        except ProtocolError as e:
+            e.peer = peer  # type: ignore[attr-defined]
+            raise
+
+    def reply(self, peer: bytes, msg: Message) -> None:
+        self.sock.send_multipart([peer, *encode(msg)], copy=False)
+
+
+class OperatorClient(_Endpoint):
+    """Viewer / panel side: sends operator commands to a controller and waits for the
+    reply. Not thread-safe: use it from one thread (e.g. a worker, or the UI thread)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, connect: str, *, ctx: zmq.Context | None = None) -> None:
+        super().__init__(zmq.DEALER, ctx)
+        self.sock.connect(connect)
+        self.address = connect
+
+    def send(self, action: str, *, advice_id: int | None = None, timeout_s: float = 2.0,
+             **fields) -> dict:
+        """Send `action` (accept, skip, force, pause, resume, abort, auto, manual) and
+        return the controller's reply header; OperatorError when it is rejected or no
+        reply comes within `timeout_s`."""
+        cid = next(self._ids)
+        extra = {} if advice_id is None else {"advice_id": int(advice_id)}
+        self.sock.send_multipart(encode(make(OPERATOR, "*", 0, action=action, id=cid,
+                                             **extra, **fields)), copy=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise OperatorError(f"no reply from the controller at {self.address} to "
+                                    f"{action!r} within {timeout_s} s")
+            reply = decode(self.sock.recv_multipart(copy=True)).header
+            if reply.get("type") == ACK and reply.get("ack_seq") == cid:
+                break
+            if reply.get("type") == "error" and reply.get("bad_seq") in (cid, None):
+                raise OperatorError(f"{action}: [{reply.get('code')}] {reply.get('message')}")
+        if reply.get("status") != "done":
+            raise OperatorError(f"{action} rejected: {reply.get('reason')}")
+        return reply

@@ -49,6 +49,11 @@ def register(subparsers: Any) -> None:
                    help="max unacknowledged data messages in flight")
     p.add_argument("--manual", action="store_true",
                    help="do not follow the plan until the controller sends 'resume'")
+    p.add_argument("--hold-for-advice", action="store_true",
+                   help="HAADF-only plan; hold at each tilt until the controller sends "
+                        "acquire_spectrum or continue (spectrum images possible at every tilt)")
+    p.add_argument("--hold-timeout", type=_positive_float, default=120.0, metavar="S",
+                   help="with --hold-for-advice: go on after this long without a decision")
     p.add_argument("--source", default=None, metavar="FILE.h5",
                    help="replay this series or run file instead of simulating")
     p.add_argument("--series-id", default=None, help="series id (default: a fresh one)")
@@ -73,7 +78,8 @@ def params_from_args(args: argparse.Namespace) -> InstrumentParams:
         chem_step=args.chem_step, speed=args.speed, drift_sigma_px=args.drift,
         axis_offset_px=args.axis_offset, auto=not args.manual, window=args.window,
         source=args.source, bind=args.bind, series_id=args.series_id, acquisition=acq,
-        curve=_curve(args))
+        curve=_curve(args), hold_for_advice=args.hold_for_advice,
+        hold_timeout_s=args.hold_timeout)
 
 
 def _curve(args: argparse.Namespace) -> CurveKeys | None:

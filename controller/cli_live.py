@@ -41,6 +41,7 @@ from fusetomo.adapters.runfile import RunFileError, read_run, read_snapshot
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import SeriesFileError, file_format, write_series
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys, StatusSubscriber
+from fusetomo.controller.advisor import POLICIES, AdvisorError, AdvisorParams
 from fusetomo.controller.argtypes import non_negative_int as _non_negative_int
 from fusetomo.controller.argtypes import positive_float as _positive_float
 from fusetomo.controller.argtypes import positive_int as _positive_int
@@ -50,6 +51,7 @@ from fusetomo.controller.live import (
     LiveError,
     LiveParams,
 )
+from fusetomo.controller.live_advice import MODES, AdviceParams
 from fusetomo.solver.fusion import FusionParams
 
 READY_PREFIX = "controller publishing status on "
@@ -83,8 +85,46 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
                         "--max-idle-iterations 0 the result is reproducible)")
 
 
+def _add_advice_options(p: argparse.ArgumentParser, *, mode_default: str = "off") -> None:
+    g = p.add_argument_group("spectroscopy advice (controller/advisor.py)")
+    if mode_default == "off":
+        g.add_argument("--advice", choices=MODES, default="off",
+                       help="off; auto: follow the advice (an instrument that holds for "
+                            "advice then acquires as advised); manual: the operator answers "
+                            "each advice (viewer, Nion Swift panel)")
+        g.add_argument("--seed", type=int, default=0, help="the random policy's draw")
+    g.add_argument("--policy", choices=POLICIES, default=None,
+                   help="adaptive (predicted information gain, default), uniform or random")
+    g.add_argument("--chem-maps", type=_positive_int, default=None, metavar="K",
+                   help="spectrum-image budget (for uniform and random: the count)")
+    g.add_argument("--chem-dose-budget", type=_positive_float, default=None, metavar="E",
+                   help="spectroscopy dose budget, e/A^2")
+    g.add_argument("--min-spacing", type=float, default=None, metavar="DEG",
+                   help="minimum angle between spectrum images (default: 0.75 x the even "
+                        "spacing of the budget)")
+    g.add_argument("--stop-ratio", type=float, default=AdvisorParams.stop_ratio,
+                   help="stop spectroscopy when the best remaining tilt's predicted map "
+                        "variance is below this fraction of a map's noise variance")
+
+
+def _advice_params(args: argparse.Namespace, mode: str) -> AdviceParams:
+    try:
+        return AdviceParams(mode=mode, policy=args.policy or "adaptive",
+                            advisor=AdvisorParams(chem_maps=args.chem_maps,
+                                                  chem_dose_budget=args.chem_dose_budget,
+                                                  min_spacing_deg=args.min_spacing,
+                                                  stop_ratio=args.stop_ratio,
+                                                  seed=getattr(args, "seed", 0) or 0))
+    except (ValueError, AdvisorError) as e:
+        raise LiveCommandError(str(e)) from None
+
+
 def _add_control_options(p: argparse.ArgumentParser) -> None:
     _add_solver_options(p)
+    _add_advice_options(p)
+    p.add_argument("--operator", default=DEFAULT_BIND, metavar="tcp://HOST:PORT",
+                   help=f"operator-command ROUTER to bind (default {DEFAULT_BIND}: a free "
+                        "port; 'none': no operator commands)")
     p.add_argument("--publish", default=DEFAULT_BIND,
                    help=f"status PUB address to bind (default {DEFAULT_BIND}: a free port)")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
@@ -124,7 +164,10 @@ def _live_params(args: argparse.Namespace) -> LiveParams:
             idle_iterations=args.max_idle_iterations > 0,
             interleave=not args.strict_schedule,
             device=args.device, timeout_s=getattr(args, "timeout", None),
-            fusion=FusionParams())
+            fusion=FusionParams(),
+            advice=_advice_params(args, getattr(args, "advice", "off")),
+            operator_bind=(None if getattr(args, "operator", DEFAULT_BIND) == "none"
+                           else getattr(args, "operator", DEFAULT_BIND)))
     except ValueError as e:
         raise LiveCommandError(str(e)) from None
 
@@ -167,6 +210,9 @@ def _run_controller(address: str, record: Path, params: LiveParams, *, resume: b
 
     def ready(c: LiveController) -> None:
         print(f"{READY_PREFIX}{c.publish_endpoint}", flush=True)
+        if c.operator_endpoint is not None:
+            print(f"controller accepting operator commands on {c.operator_endpoint}",
+                  flush=True)
 
     stop = threading.Event()
     try:
@@ -392,6 +438,7 @@ def add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
                    help="fail when the instrument is silent this long (default 60)")
     _add_solver_options(p)
+    _add_advice_options(p, mode_default="auto")
 
 
 def _progress(pub: str, ctrl: Child, total: int | None, quiet: bool) -> None:
@@ -436,6 +483,20 @@ def run_live_demo(args: argparse.Namespace) -> int:
            str(args.seed), "--speed", str(args.speed), "--scheme", args.scheme,
            "--haadf-step", str(args.haadf_step), "--chem-step", str(args.chem_step),
            "--tilt-range", *(str(v) for v in args.tilt_range)]
+    advice: list[str] = []
+    if args.policy is not None:
+        # The instrument holds at each tilt and the controller's policy decides.
+        sim += ["--hold-for-advice"]
+        advice = ["--advice", "auto", "--policy", args.policy, "--stop-ratio",
+                  str(args.stop_ratio)]
+        for flag, v in (("--chem-maps", args.chem_maps),
+                        ("--chem-dose-budget", args.chem_dose_budget),
+                        ("--min-spacing", args.min_spacing)):
+            if v is not None:
+                advice += [flag, str(v)]
+        if args.policy in ("uniform", "random") and args.chem_maps is None:
+            return _error(f"--policy {args.policy} needs --chem-maps K (the number of "
+                          "spectrum images)")
     inst = ctrl = None
     try:
         inst = start_instrument(sim, out / "instrument.log")
@@ -444,7 +505,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
             "--iterations-per-tilt", str(args.iterations_per_tilt), "--final-iterations",
             str(args.final_iterations), "--max-idle-iterations",
             str(args.max_idle_iterations), "--device", args.device, "--timeout",
-            str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else [])),
+            str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else []),
+            "--seed", str(args.seed), *advice),
             READY_PREFIX, out / "controller.log")
         log(f"instrument {inst.endpoint}, controller status {ctrl.endpoint}")
         _progress(ctrl.endpoint, ctrl, None, args.quiet)
@@ -460,6 +522,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
             if child is not None:
                 child.close()
     summary = live_summary(run_path, args.specimen, args.size, args.seed)
+    summary["policy"] = args.policy or "planned"
+    summary["scheme"] = args.scheme
     summary["elapsed_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -498,6 +562,8 @@ def live_summary(run_path: Path, specimen: str, size: int, seed: int) -> dict[st
         "nrmse": scores,
         "haadf_tilts": int(rec.series.haadf.shape[0]),
         "chem_tilts": int(rec.series.common_chem_angles.size),
+        "chem_angles": [float(a) for a in rec.series.common_chem_angles],
+        "advices": sum(1 for ev in rec.events if ev.get("kind") == "advice"),
         "dose_e_per_A2": sum(float(np.sum(v)) for v in rec.dose_e_per_A2.values()),
         "latency_s_median": float(np.median(lat)) if lat else None,
         "latency_s_p90": float(np.percentile(lat, 90)) if lat else None,

@@ -41,9 +41,16 @@ from zmq.utils.monitor import recv_monitor_message
 from fusetomo.adapters import protocol as proto
 from fusetomo.adapters.protocol import Message, ProtocolError, decode, encode, make
 from fusetomo.adapters.runfile import RunFile, RunFileError, RunRecord, read_run
-from fusetomo.adapters.transport import ControllerClient, CurveKeys, StatusPublisher
+from fusetomo.adapters.transport import (
+    ControllerClient,
+    CurveKeys,
+    OperatorServer,
+    StatusPublisher,
+)
+from fusetomo.controller.live_advice import AdviceDesk, AdviceParams
 from fusetomo.solver.backend import resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
+from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
 
 log = logging.getLogger("fusetomo.live")
 
@@ -97,6 +104,10 @@ class LiveParams:
     poll_ms: int = 50  # socket wait while there is nothing to compute
     max_logged_rejections: int = 1000  # rejections recorded in the run file per session
     reconstruct: bool = True  # False: receive, record and acknowledge only (load tests)
+    advice: AdviceParams = field(default_factory=AdviceParams)  # spectroscopy advisor
+    uncertainty: bool = True  # cheap standard errors after each tilt (published, recorded
+    #                           with the snapshots)
+    operator_bind: str | None = "tcp://127.0.0.1:0"  # operator commands (None: none)
 
     def __post_init__(self) -> None:
         for name in ("iterations_per_tilt", "max_idle_iterations", "final_iterations",
@@ -125,6 +136,7 @@ class _Pending:
     t_arrival: float
     target_iteration: int
     chem: bool
+    advise_angle: float | None = None  # a HAADF tilt to advise on once its k are done
 
 
 def _angle_key(angle: float) -> int:
@@ -311,6 +323,11 @@ class LiveController:
         self._client: ControllerClient | None = None
         self._monitor: zmq.Socket | None = None
         self.publisher: StatusPublisher | None = None
+        self.operator: OperatorServer | None = None
+        self.desk: AdviceDesk | None = None
+        self.std: dict[str, np.ndarray] | None = None  # the last standard errors
+        self._std_iteration = -1
+        self._cmd_id = 0
         if not resume and self.run_path.exists():
             raise LiveError(f"{self.run_path} exists: continue it with --resume, or record "
                             "to a new file (a run file is never overwritten)")
@@ -318,6 +335,10 @@ class LiveController:
             raise LiveError(f"{self.run_path}: no such run file to resume")
 
     # -- public ---------------------------------------------------------------------------
+    @property
+    def operator_endpoint(self) -> str | None:
+        return None if self.operator is None else self.operator.endpoint
+
     @property
     def publish_endpoint(self) -> str:
         if self.publisher is None:
@@ -349,6 +370,8 @@ class LiveController:
             self.publisher = StatusPublisher(self._publish_bind, ctx=self._ctx)
             self._client = ControllerClient(self.address, identity=self.identity,
                                             ctx=self._ctx, curve=self._curve)
+            if self.params.operator_bind is not None:
+                self.operator = OperatorServer(self.params.operator_bind, ctx=self._ctx)
         except (zmq.ZMQError, ValueError, OSError) as e:  # bad address, port or key file
             self._close()
             raise LiveError(f"cannot open the sockets (instrument {self.address!r}, status "
@@ -366,7 +389,7 @@ class LiveController:
                 self._client.sock.disable_monitor()
         if self._monitor is not None:
             self._monitor.close(0)
-        for ep in (self._client, self.publisher):
+        for ep in (self._client, self.publisher, self.operator):
             if ep is not None:
                 ep.close()
         if self._ctx is not None:
@@ -430,6 +453,8 @@ class LiveController:
         poller = zmq.Poller()
         poller.register(self._client.sock, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
+        if self.operator is not None:
+            poller.register(self.operator.sock, zmq.POLLIN)
         p = self.params
         self._status("waiting")
         while not self._ended:
@@ -440,6 +465,8 @@ class LiveController:
             events = dict(poller.poll(0 if busy else p.poll_ms))
             if self._monitor in events:
                 self._on_monitor()
+            if self.operator is not None and self.operator.sock in events:
+                self._on_operator()
             if self._client.sock in events:
                 frames = self._client.sock.recv_multipart(copy=True)
                 self._last_rx = time.monotonic()
@@ -545,6 +572,13 @@ class LiveController:
             last_seq=self._last_seq(),
             owed_iterations=self._owed,
             latency_s=self.latencies[-1] if self.latencies else None,
+            haadf_angles=[] if run is None else run.angles("haadf"),
+            chem_angles=[] if run is None else run.angles("chem"),
+            dose_budget_e_per_A2=header.get("dose_budget_e_per_A2"),
+            chem_maps_budget=(self.params.advice.advisor.chem_maps
+                              if self.desk is not None else None),
+            advice_mode="off" if self.desk is None else self.desk.mode,
+            operator_endpoint=self.operator_endpoint,
             **extra)
 
     # -- receiving ------------------------------------------------------------------------
@@ -619,6 +653,12 @@ class LiveController:
         p = self.params
         self.solver = solver if p.reconstruct else None
         self._start_seq = msg.seq
+        if p.advice.mode != "off":
+            try:
+                self.desk = AdviceDesk(p.advice, h)
+            except ValueError as e:
+                log.warning("no advice for this series: %s", e)
+                self.run_file.record_event("advice_off", reason=str(e))
         self.run_file.record_event(
             "controller", iterations_per_tilt=p.iterations_per_tilt,
             idle_iterations=p.idle_iterations, max_idle_iterations=p.max_idle_iterations,
@@ -719,10 +759,14 @@ class LiveController:
                                     for e in solver.elements})
         self._idle_done = 0
         self._event("tilt_received", tilt_seq=msg.seq, modality=modality, angle=angle)
+        advise = (self.desk is not None and modality == "haadf"
+                  and not msg.header.get("with_spectrum", False))
         if solver.ready:
             self._owed += self.params.iterations_per_tilt
             self._pending.append(_Pending(msg.seq, t_arrival, solver.iteration + self._owed,
-                                          modality == "chem"))
+                                          modality == "chem", angle if advise else None))
+        elif advise:
+            self._advise(msg.seq, angle)
         self._status("recording")
         if not self.params.interleave:
             while self._owed > 0:
@@ -789,15 +833,133 @@ class LiveController:
         for q, lat in zip(done, lats, strict=True):
             self.latencies.append(lat)
             run.record_event("latency", seq=q.seq, latency_s=lat, iteration=solver.iteration)
+        for q in done:
+            if q.advise_angle is not None:
+                self._advise(q.seq, q.advise_angle)
+        if self.params.uncertainty and (self.desk is None or self.desk.std is None
+                                        or self._std_iteration != solver.iteration):
+            self._refresh_std()
         if self.params.snapshot_chem and any(q.chem for q in done):
             run.record_snapshot(solver.iteration, solver.volumes())
+            self._record_std()
 
     def _publish_slices(self) -> None:
         solver = self.solver
         if solver is None or solver.x is None:
             return
+        extra: dict[str, Any] = {}
+        if self.std is not None:
+            std = np.stack([self.std[e] for e in solver.elements])
+            extra = {"std_slices": orthoslices(std, solver.elements, self.params.slice_size),
+                     "std_iteration": self._std_iteration}
         self._publish("slices", proto.STATUS, iteration=solver.iteration,
-                      slices=orthoslices(solver.x, solver.elements, self.params.slice_size))
+                      slices=orthoslices(solver.x, solver.elements, self.params.slice_size),
+                      **extra)
+
+    # -- uncertainty and advice -------------------------------------------------------------
+    def _refresh_std(self) -> None:
+        """Cheap standard errors at the current volumes (science.md §3)."""
+        solver = self.solver
+        if solver is None or not solver.ready or solver.x is None:
+            return
+        self.std, _ = estimate_std_error(solver, UncertaintyParams(mode="cheap"))
+        self._std_iteration = solver.iteration
+
+    def _record_std(self) -> None:
+        if self.std is not None and self.run_file is not None:
+            self.run_file.record_std_error(self._std_iteration, self.std)
+
+    def _advise(self, seq: int, angle: float) -> None:
+        desk, run = self.desk, self.run_file
+        assert desk is not None and run is not None
+        solver = self.solver
+        adv = desk.advise(solver if solver is not None and solver.ready else None,
+                          angle=angle, tilt_seq=seq, recorded_haadf=run.angles("haadf"),
+                          chem_angles=run.angles("chem"),
+                          chem_dose_used=float(run.dose_e_per_A2.get("chem", 0.0)))
+        if desk.std is not None and solver is not None:
+            self.std = desk.std
+            self._std_iteration = solver.iteration
+        log.info("advice %d at %+.1f deg: %s (%s)", adv.id, angle, adv.action, adv.reason)
+        run.record_event("advice", **_advice_record(adv))
+        self._publish("advice", proto.STATUS, advice=adv.as_dict())
+        if desk.mode == "auto":
+            self._decide(None)
+
+    def _decide(self, answer: str | None) -> None:
+        desk, run = self.desk, self.run_file
+        assert desk is not None and run is not None
+        adv = desk.decide(answer)
+        run.record_event("advice_decision", advice_id=adv.id, answer=answer,
+                         decision=adv.decision, angle=adv.angle)
+        self._publish("advice", proto.STATUS, advice=adv.as_dict())
+        if desk.holds:
+            cmd = "acquire_spectrum" if adv.decision == "acquire" else "continue"
+            self._command(cmd)
+        log.info("advice %d: %s -> %s", adv.id, answer or "auto", adv.decision)
+
+    def _command(self, cmd: str, **args: Any) -> int:
+        self._cmd_id += 1
+        self._send(proto.COMMAND, cmd=cmd, id=self._cmd_id, **args)
+        if self.run_file is not None:
+            self.run_file.record_event("command", cmd=cmd, id=self._cmd_id, **args)
+        return self._cmd_id
+
+    def _on_operator(self) -> None:
+        assert self.operator is not None
+        while True:
+            try:
+                got = self.operator.recv(0)
+            except ProtocolError as e:
+                peer = getattr(e, "peer", None)
+                log.warning("malformed operator message: [%s] %s", e.code, e)
+                if peer is not None:
+                    self.operator.reply(peer, make(proto.ERROR, self._series, 0, code=e.code,
+                                                   message=str(e), bad_seq=None))
+                continue
+            if got is None:
+                return
+            peer, msg = got
+            h = msg.header
+            status, reason = "done", None
+            if msg.type != proto.OPERATOR:
+                status, reason = "rejected", f"{msg.type}: not an operator message"
+            else:
+                try:
+                    reason = self._operate(str(h["action"]), h.get("advice_id"))
+                except ValueError as e:
+                    status, reason = "rejected", str(e)
+            if self.run_file is not None:
+                self.run_file.record_event("operator", action=h.get("action"),
+                                           advice_id=h.get("advice_id"), status=status,
+                                           reason=reason)
+            self.operator.reply(peer, make(proto.ACK, self._series, msg.seq,
+                                           ack_seq=h.get("id", 0), status=status,
+                                           reason=reason, action=h.get("action")))
+
+    def _operate(self, action: str, advice_id: Any) -> str:
+        """Carry out an operator action; ValueError when it cannot be."""
+        desk = self.desk
+        if action in ("pause", "resume", "abort"):
+            if self.run_file is None:
+                raise ValueError(f"{action}: no series is being recorded")
+            return f"sent as command {self._command(action)}"
+        if desk is None:
+            raise ValueError(f"{action}: the advisor is off for this series")
+        if action in ("auto", "manual"):
+            desk.mode = action
+            if action == "auto" and desk.pending is not None:
+                self._decide(None)
+            self._status("recording" if self._pending else "iterating")
+            return f"advice mode {action}"
+        if action == "force" and desk.pending is None:
+            if not desk.holds:
+                raise ValueError("force: no advice is waiting and the instrument does not "
+                                 "hold for advice")
+            return f"sent as command {self._command('acquire_spectrum')}"
+        desk.check_answer(action, advice_id)
+        self._decide(action)
+        return f"advice {advice_id if advice_id is not None else ''} answered {action}".strip()
 
     def _finish(self) -> None:
         """After the series end: the owed and final iterations (answering resends between
@@ -827,6 +989,14 @@ class LiveController:
         assert self._client is not None
         while self._client.sock.poll(0):
             self._handle(self._client.sock.recv_multipart(copy=True), time.time())
+
+
+def _advice_record(adv: Any) -> dict[str, Any]:
+    """An advice as recorded in the run file (without the candidate list's bulk)."""
+    d = adv.as_dict()
+    cands = d.pop("candidates")
+    d["n_candidates"] = len(cands)
+    return d
 
 
 def _planned(header: dict[str, Any], key: str) -> int | None:

@@ -24,6 +24,15 @@ an `args` object) are answered with `ack` {ack_seq: id, status 'done'|'rejected'
   when finished (acquisitions list the `seqs` of the tilts they produced). Simulated
   acquisitions are projected on demand at the commanded dose; replayed ones take the file's
   frame at the current tilt.
+- continue: releases an instrument that holds for advice (below).
+
+Holding for advice (`hold_for_advice`): the plan is HAADF-only and a spectrum image can be
+had at every planned tilt (all are simulated up front, one noise draw). After each plan
+step the instrument holds at that tilt until the controller decides: `acquire_spectrum`
+(the spectrum image at this tilt: a `chem_tilt` whose `haadf_seq` is the step's HAADF
+image, which is not repeated) or `continue`. With no decision within `hold_timeout_s` it
+goes on by itself (logged). series_start says `holds_for_advice: true`.
+
 Replies (ack, error) carry the seq of the message they answer and are not kept for resending;
 only data messages use the data sequence numbers.
 
@@ -69,6 +78,7 @@ from fusetomo.adapters.seriesfile import read_series, total_dose
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys, InstrumentServer
 from fusetomo.simulators.forward import (
     AcquisitionParams,
+    TiltScheme,
     bin_projections,
     haadf_signal,
     simulate,
@@ -115,6 +125,8 @@ class InstrumentParams:
     series_id: str | None = None  # default: a fresh 'sim-...' id
     acquisition: AcquisitionParams = field(default_factory=AcquisitionParams)
     dose_budget: float | None = None  # e/A^2; default: the plan's total dose
+    hold_for_advice: bool = False  # hold after each tilt for acquire_spectrum / continue
+    hold_timeout_s: float = 120.0  # then go on without a spectrum image
 
     def __post_init__(self) -> None:
         if self.source is None:
@@ -125,8 +137,11 @@ class InstrumentParams:
         if self.scheme not in ORDERS:
             raise InstrumentError(f"tilt scheme {self.scheme!r} is not one of {list(ORDERS)}")
         _positive("speed", self.speed)
+        if self.hold_for_advice and self.source is not None:
+            raise InstrumentError("hold_for_advice needs a simulated series (a replayed "
+                                  "file has spectrum images only where they were taken)")
         for name in ("t_tilt", "t_track", "t_haadf_scan", "t_spectrum_image",
-                     "drift_sigma_px"):
+                     "drift_sigma_px", "hold_timeout_s"):
             _non_negative(name, getattr(self, name))
         if not math.isfinite(self.axis_offset_px):
             raise InstrumentError(f"axis_offset_px must be finite, got {self.axis_offset_px}")
@@ -238,6 +253,10 @@ class SimulatedInstrument:
         self._queue: deque[dict[str, Any]] = deque()
         self._end_seq: int | None = None
         self.angle = 0.0  # current stage tilt
+        self._holding: int | None = None  # plan step held for the controller's decision
+        self._last_shift = np.zeros(2)
+        self._hold_deadline = 0.0
+        self._step_seq: dict[int, int] = {}  # plan step -> seq of its HAADF image
         self._emit(SERIES_START, **self._start_fields())
 
     # -- data preparation ---------------------------------------------------------------
@@ -245,14 +264,20 @@ class SimulatedInstrument:
         p = self.params
         plan = make_plan(p.scheme, p.tilt_range, p.haadf_step, p.chem_step,
                          haadf_angles=p.haadf_angles, chem_angles=p.chem_angles)
-        if plan.n_chem == 0:
+        scheme = plan.tilt_scheme()
+        if p.hold_for_advice:
+            # HAADF-only plan; a spectrum image is simulated at every tilt for the taking.
+            plan = from_angles(plan.haadf_angles, [], p.scheme)
+            grid = tuple(sorted(plan.haadf_angles))
+            scheme = TiltScheme(haadf_angles=grid, chem_angles=grid)
+        elif plan.n_chem == 0:
             raise InstrumentError("the tilt plan has no chemical tilt; the simulated series "
                                   "needs at least one spectrum image")
         o = self._acq.oversample
         spec = make_specimen(p.specimen, p.size * o, seed=p.seed)
         if spec.size != p.size * o:
             spec = resample(spec, p.size * o)
-        sim = simulate(spec, p.size, plan.tilt_scheme(), self._acq, seed=p.seed)
+        sim = simulate(spec, p.size, scheme, self._acq, seed=p.seed)
         self._fine = spec.volumes
         self._Z = np.asarray(spec.Z)
         log.info("simulated %s at size %d: %d HAADF + %d chemical tilts (%s)", spec.name,
@@ -294,6 +319,7 @@ class SimulatedInstrument:
             "axis_offset_px": p.axis_offset_px,
             "auto": p.auto,
             "window": p.window,
+            "holds_for_advice": p.hold_for_advice,
         }
 
     # -- serving ------------------------------------------------------------------------
@@ -429,7 +455,7 @@ class SimulatedInstrument:
     @property
     def plan_running(self) -> bool:
         return (self._started and not self._paused and self._end_seq is None
-                and self._next_step < len(self.plan))
+                and self._holding is None and self._next_step < len(self.plan))
 
     def _advance(self) -> None:
         while self._end_seq is None:
@@ -460,6 +486,12 @@ class SimulatedInstrument:
             return True
         if not (self._started and not self._paused):
             return False
+        if self._holding is not None:
+            if now < self._hold_deadline:
+                return False
+            log.warning("no decision at %+.2f deg within %.0f s: going on without a spectrum "
+                        "image", self.angle, p.hold_timeout_s)
+            self._holding = None
         if self._next_step < len(self.plan):
             step = self.plan[self._next_step]
             t = p.t_tilt + p.t_track + (p.t_spectrum_image if step.with_spectrum
@@ -475,6 +507,10 @@ class SimulatedInstrument:
             step = self.plan[act.step]
             self.angle = step.angle
             seqs = self._acquire(step.angle, spectrum=step.with_spectrum, step=act.step)
+            self._step_seq[act.step] = seqs[0]
+            if self.params.hold_for_advice:
+                self._holding = act.step
+                self._hold_deadline = time.monotonic() + self.params.hold_timeout_s
             self._next_step = act.step + 1
             self.stats.steps_done = self._next_step
             log.debug("step %d/%d at %+.2f deg: seq %s", self._next_step, len(self.plan),
@@ -488,6 +524,13 @@ class SimulatedInstrument:
             self._ack_command(cmd, "done", angle=self.angle)
             return
         spectrum = act.kind == "acquire_spectrum"
+        held = self._holding
+        if spectrum and held is not None and _akey(self.plan[held].angle) == _akey(self.angle) \
+                and math.isclose(cmd["ratio"], 1.0, rel_tol=1e-9):
+            seqs = [self._held_spectrum(held, cmd)]
+            self._holding = None
+            self._ack_command(cmd, "done", angle=self.angle, seqs=seqs)
+            return
         try:
             seqs = self._acquire(self.angle, spectrum=spectrum, step=None, cmd=cmd)
         except InstrumentError as e:
@@ -541,6 +584,7 @@ class SimulatedInstrument:
         if self.params.axis_offset_px != 0:
             shift[1] += self.params.axis_offset_px
             shift_fields["axis_offset_px"] = float(self.params.axis_offset_px)
+        self._last_shift = shift
         if shift_fields:
             haadf = apply_shift(haadf, shift)
             if chem is not None:
@@ -563,6 +607,26 @@ class SimulatedInstrument:
                 dose_total_e_per_A2=self._dose_totals(), t_acquired=now,
                 haadf_seq=seqs[0], background=background, **common))
         return seqs
+
+    def _held_spectrum(self, step: int, cmd: dict[str, Any]) -> int:
+        """The spectrum image of the held plan step (simulated with the series): only the
+        chem_tilt is sent; its simultaneous HAADF image is the step's, already sent."""
+        angle = self.plan[step].angle
+        ci = self._c_index[_akey(angle)]
+        chem = np.stack([self.series.chem[e][ci] for e in self.elements])
+        shift = self._last_shift
+        if np.any(shift != 0):
+            chem = np.stack([apply_shift(c, shift, counts=True) for c in chem])
+        s = self.stats
+        s.n_chem += 1
+        s.dose_chem += self.chem_dose
+        background = {e: float(self.series.background.get(e, 0.0)) for e in self.elements}
+        return self._emit(CHEM_TILT, [np.asarray(c, dtype=np.float32) for c in chem],
+                          angle=angle, elements=list(self.elements),
+                          dose_e_per_A2=self.chem_dose,
+                          dose_total_e_per_A2=self._dose_totals(), t_acquired=time.time(),
+                          haadf_seq=self._step_seq.get(step), background=background,
+                          step=step, on_demand=True, cmd_id=cmd["id"])
 
     def _on_demand(self, angle: float, spectrum: bool,
                    ratio: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -622,6 +686,13 @@ class SimulatedInstrument:
         elif name == "abort":
             self._abort()
             self._ack_command(cmd, "done", end_seq=self._end_seq)
+        elif name == "continue":
+            if self._holding is None:
+                self._ack_command(cmd, "rejected", "continue: the instrument is not holding "
+                                  "for a decision")
+                return
+            self._holding = None
+            self._ack_command(cmd, "done", next_step=self._next_step)
         elif name in MANUAL_COMMANDS:
             if self.plan_running:
                 self._ack_command(cmd, "rejected", f"{name}: the plan is running "
