@@ -328,6 +328,8 @@ class LiveController:
         self.std: dict[str, np.ndarray] | None = None  # the last standard errors
         self._std_iteration = -1
         self._cmd_id = 0
+        self._state = "waiting"
+        self._last_status = 0.0
         if not resume and self.run_path.exists():
             raise LiveError(f"{self.run_path} exists: continue it with --resume, or record "
                             "to a new file (a run file is never overwritten)")
@@ -513,6 +515,10 @@ class LiveController:
         # monitor is attached, and a hello sent with no peer is simply dropped.
         if silent > p.heartbeat_s and now - self._last_hello > p.heartbeat_s:
             self._hello("heartbeat")
+        # A viewer or panel that connects while nothing happens (paused, holding for an
+        # answer) still learns the state and the operator endpoint within a second.
+        if now - self._last_status > 1.0:
+            self._status(self._state)
 
     # -- sending --------------------------------------------------------------------------
     @property
@@ -558,6 +564,7 @@ class LiveController:
         self._publish("event", proto.EVENT, event=name, **fields)
 
     def _status(self, state: str, **extra: Any) -> None:
+        self._state, self._last_status = state, time.monotonic()
         run, s = self.run_file, self.solver
         header = {} if run is None else run.start_header
         self._publish(

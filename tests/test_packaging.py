@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -41,3 +42,25 @@ def test_wheel_declares_console_script_and_extras(wheel: Path) -> None:
     meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     for extra in ("gpu", "nion", "viewer", "test"):
         assert f"Provides-Extra: {extra}" in meta
+
+
+def test_wheel_ships_the_nion_swift_plug_in(wheel: Path, tmp_path: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    # Only our shim: a nionswift_plugin/__init__.py would turn Swift's namespace package
+    # into a regular one and hide every other plug-in.
+    assert {n for n in names if n.startswith("nionswift_plugin/")} == \
+        {"nionswift_plugin/fusetomo/__init__.py"}
+    for mod in ("__init__", "panel", "link", "dataitems", "state"):
+        assert f"fusetomo/ui/nion/{mod}.py" in names
+    zipfile.ZipFile(wheel).extractall(tmp_path)  # the site-packages layout
+    code = (f"import importlib, pkgutil, sys\nsys.path[:0] = [{str(tmp_path)!r}]\n"
+            f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+            "import nionswift_plugin\n"
+            "assert 'fusetomo' in [m.name for m in "
+            "pkgutil.iter_modules(nionswift_plugin.__path__)]\n"
+            "importlib.import_module('nionswift_plugin.fusetomo').run()\n"
+            "from nion.swift import Panel\n"
+            "assert 'fusetomo-panel' in Panel.PanelManager().panel_ids\n")
+    # -S: skip .pth files, so the editable checkout's finder cannot stand in for the wheel
+    subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=120,
+                   capture_output=True)

@@ -1,0 +1,304 @@
+"""The fusetomo panel for Nion Swift (Declarative UI).
+
+Connects to a controller's status PUB and shows the series state, the current tilt, dose
+used and budget, the three cost terms and the advisor's suggestion with Accept / Skip /
+Force (and Pause / Resume); keeps live data items with the orthoslices of each element
+volume and of its standard error (dataitems.py).
+
+Threads: `ControllerLink` (link.py) receives on its own thread and hands every message to
+the UI thread through `document_controller.queue_task`; everything here runs on the UI
+thread. `run()` registers the panel with Swift's workspace (called by Swift's plug-in
+loader through `nionswift_plugin.fusetomo`), `stop()` unregisters it.
+"""
+
+from __future__ import annotations
+
+import gettext
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from nion.swift import DocumentController, Panel, Workspace
+from nion.ui import Declarative
+from nion.utils import Observable
+
+from fusetomo.ui.nion.dataitems import SliceDataItems
+from fusetomo.ui.nion.link import ControllerLink, LinkParams, OperatorResult, Task
+from fusetomo.ui.nion.state import PanelDataError, PanelState
+
+_ = gettext.gettext
+log = logging.getLogger(__name__)
+
+PANEL_ID = "fusetomo-panel"
+ENDPOINT_KEY = "fusetomo/status_endpoint"  # Swift's persistent settings: the last endpoint
+
+# Read-only lines and flags the view binds to (`@binding(name)`), with their initial values.
+_SHOWN: dict[str, Any] = {
+    "connect_label": _("Connect"),
+    "connection_text": _("not connected"),
+    "series_text": "",
+    "tilts_text": "",
+    "tilt_text": "",
+    "dose_text": "",
+    "costs_text": "",
+    "advice_text": "",
+    "result_text": "",
+    "can_answer": False,
+    "can_command": False,
+}
+
+
+class _Shown:
+    """A read-only handler attribute that Declarative bindings observe (the handler calls
+    notify_property_changed when it changes)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else obj._shown[self.name]
+
+
+class FusetomoPanelHandler(Observable.Observable):
+    """Declarative handler: the view (`ui_view`), what it shows, and its buttons."""
+
+    connect_label = _Shown()
+    connection_text = _Shown()
+    series_text = _Shown()
+    tilts_text = _Shown()
+    tilt_text = _Shown()
+    dose_text = _Shown()
+    costs_text = _Shown()
+    advice_text = _Shown()
+    result_text = _Shown()
+    can_answer = _Shown()
+    can_command = _Shown()
+
+    def __init__(self, document_controller: DocumentController.DocumentController, *,
+                 endpoint: str = "", link_params: LinkParams | None = None,
+                 link_factory: Callable[..., ControllerLink] = ControllerLink) -> None:
+        super().__init__()
+        self._dc = weakref.ref(document_controller)
+        self._endpoint = endpoint
+        self._link_params = link_params
+        self._link_factory = link_factory
+        self._shown = dict(_SHOWN)
+        self.state = PanelState()
+        self.data_items = SliceDataItems()
+        self.link: ControllerLink | None = None
+        self.n_messages = 0
+        self._closed = False
+        self._refresh()
+        self.ui_view = self._view()
+
+    def _view(self) -> Any:
+        u = Declarative.DeclarativeUI()
+
+        def label(prop: str, **kw: Any) -> Any:
+            return u.create_label(text=f"@binding({prop})", name=prop + "_label", **kw)
+
+        endpoint_row = u.create_row(
+            u.create_line_edit(text="@binding(endpoint)", name="endpoint_edit",
+                               placeholder_text="tcp://127.0.0.1:PORT (controller status)"),
+            u.create_push_button(text="@binding(connect_label)", name="connect_button",
+                                 on_clicked="connect_clicked"),
+            spacing=6)
+        buttons = u.create_row(
+            u.create_push_button(text=_("Accept"), name="accept_button",
+                                 on_clicked="accept_clicked", enabled="@binding(can_answer)"),
+            u.create_push_button(text=_("Skip"), name="skip_button",
+                                 on_clicked="skip_clicked", enabled="@binding(can_answer)"),
+            u.create_push_button(text=_("Force"), name="force_button",
+                                 on_clicked="force_clicked", enabled="@binding(can_command)",
+                                 tool_tip=_("acquire a spectrum image here now")),
+            u.create_stretch(),
+            u.create_push_button(text=_("Pause"), name="pause_button",
+                                 on_clicked="pause_clicked", enabled="@binding(can_command)"),
+            u.create_push_button(text=_("Resume"), name="resume_button",
+                                 on_clicked="resume_clicked", enabled="@binding(can_command)"),
+            spacing=6)
+        return u.create_column(
+            endpoint_row, label("connection_text"), label("series_text"), label("tilts_text"),
+            label("tilt_text"), label("dose_text"), label("costs_text"),
+            label("advice_text", word_wrap=True), buttons, label("result_text", word_wrap=True),
+            u.create_stretch(), spacing=4, margin=8)
+
+    # -- bound properties -------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    @endpoint.setter
+    def endpoint(self, value: str) -> None:
+        value = (value or "").strip()
+        if value != self._endpoint:
+            self._endpoint = value
+            self.notify_property_changed("endpoint")
+
+    def _show(self, name: str, value: Any) -> None:
+        if self._shown[name] != value:
+            self._shown[name] = value
+            self.notify_property_changed(name)
+
+    def _refresh(self) -> None:
+        s = self.state
+        self._show("series_text", s.series_text())
+        self._show("tilts_text", s.tilts_text())
+        self._show("tilt_text", s.tilt_text())
+        self._show("dose_text", s.dose_text())
+        self._show("costs_text", s.costs_text())
+        self._show("advice_text", s.advice_text())
+        live = self.link is not None
+        self._show("can_answer", live and s.can_answer())
+        self._show("can_command", live and s.can_command())
+        self._show("connect_label", _("Disconnect") if live else _("Connect"))
+        self._show("connection_text", (f"{self.link.status_endpoint}: {self.n_messages} "
+                                       "messages" if self.link else _("not connected")))
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self, endpoint: str | None = None, *,
+                operator_endpoint: str | None = None) -> None:
+        """Subscribe to a controller's status endpoint (replacing any current link).
+        Operator commands go where its status messages say (`operator_endpoint`), or to
+        `operator_endpoint` until one says otherwise."""
+        self.disconnect()
+        endpoint = (endpoint or self._endpoint).strip()
+        self.endpoint = endpoint
+        self.state, self.n_messages = PanelState(operator_endpoint=operator_endpoint), 0
+        try:
+            link = self._link_factory(endpoint, post=self._post, on_message=self._on_message,
+                                      on_error=self._on_error, on_result=self._on_result,
+                                      operator_endpoint=operator_endpoint,
+                                      params=self._link_params)
+            link.start()
+        except ValueError as e:
+            self._show("result_text", str(e))
+            self._refresh()
+            return
+        self.link = link
+        dc = self._dc()
+        if dc is not None:
+            dc.ui.set_persistent_string(ENDPOINT_KEY, endpoint)
+        self._show("result_text", "")
+        self._refresh()
+
+    def disconnect(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        self._refresh()
+
+    def _post(self, task: Task) -> None:
+        # Called on the link's thread: only hands the task over, never touches the UI.
+        dc = self._dc()
+        if dc is not None:
+            dc.queue_task(task)
+
+    # -- on the UI thread, from the link ------------------------------------------------------
+    def _on_message(self, topic: str, header: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        self.n_messages += 1
+        try:
+            changed = self.state.apply(topic, header)
+        except PanelDataError as e:
+            self._show("result_text", f"{topic} message not shown: {e}")
+            return
+        dc = self._dc()
+        if dc is not None and dc.document_model is not None:
+            s = self.state
+            if "slices" in changed:
+                self.data_items.update(dc.document_model, "value", s.slices, series=s.series,
+                                       iteration=s.slices_iteration)
+            if "std_slices" in changed:
+                self.data_items.update(dc.document_model, "std", s.std_slices,
+                                       series=s.series, iteration=s.std_iteration)
+        self._refresh()
+
+    def _on_error(self, text: str) -> None:
+        if not self._closed:
+            self._show("result_text", text)
+
+    def _on_result(self, r: OperatorResult) -> None:
+        if self._closed:
+            return
+        what = r.action + ("" if r.advice_id is None else f" advice #{r.advice_id}")
+        if r.ok:
+            reason = (r.reply or {}).get("reason")
+            self._show("result_text", f"{what}: {(r.reply or {}).get('status', 'done')}"
+                       + (f" ({reason})" if reason else ""))
+        else:
+            self._show("result_text", f"{what} failed: {r.error}")
+
+    # -- buttons (Declarative passes the widget) ------------------------------------------------
+    def connect_clicked(self, widget: Any = None) -> None:
+        if self.link is not None:
+            self.disconnect()
+        else:
+            self.connect()
+
+    def accept_clicked(self, widget: Any = None) -> None:
+        self._answer("accept")
+
+    def skip_clicked(self, widget: Any = None) -> None:
+        self._answer("skip")
+
+    def force_clicked(self, widget: Any = None) -> None:
+        self._command("force")
+
+    def pause_clicked(self, widget: Any = None) -> None:
+        self._command("pause")
+
+    def resume_clicked(self, widget: Any = None) -> None:
+        self._command("resume")
+
+    def _command(self, action: str) -> None:
+        if self.link is None or not self.state.can_command():
+            self._show("result_text", f"{action}: not connected to a running series")
+            return
+        self.link.send(action)
+        self._show("result_text", f"{action}: sent")
+
+    def _answer(self, action: str) -> None:
+        advice = self.state.advice
+        if self.link is None or advice is None or not self.state.can_answer():
+            self._show("result_text", f"{action}: no open advice to answer")
+            return
+        self.link.send(action, advice_id=advice.id)
+        self._show("result_text", f"{action} advice #{advice.id}: sent")
+
+    def close(self) -> None:
+        """Called by the DeclarativeWidget when the panel closes: stop the link first, so
+        that nothing more is queued, then drop the data item references."""
+        self._closed = True
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        self.data_items.forget()
+
+
+class FusetomoPanel(Panel.Panel):
+    def __init__(self, document_controller: DocumentController.DocumentController,
+                 panel_id: str, properties: dict[str, Any]) -> None:
+        super().__init__(document_controller, panel_id, _("fusetomo"))
+        endpoint = str(properties.get("endpoint") or
+                       document_controller.ui.get_persistent_string(ENDPOINT_KEY, "") or "")
+        self.handler = FusetomoPanelHandler(document_controller, endpoint=endpoint)
+        self.widget = Declarative.DeclarativeWidget(document_controller.ui,
+                                                    document_controller.event_loop, self.handler)
+
+    def close(self) -> None:
+        self.handler.close()  # idempotent; the widget's closer calls it again
+        super().close()
+        self.handler = None  # type: ignore[assignment]
+
+
+def run() -> None:
+    """Register the panel (Swift's plug-in loader calls this once at start-up)."""
+    Workspace.WorkspaceManager().register_panel(FusetomoPanel, PANEL_ID, _("fusetomo"),
+                                                ["left", "right"], "right", {"min_width": 320})
+
+
+def stop() -> None:
+    Workspace.WorkspaceManager().unregister_panel(PANEL_ID)

@@ -1,0 +1,318 @@
+"""What the Nion Swift panel shows, as plain Python: `PanelState.apply(topic, header)` takes a
+decoded status message (docs/protocol.md §2: topics `status`, `slices`, `advice`, `event`)
+and the `*_text` methods give the panel's lines. No Nion import here, so it is tested by
+itself; the panel (panel.py) calls it on the UI thread only.
+
+Every field a message may lack is optional: an older controller, or a panel that connects
+mid-run, leaves it at its default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+PLANES = ("s", "u", "v")  # slice normal to the tilt axis, then the two other axes
+COST_TERMS = ("haadf", "chem", "tv")
+DASH = "—"
+
+
+class PanelDataError(ValueError):
+    """A status message whose content cannot be shown; names the field and the value."""
+
+
+@dataclass(frozen=True)
+class OrthoSlices:
+    """Central slices of one volume in its own units (value = q · vmax / 255): `s` normal to
+    the tilt axis, `u`, `v` normal to the two other axes."""
+
+    vmax: float
+    s: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+
+    def planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.s, self.u, self.v
+
+
+@dataclass(frozen=True)
+class Advice:
+    """One advice of the controller (operator_spec: topic `advice`)."""
+
+    id: int
+    angle: float | None
+    action: str
+    reason: str
+    gain_per_dose: float | None
+    best_angle: float | None
+    mode: str | None
+    answer: str | None
+    decision: str | None
+
+    @property
+    def open(self) -> bool:
+        """Still waiting for the operator (neither answered nor decided)."""
+        return self.answer is None and self.decision is None
+
+
+@dataclass
+class PanelState:
+    series: str | None = None
+    state: str | None = None
+    iteration: int | None = None
+    haadf_tilts: int | None = None
+    planned_haadf: int | None = None
+    chem_tilts: int | None = None
+    planned_chem: int | None = None
+    current_tilt_deg: float | None = None
+    dose: dict[str, float] = field(default_factory=dict)  # haadf, chem, total (e/Å²)
+    dose_budget: float | None = None
+    chem_maps_budget: int | None = None
+    chem_dose_budget: float | None = None
+    costs: dict[str, float] = field(default_factory=dict)
+    advice_mode: str | None = None
+    operator_endpoint: str | None = None
+    advice: Advice | None = None
+    slices: dict[str, OrthoSlices] = field(default_factory=dict)
+    slices_iteration: int | None = None
+    std_slices: dict[str, OrthoSlices] = field(default_factory=dict)
+    std_iteration: int | None = None
+    last_event: str | None = None
+
+    # -- messages -----------------------------------------------------------------------
+    def apply(self, topic: str, header: Mapping[str, Any]) -> set[str]:
+        """Apply one message; return what changed among {'labels', 'slices', 'std_slices'}.
+        Raises PanelDataError for content that cannot be shown (nothing is applied then)."""
+        # Work on a shallow copy (every field is replaced, never mutated in place) and keep
+        # it only if the whole message was understood.
+        trial = replace(self)
+        series = header.get("series")
+        if isinstance(series, str) and series != "*" and series != self.series:
+            trial = PanelState(series=series, operator_endpoint=self.operator_endpoint)
+        changed: set[str] = {"labels"}
+        if topic == "status":
+            trial._status(header)
+        elif topic == "advice":
+            trial._advice(header.get("advice"))
+        elif topic == "event":
+            trial._event(header)
+        elif topic == "slices":
+            changed = trial._slices(header)
+        else:
+            return set()  # a topic this panel does not know: ignored (protocol §5)
+        self.__dict__.update(trial.__dict__)
+        return changed
+
+    def _status(self, h: Mapping[str, Any]) -> None:
+        self.state = _str(h.get("state"), "state") or self.state
+        for name in ("iteration", "haadf_tilts", "planned_haadf", "chem_tilts",
+                     "planned_chem", "chem_maps_budget"):
+            if name in h:
+                setattr(self, name, _int(h[name], name))
+        if "dose_budget_e_per_A2" in h:
+            self.dose_budget = _num(h["dose_budget_e_per_A2"], "dose_budget_e_per_A2")
+        if isinstance(h.get("dose_e_per_A2"), Mapping):
+            self.dose = _numbers(h["dose_e_per_A2"], "dose_e_per_A2")
+        if isinstance(h.get("costs"), Mapping):
+            self.costs = _numbers(h["costs"], "costs")
+        if "advice_mode" in h:
+            self.advice_mode = _str(h["advice_mode"], "advice_mode")
+        if "operator_endpoint" in h:
+            self.operator_endpoint = _str(h["operator_endpoint"], "operator_endpoint")
+        angles = h.get("haadf_angles")
+        if isinstance(angles, list) and angles:
+            self.current_tilt_deg = _num(angles[-1], "haadf_angles[-1]")
+
+    def _advice(self, a: Any) -> None:
+        if not isinstance(a, Mapping):
+            raise PanelDataError(f"advice: expected an object, got {a!r}")
+        aid = _int(a.get("id"), "advice.id")
+        action = _str(a.get("action"), "advice.action")
+        if aid is None or action is None:
+            raise PanelDataError(f"advice: needs an integer 'id' and an 'action', got "
+                                 f"id {a.get('id')!r}, action {a.get('action')!r}")
+        self.advice = Advice(
+            id=aid, angle=_num(a.get("angle"), "advice.angle"), action=action,
+            reason=_str(a.get("reason"), "advice.reason") or "",
+            gain_per_dose=_num(a.get("gain_per_dose"), "advice.gain_per_dose"),
+            best_angle=_num(a.get("best_angle"), "advice.best_angle"),
+            mode=_str(a.get("mode"), "advice.mode"),
+            answer=_str(a.get("answer"), "advice.answer"),
+            decision=_str(a.get("decision"), "advice.decision"))
+        if self.advice.angle is not None:
+            self.current_tilt_deg = self.advice.angle
+        if "chem_maps_used" in a:
+            self.chem_tilts = _int(a["chem_maps_used"], "advice.chem_maps_used")
+        if "chem_maps_budget" in a:
+            self.chem_maps_budget = _int(a["chem_maps_budget"], "advice.chem_maps_budget")
+        if "chem_dose_budget" in a:
+            self.chem_dose_budget = _num(a["chem_dose_budget"], "advice.chem_dose_budget")
+        if "mode" in a and self.advice.mode is not None:
+            self.advice_mode = self.advice.mode
+
+    def _event(self, h: Mapping[str, Any]) -> None:
+        name = _str(h.get("event"), "event") or "?"
+        if name == "tilt_received":
+            angle = _num(h.get("angle"), "angle")
+            if angle is not None:
+                self.current_tilt_deg = angle
+            self.last_event = (f"tilt {h.get('tilt_seq')} ({h.get('modality')}) at "
+                               f"{_deg(angle)}")
+        elif name == "rejected":
+            self.last_event = f"rejected seq {h.get('bad_seq')}: [{h.get('code')}] " \
+                              f"{h.get('message')}"
+        else:
+            self.last_event = name.replace("_", " ")
+
+    def _slices(self, h: Mapping[str, Any]) -> set[str]:
+        changed = set()
+        if "slices" in h:
+            decoded = decode_slices(h["slices"], "slices")
+            self.slices, self.slices_iteration = decoded, _int(h.get("iteration"), "iteration")
+            changed.add("slices")
+        if "std_slices" in h:
+            decoded = decode_slices(h["std_slices"], "std_slices")
+            self.std_slices = decoded
+            self.std_iteration = _int(h.get("std_iteration"), "std_iteration")
+            changed.add("std_slices")
+        return changed
+
+    # -- what the panel shows -------------------------------------------------------------
+    def series_text(self) -> str:
+        if self.series is None and self.state is None:
+            return "no status received yet"
+        it = DASH if self.iteration is None else str(self.iteration)
+        return f"{self.series or DASH}: {self.state or DASH}, iteration {it}"
+
+    def tilts_text(self) -> str:
+        chem_of = self.planned_chem if self.chem_maps_budget is None else self.chem_maps_budget
+        return (f"tilts: HAADF {_of(self.haadf_tilts, self.planned_haadf)}, "
+                f"spectrum images {_of(self.chem_tilts, chem_of)}")
+
+    def tilt_text(self) -> str:
+        return f"current tilt {_deg(self.current_tilt_deg)}"
+
+    def dose_text(self) -> str:
+        total = self.dose.get("total")
+        used = DASH if total is None else f"{total:.4g}"
+        budget = "no budget" if self.dose_budget is None else f"budget {self.dose_budget:.4g}"
+        parts = ", ".join(f"{k} {self.dose[k]:.4g}" for k in ("haadf", "chem") if k in self.dose)
+        return f"dose {used} e/Å² ({budget})" + (f": {parts}" if parts else "")
+
+    def costs_text(self) -> str:
+        if not self.costs:
+            return f"costs: {DASH}"
+        terms = ", ".join(f"{k} {self.costs[k]:.4g}" for k in COST_TERMS if k in self.costs)
+        return f"costs: {terms}"
+
+    def advice_text(self) -> str:
+        a = self.advice
+        if a is None:
+            return f"advice: none (mode {self.advice_mode or DASH})"
+        gain = "" if a.gain_per_dose is None else f", gain {a.gain_per_dose:.3g} nats per e/Å²"
+        best = "" if a.best_angle is None else f", best remaining {_deg(a.best_angle)}"
+        state = "waiting for the operator" if a.open else ", ".join(
+            x for x in (a.answer and f"answered {a.answer}", a.decision and
+                        f"decided {a.decision}") if x)
+        return (f"advice #{a.id} ({a.mode or self.advice_mode or DASH}): {a.action} at "
+                f"{_deg(a.angle)}{gain}{best} [{state}]: {a.reason}")
+
+    def can_answer(self) -> bool:
+        """Accept / Skip make sense: an open advice and somewhere to send the answer."""
+        return self.operator_endpoint is not None and self.advice is not None \
+            and self.advice.open
+
+    def can_command(self) -> bool:
+        """Force / Pause / Resume make sense: somewhere to send them, a series not over."""
+        return self.operator_endpoint is not None and self.state != "complete"
+
+
+# -- decoding helpers -------------------------------------------------------------------------
+def decode_plane(q: Any, vmax: float, where: str) -> np.ndarray:
+    """A quantised slice (list of rows of integers 0..255) -> float32 values q · vmax / 255."""
+    try:
+        arr = np.asarray(q, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PanelDataError(f"{where}: not a rectangular list of numbers") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise PanelDataError(f"{where}: expected a non-empty 2D list, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
+        bad = arr[~np.isfinite(arr) | (arr < 0) | (arr > 255)].ravel()[0]
+        raise PanelDataError(f"{where}: quantised values must be 0..255, got {bad}")
+    return (arr * (vmax / 255.0)).astype(np.float32)
+
+
+def decode_slices(doc: Any, where: str) -> dict[str, OrthoSlices]:
+    if not isinstance(doc, Mapping):
+        raise PanelDataError(f"{where}: expected an object of elements, got {doc!r:.80}")
+    out: dict[str, OrthoSlices] = {}
+    for element, d in doc.items():
+        if not isinstance(d, Mapping):
+            raise PanelDataError(f"{where}.{element}: expected an object, got {d!r:.80}")
+        vmax = _num(d.get("vmax"), f"{where}.{element}.vmax")
+        if vmax is None or vmax < 0:
+            raise PanelDataError(f"{where}.{element}.vmax: must be a number >= 0, got "
+                                 f"{d.get('vmax')!r}")
+        planes = {p: decode_plane(d.get(p), vmax, f"{where}.{element}.{p}") for p in PLANES}
+        out[str(element)] = OrthoSlices(vmax, **planes)
+    return out
+
+
+def montage(o: OrthoSlices, gap: int = 1) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The three slices side by side (s | u | v), top-aligned, `gap` columns of zeros
+    between them; also where each lies: [{plane, row, col, shape}]."""
+    planes = o.planes()
+    height = max(p.shape[0] for p in planes)
+    width = sum(p.shape[1] for p in planes) + gap * (len(planes) - 1)
+    out = np.zeros((height, width), np.float32)
+    where, col = [], 0
+    for name, p in zip(PLANES, planes, strict=True):
+        out[:p.shape[0], col:col + p.shape[1]] = p
+        where.append({"plane": name, "row": 0, "col": col, "shape": list(p.shape)})
+        col += p.shape[1] + gap
+    return out, where
+
+
+def _num(v: Any, name: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise PanelDataError(f"{name}: expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _int(v: Any, name: str) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PanelDataError(f"{name}: expected an integer, got {v!r}")
+    return v
+
+
+def _str(v: Any, name: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise PanelDataError(f"{name}: expected a string, got {v!r}")
+    return v
+
+
+def _numbers(d: Mapping[str, Any], name: str) -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        x = _num(v, f"{name}.{k}")
+        if x is not None:
+            out[str(k)] = x
+    return out
+
+
+def _of(n: int | None, total: int | None) -> str:
+    return f"{DASH if n is None else n}" + ("" if total is None else f" of {total}")
+
+
+def _deg(a: float | None) -> str:
+    return DASH if a is None else f"{a:+.1f}°"
