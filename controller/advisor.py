@@ -60,6 +60,9 @@ class AdvisorParams:
     # Poisson variance (mean over the specimen's rays and the elements).
     stop_ratio: float = 0.004
     min_maps: int = 3  # the stop rule applies only once this many maps are taken
+    # Before the first map nothing can be predicted: 'uniform' takes it at the first tilt
+    # the uniform plan of the budget would take; 'now' at the very first tilt.
+    first_map: str = "uniform"
     metric: Metric = "jacobi"  # 'jacobi' (cheap std) or 'sampled' (posterior samples)
     probes: int = 4  # posterior samples of the 'sampled' metric
     cg_iterations: int = 30
@@ -81,6 +84,8 @@ class AdvisorParams:
                                f"{self.min_spacing_deg!r}")
         if not (math.isfinite(self.stop_ratio) and self.stop_ratio >= 0):
             raise AdvisorError(f"stop_ratio must be >= 0, got {self.stop_ratio!r}")
+        if self.first_map not in ("uniform", "now"):
+            raise AdvisorError(f"first_map must be 'uniform' or 'now', got {self.first_map!r}")
         if self.metric not in ("jacobi", "sampled"):
             raise AdvisorError(f"metric must be 'jacobi' or 'sampled', got {self.metric!r}")
         for name in ("probes", "cg_iterations"):
@@ -101,6 +106,8 @@ class Advice:
     best_angle: float | None = None
     best_gain_per_dose: float | None = None
     variance_ratio: float | None = None  # at the best tilt: predicted / Poisson variance
+    # expected fraction of the total chemical variance a map here removes (per element)
+    variance_reduction: dict[str, float] | None = None
     candidates: list[dict[str, float]] = field(default_factory=list)
     chem_maps_used: int = 0
     chem_maps_budget: int | None = None
@@ -233,6 +240,9 @@ class AdaptiveAdvisor(_Policy):
     def __init__(self, params: AdvisorParams, planned: Sequence[float]) -> None:
         super().__init__(params, planned)
         self.stopped: str | None = None
+        self._first_targets: list[float] = []
+        if params.first_map == "uniform" and params.chem_maps is not None:
+            self._first_targets = UniformPolicy(params, planned).targets
         self.std: dict[str, np.ndarray] | None = None  # the last standard errors
         self.state: UncertaintyState | None = None
 
@@ -254,9 +264,15 @@ class AdaptiveAdvisor(_Policy):
             return self._new(s, STOP, self.stopped)
         here_ok = _far_enough(s.angle, s.chem_angles, self.spacing)
         if solver is None or not solver.ready or solver.n_chem == 0:
+            first = self._first_targets
+            if here_ok and (not first or any(abs(s.angle - t) < ANGLE_TOL for t in first)):
+                return self._new(s, ACQUIRE, "no spectrum image yet: nothing can be predicted "
+                                 "before the first, taken where even spacing puts one")
             if here_ok:
-                return self._new(s, ACQUIRE, "no spectrum image yet: the chemical maps need "
-                                 "at least one before anything can be predicted")
+                nxt = [a for a in s.remaining if any(abs(a - t) < ANGLE_TOL for t in first)]
+                return self._new(s, WAIT, "no spectrum image yet: the first goes where even "
+                                 f"spacing puts one ({nxt[0]:+.1f} deg)" if nxt else
+                                 "no spectrum image yet", best_angle=nxt[0] if nxt else None)
             return self._new(s, WAIT, f"within {self.spacing:.1f} deg of a spectrum image")
         import time
 
@@ -281,6 +297,9 @@ class AdaptiveAdvisor(_Policy):
             "gain_per_dose": float(gpd[0]) if here_ok else None,
             "best_angle": float(g.angles[best]), "best_gain_per_dose": float(gpd[best]),
             "variance_ratio": ratio, "candidates": cand_list}
+        if g.variance_reduction is not None:
+            kw["variance_reduction"] = {e: float(v) for e, v in zip(
+                g.elements, g.variance_reduction[0 if here_ok else best], strict=True)}
         if ratio < self.params.stop_ratio and len(s.chem_angles) >= self.params.min_maps:
             self.stopped = (f"diminishing returns: at the best remaining tilt "
                             f"({g.angles[best]:+.1f} deg) the reconstruction already predicts "

@@ -55,6 +55,8 @@ class CandidateGains:
     gain: np.ndarray  # [n_cand, n_el] nats
     variance_ratio: np.ndarray  # [n_cand, n_el] mean_r V_r / v_r over the specimen's rays
     n_rays: int
+    # [n_cand, n_el] expected fraction of the total variance removed ('jacobi' only)
+    variance_reduction: np.ndarray | None = None
 
     @property
     def total(self) -> np.ndarray:
@@ -132,17 +134,21 @@ def candidate_gains(
         # two voxels); a variance summed with those weights would favour 0 and 90 deg for
         # reasons of discretisation, not physics. Each candidate's variance is divided by
         # its mean squared-weight ratio (A o A) 1 / A 1 relative to the candidates' median.
-        if metric == "jacobi":
-            ones = xp.ones((1, 1, proj.n, proj.n), dtype=v.dtype)
-            eff = xp.mean(_forward_with(proj, sq, ones)[0], axis=(-2, -1)) / xp.maximum(
-                xp.mean(proj.forward(ones)[0], axis=(-2, -1)), 1e-12)  # [n_cand]
-        else:
+        if metric == "sampled":
             sq = proj.matrix.multiply(proj.matrix).tocsr()
-            ones = xp.ones((1, 1, proj.n, proj.n), dtype=v.dtype)
-            eff = xp.mean(_forward_with(proj, sq, ones)[0], axis=(-2, -1)) / xp.maximum(
-                xp.mean(proj.forward(ones)[0], axis=(-2, -1)), 1e-12)
-        eff = eff / xp.median(eff)
-        ratio = V / (v * eff[None, :, None, None])
+        ones = xp.ones((1, 1, proj.n, proj.n), dtype=v.dtype)
+        eff = xp.mean(_forward_with(proj, sq, ones)[0], axis=(-2, -1)) / xp.maximum(
+            xp.mean(proj.forward(ones)[0], axis=(-2, -1)), 1e-12)  # [n_cand]
+        eff = (eff / xp.median(eff))[None, :, None, None]
+        V = V / eff
+        ratio = V / v
+        reduction = None
+        if metric == "jacobi":
+            # A-optimal, ray by ray: the expected drop of the total variance, as a fraction
+            # of sum_j s_j^2 (science.md §4).
+            s4 = _forward_with(proj, sq, s2 * s2) / eff
+            drop = xp.sum(s4 / (V + v), axis=(-2, -1))  # [n_el, n_cand]
+            reduction = drop / xp.maximum(xp.sum(s2, axis=(-3, -2, -1))[:, None], 1e-30)
         gain = 0.5 * xp.sum(xp.log1p(ratio), axis=(-2, -1))  # [n_el, n_cand]
         # Rays through the specimen: where the projected HAADF-carrying volume is non-zero.
         signal = xp.sum(v - solver._bg, axis=0)
@@ -152,7 +158,9 @@ def candidate_gains(
         n_rays = int(to_numpy(xp.max(n_in)))
     return CandidateGains(np.asarray(angles), tuple(solver.elements),
                           to_numpy(gain).T.astype(np.float64),
-                          to_numpy(vr).T.astype(np.float64), n_rays * n_el)
+                          to_numpy(vr).T.astype(np.float64), n_rays * n_el,
+                          None if reduction is None
+                          else to_numpy(reduction).T.astype(np.float64))
 
 
 def _forward_with(proj: ParallelProjector, matrix: Any, vol: Any) -> Any:

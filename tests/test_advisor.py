@@ -125,7 +125,15 @@ def test_adaptive_run_respects_budget_and_spacing_and_scores(small_sim):
     spacing = AdaptiveAdvisor(params, order).spacing
     gaps = np.diff(sorted(taken))
     assert np.all(gaps >= spacing - 1e-6), (taken, spacing)
-    assert res.advices[0].action == ACQUIRE  # nothing to predict from before the first map
+    # Nothing to predict from before the first map: it goes where even spacing puts one.
+    first_target = next(a for a in order if a in UniformPolicy(params, order).targets)
+    assert taken[0] == first_target
+    assert all(a.action == WAIT for a in res.advices[:order.index(first_target)])
+    now = run_policy("adaptive", AdvisorParams(chem_maps=4, stop_ratio=0.0,
+                                               first_map="now"), p, prep)
+    assert now.chem_angles[0] == order[0]
+    red = [a.variance_reduction for a in res.advices if a.variance_reduction]
+    assert red and all(0 < v < 1 for d in red for v in d.values())
     assert len(res.advices) == len(order)
     # Every decision followed its advice, and the score is the truth's NRMSE.
     assert all((a.decision == "acquire") == (a.action == ACQUIRE) for a in res.advices)

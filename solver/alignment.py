@@ -1,0 +1,587 @@
+"""Tilt-series alignment: per-tilt shifts, the tilt-axis offset and in-plane rotation, and
+projection matching against reprojections of the current reconstruction.
+
+Model of a measured projection (science.md §5 geometry, images [n_slices, n_det] = (s, d)):
+
+    measured = shift(rotate(P, rotation_deg), (ds, dd))
+
+with `rotate` as `scipy.ndimage.rotate(P, rotation_deg, reshape=False)` (the tilt axis turned
+about the beam axis by rotation_deg, about the image centre) and `shift` as
+`simulators.instrument.apply_shift`. A shift (ds, dd) is how far the image was moved from its
+aligned position; the constant part of dd over the series is the tilt-axis offset. Correction
+(`apply_alignment`) undoes both in one interpolation.
+
+What the data can tell (gauge): a translation of the object in the volume moves the d
+coordinate of its projections by a cos t + b sin t and the s coordinate by a constant, so
+shifts are determined only modulo those components. Every estimator here keeps them fixed
+where the coarse centre-of-mass step put them (the object's centre of mass), and
+`gauge_free` removes them when shifts are compared with a truth. The constant coefficient of
+dd (the axis offset) is *not* a gauge: it is what makes arcs in a reconstruction.
+
+Steps (each usable alone):
+- `vacuum_level` / `remove_background`: per-projection vacuum level (median of the border
+  frame, or a low percentile) subtracted;
+- `estimate_rotation`: the in-plane rotation from the invariance of the slice-mass profile
+  (the sum of each projection along d is the same at every tilt for a parallel beam, but only
+  if the tilt axis runs along the image's s axis); shift-invariant, so done first;
+- `com_shifts`: absolute shifts from the centre of mass (s: constant; d: a cos t + b sin t + c
+  fitted; the residuals are the drift, the constant is the axis offset);
+- `xcorr_shifts`: shifts by phase correlation of neighbouring tilts, chained from the tilt
+  nearest 0 degrees (for objects not wholly inside the field of view);
+- `projection_matching`: reconstruct (non-negative SIRT), reproject, register each tilt to its
+  reprojection, update, on a coarse-to-fine schedule of binnings with a stop rule;
+- `register_chem`: the spectrum image's own drift relative to its simultaneous HAADF image,
+  by cross-correlating a Z^gamma-weighted composite of its maps with the aligned HAADF image.
+
+Sub-pixel registration is scikit-image's upsampled-DFT phase correlation
+(`skimage.registration.phase_cross_correlation`), run on the CPU on each 2D image (cheap);
+reconstruction and reprojection run on NumPy or CuPy through `ParallelProjector`, and the
+image resampling through scipy.ndimage or cupyx.scipy.ndimage, whichever holds the array.
+No sockets, no files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import sigpy as sp
+from scipy.optimize import minimize_scalar
+from skimage.registration import phase_cross_correlation
+
+from fusetomo.solver.backend import to_device, to_numpy
+from fusetomo.solver.iterative import sirt_step, sirt_weights
+from fusetomo.solver.projector import ParallelProjector
+
+__all__ = [
+    "Alignment",
+    "AlignmentError",
+    "AlignmentParams",
+    "align_series",
+    "apply_alignment",
+    "bin_images",
+    "chem_composite",
+    "com_shifts",
+    "estimate_rotation",
+    "fit_axis",
+    "gauge_free",
+    "projection_matching",
+    "register",
+    "register_chem",
+    "remove_background",
+    "to_axis_frame",
+    "to_image_frame",
+    "vacuum_level",
+    "xcorr_shifts",
+]
+
+BackgroundMethod = Literal["border", "percentile", "none"]
+
+
+class AlignmentError(ValueError):
+    """Images or parameters that alignment cannot work with; the message names the value."""
+
+
+@dataclass(frozen=True)
+class AlignmentParams:
+    """How a tilt series is aligned. Distances in pixels of the full-size images."""
+
+    upsample: int = 20  # sub-pixel registration to 1/upsample px
+    normalization: Literal["phase", "none"] = "phase"  # phase correlation or plain xcorr
+    background: BackgroundMethod = "border"
+    border_px: int = 2  # width of the frame whose median is the vacuum level
+    percentile: float = 5.0  # for background="percentile"
+    coarse: Literal["com", "xcorr"] = "com"
+    rotation: bool = True  # estimate the in-plane rotation of the tilt axis
+    rotation_range_deg: float = 5.0  # searched in [-range, range]
+    scales: tuple[int, ...] = (4, 2, 1)  # projection-matching binnings, coarse to fine
+    max_iterations: int = 6  # projection-matching iterations per scale
+    tol_px: float = 0.05  # stop a scale when the RMS shift update falls below this
+    sirt_iterations: int = 25  # reconstruction inside each projection-matching iteration
+    max_update_px: float = 8.0  # one update moves no tilt further than this
+    order: int = 3  # spline order of the correcting interpolation
+
+    def __post_init__(self) -> None:
+        if isinstance(self.upsample, bool) or not isinstance(self.upsample, int) \
+                or self.upsample < 1:
+            raise AlignmentError(f"upsample must be an integer >= 1, got {self.upsample!r}")
+        if self.normalization not in ("phase", "none"):
+            raise AlignmentError(f"normalization must be 'phase' or 'none', got "
+                                 f"{self.normalization!r}")
+        if self.background not in ("border", "percentile", "none"):
+            raise AlignmentError(f"background must be border|percentile|none, got "
+                                 f"{self.background!r}")
+        if self.border_px < 1:
+            raise AlignmentError(f"border_px must be >= 1, got {self.border_px}")
+        if not 0.0 <= self.percentile <= 50.0:
+            raise AlignmentError(f"percentile must lie in [0, 50], got {self.percentile}")
+        if self.coarse not in ("com", "xcorr"):
+            raise AlignmentError(f"coarse must be 'com' or 'xcorr', got {self.coarse!r}")
+        if not 0.0 < self.rotation_range_deg <= 45.0:
+            raise AlignmentError(f"rotation_range_deg must lie in (0, 45], got "
+                                 f"{self.rotation_range_deg}")
+        if not self.scales or any(int(f) != f or f < 1 for f in self.scales):
+            raise AlignmentError(f"scales must be binning factors >= 1, got {self.scales}")
+        for name in ("max_iterations", "sirt_iterations"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise AlignmentError(f"{name} must be an integer >= 0, got {v!r}")
+        if not self.tol_px > 0:
+            raise AlignmentError(f"tol_px must be > 0, got {self.tol_px}")
+        if not self.max_update_px > 0:
+            raise AlignmentError(f"max_update_px must be > 0, got {self.max_update_px}")
+        if self.order not in (0, 1, 2, 3, 4, 5):
+            raise AlignmentError(f"order must be a spline order 0..5, got {self.order}")
+
+
+@dataclass
+class Alignment:
+    """The alignment of a tilt series: per-tilt shifts (ds, dd) in pixels in the measured
+    image frame (what `apply_alignment` takes), the in-plane rotation, the tilt-axis offset
+    (in the de-rotated frame) and what the projection matching did (one row per
+    iteration)."""
+
+    angles: np.ndarray
+    shifts: np.ndarray  # [n, 2]
+    rotation_deg: float = 0.0
+    axis_offset_px: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.angles = np.asarray(self.angles, dtype=np.float64).ravel()
+        self.shifts = np.asarray(self.shifts, dtype=np.float64).reshape(-1, 2)
+        if self.shifts.shape[0] != self.angles.size:
+            raise AlignmentError(f"{self.shifts.shape[0]} shifts for {self.angles.size} angles")
+
+    def axis_frame_shifts(self) -> np.ndarray:
+        """The shifts in the frame of the de-rotated images (s along the tilt axis), where
+        the gauge (`gauge_free`) and the axis offset are defined."""
+        return to_axis_frame(self.shifts, self.rotation_deg)
+
+    def shift_at(self, angle: float, tol_deg: float = 1e-3) -> np.ndarray:
+        """The shift of the tilt at `angle` (AlignmentError if there is none)."""
+        i = int(np.argmin(np.abs(self.angles - float(angle)))) if self.angles.size else -1
+        if i < 0 or abs(self.angles[i] - float(angle)) > tol_deg:
+            raise AlignmentError(f"no aligned tilt at {angle} degrees (have "
+                                 f"{self.angles.tolist()})")
+        return self.shifts[i].copy()
+
+
+# -- images ---------------------------------------------------------------------------------
+def _stack(images: Any, what: str = "images") -> Any:
+    xp = sp.get_device(images).xp
+    a = images if xp is not np else np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise AlignmentError(f"{what}: expected [n_tilts, n_slices, n_det], got {a.shape}")
+    if a.shape[1] < 4 or a.shape[2] < 4:
+        raise AlignmentError(f"{what}: images of {a.shape[1:]} px are too small to align")
+    if not bool(xp.all(xp.isfinite(a))):
+        raise AlignmentError(f"{what}: contains NaN or inf")
+    return a.astype(xp.float32, copy=False)
+
+
+def _angles(angles: Any, n: int) -> np.ndarray:
+    a = np.atleast_1d(np.asarray(angles, dtype=np.float64)).ravel()
+    if a.size != n:
+        raise AlignmentError(f"{a.size} angles for {n} images")
+    if not np.all(np.isfinite(a)) or np.any(np.abs(a) > 90):
+        raise AlignmentError(f"angles must be finite and within [-90, 90], got {a.tolist()}")
+    return a
+
+
+def vacuum_level(image: np.ndarray, *, method: BackgroundMethod = "border",
+                 border_px: int = 2, percentile: float = 5.0) -> float:
+    """The vacuum level of one projection: the median of its outer frame `border_px` wide
+    ('border', for a specimen inside the field of view) or a low percentile of all pixels
+    ('percentile', for one that touches the frame); 0 for 'none'."""
+    img = to_numpy(image)
+    if method == "none":
+        return 0.0
+    if method == "percentile":
+        return float(np.percentile(img, percentile))
+    if method != "border":
+        raise AlignmentError(f"background method must be border|percentile|none, got "
+                             f"{method!r}")
+    b = int(border_px)
+    if 2 * b >= min(img.shape):
+        raise AlignmentError(f"border_px {b} too wide for an image of {img.shape}")
+    frame = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[b:-b, :b].ravel(),
+                            img[b:-b, -b:].ravel()])
+    return float(np.median(frame))
+
+
+def remove_background(images: Any, *, method: BackgroundMethod = "border", border_px: int = 2,
+                      percentile: float = 5.0) -> tuple[Any, np.ndarray]:
+    """Each projection minus its vacuum level: (stack, levels [n])."""
+    a = _stack(images)
+    levels = np.array([vacuum_level(im, method=method, border_px=border_px,
+                                    percentile=percentile) for im in a])
+    xp = sp.get_device(a).xp
+    with sp.get_device(a):
+        return a - xp.asarray(levels, dtype=xp.float32)[:, None, None], levels
+
+
+def _ndimage(x: Any) -> Any:
+    if sp.get_device(x) == sp.cpu_device:
+        import scipy.ndimage
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage
+
+    return cupyx.scipy.ndimage
+
+
+def _rotation_matrix(rotation_deg: float) -> np.ndarray:
+    """How scipy.ndimage.rotate(angle, reshape=False) moves points, in (s, d) coordinates."""
+    t = np.deg2rad(rotation_deg)
+    c, s = np.cos(t), np.sin(t)
+    return np.array([[c, -s], [s, c]])
+
+
+def apply_alignment(images: Any, shifts: Any, rotation_deg: float = 0.0, *, order: int = 3,
+                    counts: bool = False) -> Any:
+    """Undo `measured = shift(rotate(P, rotation_deg), shift)` for each image of a stack (or
+    one image) in one interpolation (spline of `order`, edges repeated). `counts`: clip at
+    0. NumPy in, NumPy out; CuPy in, CuPy out."""
+    single = np.ndim(images) == 2
+    a = _stack(images)
+    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    if sh.shape[0] != a.shape[0]:
+        raise AlignmentError(f"{sh.shape[0]} shifts for {a.shape[0]} images")
+    if not np.all(np.isfinite(sh)):
+        raise AlignmentError(f"shifts must be finite, got {sh.tolist()}")
+    nd = _ndimage(a)
+    xp = sp.get_device(a).xp
+    m = _rotation_matrix(rotation_deg)
+    c = (np.asarray(a.shape[1:], dtype=np.float64) - 1) / 2.0
+    out = xp.empty_like(a)
+    with sp.get_device(a):
+        for i in range(a.shape[0]):
+            offset = c + sh[i] - m @ c
+            if rotation_deg == 0.0:
+                out[i] = nd.shift(a[i], tuple(-sh[i]), order=order, mode="nearest")
+            else:
+                out[i] = nd.affine_transform(a[i], xp.asarray(m), offset=tuple(offset),
+                                             order=order, mode="nearest")
+        if counts:
+            out = xp.maximum(out, 0)
+    return out[0] if single else out
+
+
+def to_axis_frame(shifts: Any, rotation_deg: float) -> np.ndarray:
+    """Image-frame shifts (those of `apply_alignment`) as seen in de-rotated images:
+    de-rotating shift(rotate(P), delta) gives P shifted by R^-1 delta."""
+    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    return sh @ _rotation_matrix(rotation_deg)  # rows: (R^T applied) = R^-1 delta
+
+
+def to_image_frame(shifts: Any, rotation_deg: float) -> np.ndarray:
+    """The inverse of `to_axis_frame`."""
+    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    return sh @ _rotation_matrix(rotation_deg).T
+
+
+def bin_images(images: Any, f: int) -> Any:
+    """Block means of f x f pixels (trailing rows/columns that do not fill a block dropped)."""
+    a = _stack(images)
+    if f == 1:
+        return a
+    n, h, w = a.shape
+    h2, w2 = h // f, w // f
+    if h2 < 4 or w2 < 4:
+        raise AlignmentError(f"binning {f} leaves images of {(h2, w2)} px, too small")
+    return a[:, :h2 * f, :w2 * f].reshape(n, h2, f, w2, f).mean(axis=(2, 4))
+
+
+# -- registration ---------------------------------------------------------------------------
+def register(reference: Any, moving: Any, *, upsample: int = 20,
+             normalization: Literal["phase", "none"] = "phase") -> np.ndarray:
+    """The shift (ds, dd) by which `moving` is displaced relative to `reference` (so that
+    apply_shift(reference, shift) ~ moving), to 1/upsample px, by scikit-image's upsampled
+    phase correlation. CPU; CuPy arrays are copied over (the images are small)."""
+    ref, mov = to_numpy(reference), to_numpy(moving)
+    if ref.shape != mov.shape or ref.ndim != 2:
+        raise AlignmentError(f"register: images of {ref.shape} and {mov.shape}; need two "
+                             "2D images of one shape")
+    shift, _, _ = phase_cross_correlation(
+        ref, mov, upsample_factor=upsample,
+        normalization="phase" if normalization == "phase" else None)
+    # skimage returns the shift that registers `moving` onto `reference`: the opposite.
+    return -np.asarray(shift, dtype=np.float64)
+
+
+# -- gauge and the tilt axis ----------------------------------------------------------------
+def _gauge_basis(angles: np.ndarray) -> np.ndarray:
+    t = np.deg2rad(angles)
+    return np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+def fit_axis(angles: Any, d: Any) -> tuple[float, np.ndarray]:
+    """Least-squares fit of d(t) = c + a cos t + b sin t: (c, [a, b]). With a parallel beam
+    the d centre of mass of a compact object follows this curve; c is the tilt axis' offset
+    from the detector centre (plus the constant part of any drift)."""
+    ang = np.asarray(angles, dtype=np.float64).ravel()
+    y = np.asarray(d, dtype=np.float64).ravel()
+    if ang.size < 3:
+        raise AlignmentError(f"fitting the tilt axis needs >= 3 tilts, got {ang.size}")
+    basis = np.column_stack([np.ones_like(ang), _gauge_basis(ang)])
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    return float(coef[0]), coef[1:]
+
+
+def gauge_free(angles: Any, shifts: Any) -> np.ndarray:
+    """Shifts with the components the data cannot determine removed: the mean of ds, and the
+    a cos t + b sin t part of dd (a translation of the object). Compare shifts this way."""
+    ang = np.asarray(angles, dtype=np.float64).ravel()
+    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2).copy()
+    sh[:, 0] -= sh[:, 0].mean()
+    g = _gauge_basis(ang)
+    coef, *_ = np.linalg.lstsq(g, sh[:, 1], rcond=None)
+    sh[:, 1] -= g @ coef
+    return sh
+
+
+def _remove_gauge(angles: np.ndarray, update: np.ndarray) -> np.ndarray:
+    """An update with its unobservable components removed (keeps the gauge fixed); only when
+    the tilts span enough angle to tell them apart."""
+    if update.shape[0] < 4 or np.ptp(angles) < 20:
+        return update
+    return gauge_free(angles, update)
+
+
+def com_shifts(images: Any, angles: Any) -> tuple[np.ndarray, float]:
+    """Shifts from the centre of mass of background-free projections: (shifts [n, 2], axis
+    offset). s: the centre of mass minus its mean over the series. d: the centre of mass
+    minus the fitted a cos t + b sin t and minus the detector centre, so the constant part
+    (the axis offset) stays in the shifts. Exact for a compact object wholly inside the field
+    of view and a clean background; negative pixels (noise) are clipped."""
+    a = to_numpy(_stack(images))
+    ang = _angles(angles, a.shape[0])
+    w = np.clip(a, 0, None).astype(np.float64)
+    tot = w.sum(axis=(1, 2))
+    if np.any(tot <= 0):
+        bad = int(np.argmin(tot))
+        raise AlignmentError(f"image {bad} (angle {ang[bad]}) has no signal above the vacuum "
+                             "level: cannot take its centre of mass")
+    s_idx = np.arange(a.shape[1], dtype=np.float64)
+    d_idx = np.arange(a.shape[2], dtype=np.float64)
+    cs = np.einsum("nij,i->n", w, s_idx) / tot
+    cd = np.einsum("nij,j->n", w, d_idx) / tot
+    centre_d = (a.shape[2] - 1) / 2.0
+    shifts = np.zeros((a.shape[0], 2))
+    shifts[:, 0] = cs - cs.mean()
+    if a.shape[0] >= 3 and np.ptp(ang) >= 20:
+        c, ab = fit_axis(ang, cd - centre_d)
+        shifts[:, 1] = cd - centre_d - _gauge_basis(ang) @ ab
+    else:  # too few tilts to separate the object's motion from the axis: centre them
+        c = float(np.mean(cd - centre_d))
+        shifts[:, 1] = cd - centre_d
+    return shifts, c
+
+
+def xcorr_shifts(images: Any, angles: Any, *, upsample: int = 20,
+                 normalization: Literal["phase", "none"] = "phase") -> np.ndarray:
+    """Shifts by registering each tilt to its neighbour towards 0 degrees, chained from the
+    tilt nearest 0 (shift 0). Errors accumulate along the chain and the object's rotation
+    between neighbours biases dd slightly: a coarse start for projection matching."""
+    a = to_numpy(_stack(images))
+    ang = _angles(angles, a.shape[0])
+    order = np.argsort(ang)
+    zero = int(np.argmin(np.abs(ang[order])))
+    shifts = np.zeros((a.shape[0], 2))
+    for direction in (1, -1):
+        k = zero + direction
+        while 0 <= k < order.size:
+            i, j = order[k], order[k - direction]
+            shifts[i] = shifts[j] + register(a[j], a[i], upsample=upsample,
+                                             normalization=normalization)
+            k += direction
+    shifts[:, 0] -= shifts[:, 0].mean()
+    return shifts
+
+
+# -- the in-plane rotation ------------------------------------------------------------------
+def _profile_spread(images: np.ndarray, rotation_deg: float) -> float:
+    """How much the slice-mass profiles (sums along d) of de-rotated images differ between
+    tilts, after each is moved to a common centre of mass (the s drift): relative variance."""
+    derot = apply_alignment(images, np.zeros((images.shape[0], 2)), rotation_deg, order=3)
+    prof = np.clip(derot.sum(axis=2), 0, None).astype(np.float64)  # [n, n_slices]
+    s = np.arange(prof.shape[1], dtype=np.float64)
+    tot = prof.sum(axis=1)
+    com = (prof * s).sum(axis=1) / np.maximum(tot, 1e-30)
+    freq = np.fft.rfftfreq(prof.shape[1])
+    # Move every profile to the mean centre (Fourier shift of a 1D profile: exact for a
+    # band-limited translation) and normalise its mass.
+    phase = np.exp(2j * np.pi * freq[None, :] * (com - com.mean())[:, None])
+    moved = np.fft.irfft(np.fft.rfft(prof, axis=1) * phase, n=prof.shape[1], axis=1)
+    moved /= np.maximum(tot, 1e-30)[:, None]
+    mean = moved.mean(axis=0)
+    return float(np.sum((moved - mean) ** 2) / max(np.sum(mean**2) * moved.shape[0], 1e-30))
+
+
+def estimate_rotation(images: Any, *, range_deg: float = 5.0, xtol_deg: float = 0.01) -> float:
+    """The in-plane rotation (degrees, as passed to scipy.ndimage.rotate) of the tilt axis:
+    the angle whose de-rotated images have the most tilt-invariant slice-mass profiles.
+    Shift-invariant (the s drift is removed per profile). Needs background-free images of
+    a specimen inside the field of view, over a tilt range wide enough for the object's
+    projection to change (tens of degrees)."""
+    a = to_numpy(_stack(images))
+    if a.shape[0] < 3:
+        raise AlignmentError(f"estimating the rotation needs >= 3 tilts, got {a.shape[0]}")
+    # A coarse grid first (the spread is not unimodal far from the answer), then Brent.
+    grid = np.linspace(-range_deg, range_deg, 21)
+    vals = [_profile_spread(a, g) for g in grid]
+    k = int(np.argmin(vals))
+    step = grid[1] - grid[0]
+    lo, hi = max(grid[k] - step, -range_deg), min(grid[k] + step, range_deg)
+    res = minimize_scalar(lambda r: _profile_spread(a, r), bounds=(lo, hi), method="bounded",
+                          options={"xatol": xtol_deg})
+    return float(res.x)
+
+
+# -- projection matching --------------------------------------------------------------------
+def _sirt(projector: ParallelProjector, b: Any, n_slices: int, iterations: int,
+          x0: Any = None) -> Any:
+    xp = projector.device.xp
+    w = sirt_weights(projector)
+    with projector.device:
+        x = xp.zeros((n_slices, projector.n, projector.n), dtype=xp.float32) if x0 is None \
+            else x0
+        for _ in range(iterations):
+            x = sirt_step(projector, x, b, w, nonnegative=True)
+    return x
+
+
+def projection_matching(images: Any, angles: Any, shifts: Any | None = None, *,
+                        params: AlignmentParams | None = None,
+                        device: sp.Device | int = -1,
+                        budget_s: float | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Refine shifts by projection matching. `images` are background-free, de-rotated
+    projections [n, n_slices, n_det]; `shifts` the start (zeros if None).
+
+    For each binning f in params.scales (coarse to fine): repeat up to max_iterations times:
+    correct the binned images with the current shifts, reconstruct (non-negative SIRT, warm
+    started within a scale), reproject, register every corrected image to its reprojection
+    and subtract the residual shifts (their unobservable components removed, each clipped to
+    max_update_px). A scale stops when the RMS update falls below tol_px * f px (the
+    coarse scales only need to bring the finer ones within reach), or when the reprojection
+    error stops falling. Stops early when `budget_s` (seconds) is spent.
+    Returns (shifts [n, 2], history rows: scale, iteration, rms_update_px,
+    reprojection_error)."""
+    p = params or AlignmentParams()
+    a = to_numpy(_stack(images))
+    ang = _angles(angles, a.shape[0])
+    sh = np.zeros((a.shape[0], 2)) if shifts is None else \
+        np.asarray(shifts, dtype=np.float64).reshape(-1, 2).copy()
+    if sh.shape[0] != a.shape[0]:
+        raise AlignmentError(f"{sh.shape[0]} start shifts for {a.shape[0]} images")
+    dev = sp.Device(device)
+    t0 = time.perf_counter()
+    history: list[dict] = []
+    for f in p.scales:
+        f = int(f)
+        if min(a.shape[1:]) // f < 8:
+            continue  # too coarse to say anything
+        binned = bin_images(a, f)
+        _, ns, nd = binned.shape
+        proj = ParallelProjector(nd, ang, device=dev)
+        x = None
+        last_err = np.inf
+        tol = p.tol_px * f
+        for it in range(p.max_iterations):
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                return sh, history
+            corrected = apply_alignment(binned, sh / f, order=p.order)
+            with dev:
+                b = to_device(corrected, dev)
+                x = _sirt(proj, b, ns, p.sirt_iterations, x)
+                reproj = to_numpy(proj.forward(x))
+            err = float(np.sqrt(np.sum((reproj - corrected) ** 2)
+                                / max(np.sum(corrected**2), 1e-30)))
+            resid = np.array([register(reproj[i], corrected[i], upsample=p.upsample,
+                                       normalization=p.normalization)
+                              for i in range(a.shape[0])]) * f
+            upd = _remove_gauge(ang, resid)
+            upd = np.clip(upd, -p.max_update_px, p.max_update_px)
+            sh += upd
+            rms = float(np.sqrt(np.mean(np.sum(upd**2, axis=1))))
+            history.append({"scale": f, "iteration": it, "rms_update_px": rms,
+                            "reprojection_error": err})
+            if rms < tol or err > last_err * (1 - 1e-4):
+                break
+            last_err = err
+    return sh, history
+
+
+# -- a whole series -------------------------------------------------------------------------
+def align_series(images: Any, angles: Any, *, params: AlignmentParams | None = None,
+                 rotation_deg: float | None = None, device: sp.Device | int = -1) -> Alignment:
+    """Align a HAADF tilt series: background removal, the in-plane rotation (estimated unless
+    `rotation_deg` is given or params.rotation is False), coarse shifts (centre of mass or
+    chained cross-correlation), then multiscale projection matching."""
+    p = params or AlignmentParams()
+    a = to_numpy(_stack(images, "HAADF images"))
+    ang = _angles(angles, a.shape[0])
+    clean, _ = remove_background(a, method=p.background, border_px=p.border_px,
+                                 percentile=p.percentile)
+    if rotation_deg is None:
+        rotation_deg = estimate_rotation(clean, range_deg=p.rotation_range_deg) \
+            if p.rotation and a.shape[0] >= 3 else 0.0
+    derot = apply_alignment(clean, np.zeros((a.shape[0], 2)), rotation_deg, order=p.order) \
+        if rotation_deg else clean
+    if p.coarse == "com":
+        start, _ = com_shifts(derot, ang)
+    else:
+        start = xcorr_shifts(derot, ang, upsample=p.upsample, normalization=p.normalization)
+    shifts, history = projection_matching(derot, ang, start, params=p, device=device)
+    offset = fit_axis(ang, shifts[:, 1])[0] if a.shape[0] >= 3 else float(shifts[:, 1].mean())
+    return Alignment(ang, to_image_frame(shifts, rotation_deg), float(rotation_deg), offset,
+                     history)
+
+
+# -- chemical maps --------------------------------------------------------------------------
+def chem_composite(maps: Mapping[str, Any] | Sequence[Any], Z: Sequence[float] | None = None,
+                   gamma: float = 1.7, background: Sequence[float] | None = None,
+                   smooth_px: float = 1.0) -> np.ndarray:
+    """A HAADF-like image from one spectrum image's element maps: sum_i Z_i^gamma (m_i - bg_i)
+    (the linearised HAADF model), Gaussian-smoothed by `smooth_px` against Poisson noise."""
+    from scipy.ndimage import gaussian_filter
+
+    arrs = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
+    if not arrs:
+        raise AlignmentError("no element maps to register")
+    stack = np.stack([np.asarray(to_numpy(m), dtype=np.float64) for m in arrs])
+    if stack.ndim != 3:
+        raise AlignmentError(f"element maps must be 2D images, got {stack.shape[1:]}")
+    z = np.ones(len(arrs)) if Z is None else np.asarray(Z, dtype=np.float64)
+    bg = np.zeros(len(arrs)) if background is None else np.asarray(background, np.float64)
+    if z.shape != (len(arrs),) or bg.shape != (len(arrs),):
+        raise AlignmentError(f"{len(arrs)} maps but {z.size} Z and {bg.size} background values")
+    comp = np.tensordot(z**gamma, stack - bg[:, None, None], axes=1)
+    return gaussian_filter(comp, smooth_px) if smooth_px > 0 else comp
+
+
+def register_chem(haadf_aligned: Any, maps: Mapping[str, Any] | Sequence[Any],
+                  Z: Sequence[float] | None = None, *, gamma: float = 1.7,
+                  background: Sequence[float] | None = None, upsample: int = 20,
+                  smooth_px: float = 1.0) -> np.ndarray:
+    """The spectrum image's own drift: the shift of its (already HAADF-corrected) element
+    maps relative to the aligned HAADF image of the same tilt, by plain (not phase-
+    normalised: the maps are noisy) cross-correlation of `chem_composite` with the HAADF
+    image smoothed alike. `apply_alignment(maps, shift)` then undoes it."""
+    from scipy.ndimage import gaussian_filter
+
+    comp = chem_composite(maps, Z, gamma, background, smooth_px)
+    h = np.asarray(to_numpy(haadf_aligned), dtype=np.float64)
+    if h.shape != comp.shape:
+        raise AlignmentError(f"HAADF image {h.shape} and maps {comp.shape} differ in shape")
+    h = h - vacuum_level(h)
+    comp = comp - vacuum_level(comp)
+    if smooth_px > 0:
+        h = gaussian_filter(h, smooth_px)
+    return register(h, comp, upsample=upsample, normalization="none")
