@@ -52,6 +52,7 @@ from fusetomo.controller.live import (
     LiveParams,
 )
 from fusetomo.controller.live_advice import MODES, AdviceParams
+from fusetomo.controller.live_align import LiveAlignParams
 from fusetomo.solver.fusion import FusionParams
 
 READY_PREFIX = "controller publishing status on "
@@ -79,6 +80,11 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
                    help="iterations while waiting, at most this many after each tilt "
                         "(default 50; 0: none)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--align", action="store_true",
+                   help="align each tilt on arrival (against the previous tilt and the "
+                        "reprojection) and refine the alignment while waiting")
+    p.add_argument("--align-rotation", type=float, default=0.0, metavar="DEG",
+                   help="with --align: the in-plane rotation of the tilt axis (calibration)")
     p.add_argument("--strict-schedule", action="store_true",
                    help="run each tilt's k iterations before reading the next message, so "
                         "that the iteration schedule does not depend on timing (with "
@@ -166,6 +172,8 @@ def _live_params(args: argparse.Namespace) -> LiveParams:
             device=args.device, timeout_s=getattr(args, "timeout", None),
             fusion=FusionParams(),
             advice=_advice_params(args, getattr(args, "advice", "off")),
+            align=(LiveAlignParams(rotation_deg=args.align_rotation) if args.align
+                   else None),
             operator_bind=(None if getattr(args, "operator", DEFAULT_BIND) == "none"
                            else getattr(args, "operator", DEFAULT_BIND)))
     except ValueError as e:
@@ -433,6 +441,10 @@ def add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chem-step", type=float, default=15.0, help="degrees")
     p.add_argument("--tilt-range", type=float, nargs=2, default=(-70.0, 70.0),
                    metavar=("LO", "HI"), help="degrees")
+    p.add_argument("--drift", type=float, default=0.0, metavar="SIGMA",
+                   help="random specimen drift per tilt, px (the instrument's)")
+    p.add_argument("--axis-offset", type=float, default=0.0, metavar="PX",
+                   help="tilt-axis offset, px (the instrument's)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
@@ -482,7 +494,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
     sim = ["--specimen", str(args.specimen), "--size", str(args.size), "--seed",
            str(args.seed), "--speed", str(args.speed), "--scheme", args.scheme,
            "--haadf-step", str(args.haadf_step), "--chem-step", str(args.chem_step),
-           "--tilt-range", *(str(v) for v in args.tilt_range)]
+           "--tilt-range", *(str(v) for v in args.tilt_range),
+           "--drift", str(args.drift), "--axis-offset", str(args.axis_offset)]
     advice: list[str] = []
     if args.policy is not None:
         # The instrument holds at each tilt and the controller's policy decides.
@@ -506,7 +519,9 @@ def run_live_demo(args: argparse.Namespace) -> int:
             str(args.final_iterations), "--max-idle-iterations",
             str(args.max_idle_iterations), "--device", args.device, "--timeout",
             str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else []),
-            "--seed", str(args.seed), *advice),
+            "--seed", str(args.seed), *advice,
+            *(["--align", "--align-rotation", str(args.align_rotation)] if args.align
+              else [])),
             READY_PREFIX, out / "controller.log")
         log(f"instrument {inst.endpoint}, controller status {ctrl.endpoint}")
         _progress(ctrl.endpoint, ctrl, None, args.quiet)

@@ -48,6 +48,7 @@ from fusetomo.adapters.transport import (
     StatusPublisher,
 )
 from fusetomo.controller.live_advice import AdviceDesk, AdviceParams
+from fusetomo.controller.live_align import LiveAligner, LiveAlignParams
 from fusetomo.solver.backend import resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
@@ -108,6 +109,9 @@ class LiveParams:
     uncertainty: bool = True  # cheap standard errors after each tilt (published, recorded
     #                           with the snapshots)
     operator_bind: str | None = "tcp://127.0.0.1:0"  # operator commands (None: none)
+    # Align each tilt on arrival and refine in idle time (None: tilts go in as received).
+    align: LiveAlignParams | None = None
+    align_refine_s: float = 0.5  # idle-time refinement budget, once after each tilt
 
     def __post_init__(self) -> None:
         for name in ("iterations_per_tilt", "max_idle_iterations", "final_iterations",
@@ -329,6 +333,8 @@ class LiveController:
         self._std_iteration = -1
         self._cmd_id = 0
         self._state = "waiting"
+        self.aligner: LiveAligner | None = None
+        self._refine_due = False
         self._last_status = 0.0
         if not resume and self.run_path.exists():
             raise LiveError(f"{self.run_path} exists: continue it with --resume, or record "
@@ -476,6 +482,8 @@ class LiveController:
                 continue
             if self._owed > 0:
                 self._iterate(PHASE_TILT)
+            elif self._refine_due and self.solver is not None and self.solver.ready:
+                self._refine_alignment()
             elif self._can_idle():
                 self._iterate(PHASE_IDLE)
             self._heartbeat()
@@ -660,6 +668,8 @@ class LiveController:
         p = self.params
         self.solver = solver if p.reconstruct else None
         self._start_seq = msg.seq
+        if p.align is not None:
+            self.aligner = LiveAligner(p.align)
         if p.advice.mode != "off":
             try:
                 self.desk = AdviceDesk(p.advice, h)
@@ -759,11 +769,18 @@ class LiveController:
             self._event("tilt_received", tilt_seq=msg.seq, modality=modality, angle=angle)
             return
         if modality == "haadf":
-            solver.add_haadf(angle, np.asarray(msg.arrays[0], dtype=np.float32))
+            image = np.asarray(msg.arrays[0], dtype=np.float32)
+            if self.aligner is not None:
+                self.aligner.align_haadf(angle, image, solver if solver.ready else None)
+                image = self.aligner.corrected_haadf(angle)
+            solver.add_haadf(angle, image)
         else:
-            maps = dict(zip(msg.header["elements"], msg.arrays, strict=True))
-            solver.add_chem(angle, {e: np.asarray(maps[e], dtype=np.float32)[None]
-                                    for e in solver.elements})
+            raw = dict(zip(msg.header["elements"], msg.arrays, strict=True))
+            maps = {e: np.asarray(raw[e], dtype=np.float32) for e in solver.elements}
+            if self.aligner is not None:
+                maps = self._align_chem(angle, maps)
+            solver.add_chem(angle, {e: maps[e][None] for e in solver.elements})
+        self._refine_due = self.aligner is not None
         self._idle_done = 0
         self._event("tilt_received", tilt_seq=msg.seq, modality=modality, angle=angle)
         advise = (self.desk is not None and modality == "haadf"
@@ -862,6 +879,32 @@ class LiveController:
         self._publish("slices", proto.STATUS, iteration=solver.iteration,
                       slices=orthoslices(solver.x, solver.elements, self.params.slice_size),
                       **extra)
+
+    # -- alignment ---------------------------------------------------------------------------
+    def _align_chem(self, angle: float, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        solver, aligner = self.solver, self.aligner
+        assert solver is not None and aligner is not None
+        _, corrected = aligner.align_chem(
+            angle, maps, Z=list(solver.Z), gamma=solver.params.gamma,
+            background=[float(b) for b in solver.background])
+        return corrected
+
+    def _refine_alignment(self) -> None:
+        """Idle time after a tilt: refine every tilt's shift against the reprojection; if any
+        moved, the solver's data are replaced by the re-corrected stacks."""
+        solver, aligner, run = self.solver, self.aligner, self.run_file
+        assert solver is not None and aligner is not None and run is not None
+        self._refine_due = False
+        changed = aligner.refine(solver, self.params.align_refine_s)
+        if changed:
+            solver.replace_haadf(aligner.haadf_stack()[1])
+            if solver.n_chem:
+                solver.replace_chem(aligner.chem_stack()[1])
+        status = aligner.status()
+        run.record_event("alignment", moved=len(changed), iteration=solver.iteration,
+                         axis_offset_px=status["axis_offset_px"],
+                         shifts_px=status["shifts_px"][-64:])
+        self._publish("alignment", proto.STATUS, alignment=status)
 
     # -- uncertainty and advice -------------------------------------------------------------
     def _refresh_std(self) -> None:
@@ -977,6 +1020,8 @@ class LiveController:
             while self._owed > 0:
                 self._drain()
                 self._iterate(PHASE_TILT)
+            if self.aligner is not None:  # a last refinement before the final iterations
+                self._refine_alignment()
             for _ in range(self.params.final_iterations):
                 self._drain()
                 self._iterate(PHASE_FINAL)

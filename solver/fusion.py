@@ -269,6 +269,29 @@ class FusedSolver:
         # New chemical data re-seeds the element split at the next step (see step()).
         self._reseed = self.x is not None and self.params.reseed_on_chem
 
+    def replace_haadf(self, images: np.ndarray) -> None:
+        """New data for the HAADF tilts already added (same angles, same order), e.g.
+        after the alignment was refined: [n_haadf, n_slices, n]."""
+        data = self._check_stack("HAADF images", images, self.n_haadf)
+        with self.device:
+            self._b_haadf = to_device(data, self.device)
+        self._restart_momentum()
+
+    def replace_chem(self, maps: dict[str, np.ndarray]) -> None:
+        """New counts for the chemical tilts already added (same angles, same order):
+        element -> [n_chem, n_slices, n]."""
+        missing = [e for e in self.elements if e not in maps]
+        if missing:
+            raise KeyError(f"chemical maps: missing {missing}")
+        stack = [self._check_stack(f"chemical map {e}", maps[e], self.n_chem)
+                 for e in self.elements]
+        for e, m in zip(self.elements, stack, strict=True):
+            if np.any(m < 0):
+                raise ValueError(f"chemical map {e}: negative counts (min {float(m.min())})")
+        with self.device:
+            self._b_chem = to_device(np.stack(stack), self.device)
+        self._restart_momentum()
+
     # -- set-up ---------------------------------------------------------------------------
     def _weights(self) -> tuple[tuple[Any, Any], Any]:
         if self._haadf_weights is None and self.n_haadf:
