@@ -527,6 +527,8 @@ class LiveController:
         # answer) still learns the state and the operator endpoint within a second.
         if now - self._last_status > 1.0:
             self._status(self._state)
+            if self.desk is not None and self.desk.pending is not None:
+                self._publish("advice", proto.STATUS, advice=self.desk.pending.as_dict())
 
     # -- sending --------------------------------------------------------------------------
     @property

@@ -1,0 +1,17 @@
+"""The live viewer (`fusetomo view`): a controller's status, orthoslices, costs, dose, tilt
+angles and advice, or a recorded run with a slider over tilts.
+
+`model` (the state fed by status messages), `render` (overlay and slice images) and
+`runsource` (recorded runs) need only NumPy; `subscriber`, `operator` and `window` need the
+`viewer` extra (pyqtgraph, PySide6) and are imported by `fusetomo view` when it runs.
+"""
+
+from fusetomo.ui.viewer.model import (
+    Advice,
+    OrthoSlices,
+    ViewerDataError,
+    ViewerModel,
+    ViewerState,
+)
+
+__all__ = ["Advice", "OrthoSlices", "ViewerDataError", "ViewerModel", "ViewerState"]

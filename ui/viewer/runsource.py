@@ -1,0 +1,213 @@
+"""A recorded run (`fusetomo-run` file, docs/file-format.md §3) seen as the live viewer would
+have seen it after each tilt: `RecordedRun.state_at(k)` is the ViewerState after the first k
+tilts in arrival order (both modalities counted), with the latest snapshot (and standard
+error) recorded at or before that tilt, the angles taken so far, the dose so far and the
+cost history of the iterations that had at most those tilts. No Qt here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusetomo.adapters.runfile import (
+    RunFileError,
+    RunRecord,
+    describe_run,
+    read_run,
+    read_snapshot,
+)
+from fusetomo.adapters.seriesfile import open_h5
+from fusetomo.ui.viewer.model import (
+    ANSWERS,
+    COST_TERMS,
+    Advice,
+    OrthoSlices,
+    ViewerDataError,
+    ViewerState,
+    decode_advice,
+)
+from fusetomo.ui.viewer.render import central_slices
+
+
+@dataclass(frozen=True)
+class Tilt:
+    seq: int
+    modality: str  # "haadf" or "chem"
+    angle: float
+    dose: float  # e/A^2 of this image
+
+
+@dataclass(frozen=True)
+class _Volumes:
+    """Where one volume group's records sit in the run: tilt counts and iterations."""
+
+    n_tilts: np.ndarray  # [k, 2]: HAADF, chemical tilts recorded
+    iteration: np.ndarray  # [k]
+
+    def latest(self, n_haadf: int, n_chem: int) -> int | None:
+        ok = np.flatnonzero((self.n_tilts[:, 0] <= n_haadf) & (self.n_tilts[:, 1] <= n_chem))
+        return int(ok[-1]) if ok.size else None
+
+
+def _volume_index(path: Path, group: str, count: int) -> _Volumes:
+    """The committed rows of /run/<group>/{n_tilts, iteration}: read here because read_run
+    returns only the snapshot iterations (file-format §3 documents both datasets)."""
+    if count == 0:
+        return _Volumes(np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    with open_h5(path, RunFileError, swmr=True) as f:
+        try:
+            n_tilts = np.asarray(f[f"run/{group}/n_tilts"][:count], dtype=np.int64)
+            its = np.asarray(f[f"run/{group}/iteration"][:count], dtype=np.int64)
+        except KeyError as e:
+            raise RunFileError(f"{path}: /run/{group} is incomplete ({e})") from None
+    if n_tilts.shape != (count, 2) or its.shape != (count,):
+        raise RunFileError(f"{path}: /run/{group}/n_tilts has shape {n_tilts.shape}, expected "
+                           f"({count}, 2)")
+    return _Volumes(n_tilts, its)
+
+
+class RecordedRun:
+    """A run file opened for viewing. Volumes are read when first shown (a few cached)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        summary = describe_run(self.path)
+        if summary.get("problem"):
+            raise RunFileError(str(summary["problem"]))
+        self.record: RunRecord = read_run(self.path)
+        rec = self.record
+        self.elements: tuple[str, ...] = tuple(rec.series.elements)
+        angles = {"haadf": rec.series.haadf_angles,
+                  "chem": rec.series.chem_angles[self.elements[0]]}
+        tilts = [Tilt(int(q), m, float(a), float(d))
+                 for m in ("haadf", "chem")
+                 for q, a, d in zip(rec.seq[m], angles[m], rec.dose_e_per_A2[m], strict=True)]
+        self.tilts: list[Tilt] = sorted(tilts, key=lambda t: t.seq)
+        self.snapshots = _volume_index(self.path, "snapshots", int(summary["snapshots"]))
+        self.std_errors = _volume_index(self.path, "std_error", int(summary["std_errors"]))
+        self.dose_budget = _finite(rec.attrs.get("dose_budget_e_per_A2"))
+        self.start = _start_header(rec.attrs.get("start_header"))
+        self.advice = _advice_events(rec.events)
+
+    @property
+    def n_tilts(self) -> int:
+        return len(self.tilts)
+
+    def state_at(self, k: int | None = None) -> ViewerState:
+        """The view after the first `k` tilts (default: all of them)."""
+        n = self.n_tilts
+        k = n if k is None else k
+        if not 0 <= k <= n:
+            raise ValueError(f"tilt {k} outside 0..{n} (the run holds {n} tilts)")
+        taken = self.tilts[:k]
+        h_ang = [t.angle for t in taken if t.modality == "haadf"]
+        c_ang = [t.angle for t in taken if t.modality == "chem"]
+        dose = {m: float(sum(t.dose for t in taken if t.modality == m))
+                for m in ("haadf", "chem")}
+        dose["total"] = dose["haadf"] + dose["chem"]
+        its, costs = self._costs_upto(len(h_ang), len(c_ang))
+        state = ViewerState(
+            series=str(self.record.attrs.get("series_id") or "") or None,
+            state="complete" if k == n and self.record.complete else "recorded",
+            iteration=its[-1] if its else 0,
+            cost_iterations=its, costs=costs,
+            haadf_tilts=len(h_ang), chem_tilts=len(c_ang),
+            planned_haadf=_count(self.start.get("scheme"), "haadf_angles"),
+            planned_chem=_count(self.start.get("scheme"), "chem_angles"),
+            dose=dose, dose_budget=self.dose_budget,
+            haadf_angles=h_ang, chem_angles=c_ang, elements=self.elements)
+        i = self.snapshots.latest(len(h_ang), len(c_ang))
+        if i is not None:
+            state.slices = self._slices("snapshots", i)
+            state.slices_iteration = int(self.snapshots.iteration[i])
+        j = self.std_errors.latest(len(h_ang), len(c_ang))
+        if j is not None:
+            state.std_slices = self._slices("std_error", j)
+            state.std_iteration = int(self.std_errors.iteration[j])
+        if state.slices_iteration is not None:  # a snapshot may follow the last cost row
+            state.iteration = max(state.iteration, state.slices_iteration)
+        last_seq = taken[-1].seq if taken else -1
+        state.advice = _latest_advice(self.advice, last_seq)
+        last = f", last {taken[-1].modality} at {taken[-1].angle:+.1f} deg" if taken else ""
+        snap = (f"snapshot of iteration {state.slices_iteration}" if i is not None
+                else "no snapshot yet")
+        state.caption = f"tilt {k}/{n}{last}; {snap}"
+        return state
+
+    def _costs_upto(self, n_haadf: int, n_chem: int) -> tuple[list[int], dict[str, list[float]]]:
+        c = self.record.costs
+        its = np.asarray(c.get("iteration", np.zeros(0)), dtype=np.int64)
+        ok = np.ones(its.shape, bool)
+        if "n_haadf" in c and "n_chem" in c:
+            ok = (np.asarray(c["n_haadf"]) <= n_haadf) & (np.asarray(c["n_chem"]) <= n_chem)
+        costs = {t: [float(v) for v in np.asarray(c[t])[ok]] if t in c else
+                 [math.nan] * int(ok.sum()) for t in COST_TERMS}
+        return [int(i) for i in its[ok]], costs
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (a few volumes, as long as the run is open)
+    def _slices(self, group: str, index: int) -> dict[str, OrthoSlices]:
+        _, volumes = read_snapshot(self.path, index, group=group)
+        return {e: central_slices(volumes[e]) for e in self.elements if e in volumes}
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _count(scheme: Any, key: str) -> int | None:
+    if isinstance(scheme, dict) and isinstance(scheme.get(key), list):
+        return len(scheme[key])
+    return None
+
+
+def _start_header(text: Any) -> dict[str, Any]:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    if not isinstance(text, str):
+        return {}
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _advice_events(events: list[dict[str, Any]]) -> list[Advice]:
+    """Advice recorded as run events: kind `advice` (its fields at the top level, or under
+    `advice`), answered by a later `advice_decision` {advice_id, answer, decision}. The
+    decision is taken at the tilt the advice was made at, so it is shown with it. Events
+    that do not decode are skipped."""
+    out: dict[int, Advice] = {}
+    for ev in events:
+        kind = ev.get("kind")
+        if kind == "advice":
+            try:
+                adv = decode_advice(ev.get("advice", ev))
+            except ViewerDataError:
+                continue
+            out[adv.id] = adv
+        elif kind == "advice_decision" and ev.get("advice_id") in out:
+            adv = out[ev["advice_id"]]
+            answer = ev.get("answer")
+            decision = ev.get("decision")
+            out[adv.id] = replace(
+                adv, answer=answer if answer in ANSWERS else None,
+                decision=decision if isinstance(decision, str) else None)
+    return list(out.values())
+
+
+def _latest_advice(advice: list[Advice], last_seq: int) -> Advice | None:
+    """The newest advice made after a tilt already taken (its last recorded state)."""
+    best: Advice | None = None
+    for a in advice:
+        if a.tilt_seq is not None and a.tilt_seq > last_seq:
+            continue
+        if best is None or a.id >= best.id:
+            best = a
+    return best
