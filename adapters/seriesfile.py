@@ -131,6 +131,15 @@ def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
         raise error(f"{path}: no such file")
     if not path.is_file():
         raise error(f"{path}: not a file")
+    if swmr:
+        # An SWMR reader skips HDF5's end-of-file check and retries metadata reads for
+        # minutes on a truncated file: a plain open first tells truncation apart (a file
+        # whose writer is live or died fails it differently, and is then opened as SWMR).
+        try:
+            h5py.File(path, "r").close()
+        except (OSError, ValueError) as e:
+            if "truncated" in str(e).lower() or "signature" in str(e).lower():
+                raise error(f"{path}: not a readable HDF5 file ({e})") from None
     try:
         f = h5py.File(path, "r", swmr=True) if swmr else h5py.File(path, "r")
     except (OSError, ValueError) as e:

@@ -672,6 +672,9 @@ class LiveController:
         self._start_seq = msg.seq
         if p.align is not None:
             self.aligner = LiveAligner(p.align)
+        if p.advice.mode == "off" and h.get("holds_for_advice"):
+            log.warning("the instrument holds for advice but the advisor is off: every tilt "
+                        "is released without a spectrum image (use --advice auto|manual)")
         if p.advice.mode != "off":
             try:
                 self.desk = AdviceDesk(p.advice, h)
@@ -793,6 +796,10 @@ class LiveController:
                                           modality == "chem", angle if advise else None))
         elif advise:
             self._advise(msg.seq, angle)
+        if (self.desk is None and modality == "haadf" and self.run_file is not None
+                and self.run_file.start_header.get("holds_for_advice")):
+            # Nobody advises: an instrument that holds for advice goes on at once.
+            self._command("continue")
         self._status("recording")
         if not self.params.interleave:
             while self._owed > 0:
@@ -1029,6 +1036,9 @@ class LiveController:
                 self._iterate(PHASE_FINAL)
             self._settle()
             run.record_snapshot(solver.iteration, solver.volumes())
+            if self.params.uncertainty:
+                self._refresh_std()
+                self._record_std()
         elif self.params.reconstruct:
             log.warning("the series ended without both HAADF and chemical tilts: no "
                         "reconstruction")

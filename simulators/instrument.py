@@ -234,7 +234,10 @@ class SimulatedInstrument:
         self.chem_dose = _number(attrs.get("chem_dose_e_per_A2"))
         budget = params.dose_budget
         if budget is None:
-            budget = total_dose(attrs, len(self.plan), self.plan.n_chem)
+            # Holding for advice, the plan has no spectrum image: the budget still counts
+            # those the plain plan would take (chem_step), so that it means the same.
+            budget = total_dose(attrs, len(self.plan),
+                                getattr(self, "_budget_chem", self.plan.n_chem))
         self.dose_budget = budget
         self._drift_rng = np.random.default_rng([params.seed, 0x0D71F7])
         self._demand_rng = np.random.default_rng([params.seed, 0xDE3A4D])
@@ -265,6 +268,7 @@ class SimulatedInstrument:
         plan = make_plan(p.scheme, p.tilt_range, p.haadf_step, p.chem_step,
                          haadf_angles=p.haadf_angles, chem_angles=p.chem_angles)
         scheme = plan.tilt_scheme()
+        self._budget_chem = plan.n_chem  # the plan's spectrum images, for the dose budget
         if p.hold_for_advice:
             # HAADF-only plan; a spectrum image is simulated at every tilt for the taking.
             plan = from_angles(plan.haadf_angles, [], p.scheme)

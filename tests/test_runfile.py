@@ -500,3 +500,15 @@ def test_tilts_survive_kill_9_of_the_writer(tmp_path):
     assert series.haadf.shape[0] == info["haadf_tilts"]
     with pytest.raises(RunFileError, match="complete"):
         RunFile.resume(path)
+
+
+def test_truncated_run_file_is_refused_quickly(tmp_path):
+    """An SWMR reader would retry the metadata of a truncated file for minutes; the plain
+    open first names the truncation at once."""
+    path = tmp_path / "run.h5"
+    with RunFile.create(path, start_msg()) as run:
+        fill(run, range(1, 5))
+    with path.open("r+b") as fh:
+        fh.truncate(3000)
+    with pytest.raises((RunFileError, SeriesFileError), match="not a readable HDF5 file"):
+        read_run(path)  # (a hang would hit the suite's per-test time-out)
