@@ -1,0 +1,394 @@
+"""The Nion Swift adapter, headless against nionswift-usim with a fusetomo specimen.
+
+usim's instrument, scan and EELS camera run through nionswift-instrumentation's real
+hardware sources (`record_immediate`, `grab_synchronized`), with the specimen plugged in by
+`simulators/usim_tomo.py` (HAADF = projection at the stage tilt; EELS edges whose strengths
+are the per-element projections).
+
+Thresholds, and why:
+- HAADF: usim adds Gaussian noise of std (mean specimen signal) / (300 sqrt(dwell/us)), so the
+  relative RMS difference from the noiseless projection is ~1e-3 at a 4 us dwell (a few 1e-4
+  on the synchronized scans); < 0.01 leaves room and still fails on any wrong tilt,
+  orientation or one-pixel shift (those give > 0.1).
+- EELS maps: each pixel's edge holds ~2 counts/eV per unit projection and ms; at 1 ms
+  exposure the specimen's pixels hold tens to hundreds of edge counts over a background of
+  comparable size, so Poisson noise alone limits the correlation with the projection to
+  ~0.99; we require > 0.95 (a one-pixel misregistration drops it to ~0.9, the wrong element
+  to < 0.6). The gain (least-squares slope of map on projection, over the specimen) must be
+  within 10% of the edge counts the simulator puts in the signal window: the power-law fit
+  also absorbs the lower edges' tails and clipping at 0 adds a little, both a few percent.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nion.usim_device")
+pytest.importorskip("nion.instrumentation")
+
+from live_fixtures import STRICT, controller_thread
+
+from fusetomo.adapters.nion import (
+    HaadfScan,
+    NionAdapterError,
+    NionMicroscope,
+    NionTomoAdapter,
+    NionTomoConfig,
+    Outbox,
+    SpectrumImage,
+    element_maps,
+)
+from fusetomo.adapters.protocol import (
+    ACK,
+    CHEM_TILT,
+    COMMAND,
+    ERROR,
+    HAADF_TILT,
+    HELLO,
+    SERIES_END,
+    SERIES_START,
+    Message,
+    decode,
+    make,
+)
+from fusetomo.adapters.runfile import read_run
+from fusetomo.adapters.transport import ControllerClient
+from fusetomo.simulators.usim_tomo import UsimTomo, UsimTomoParams
+
+SIZE = 32
+EXPOSURE_MS = 1.0
+
+
+@pytest.fixture(scope="module")
+def usim() -> Iterator[UsimTomo]:
+    with UsimTomo(UsimTomoParams(size=SIZE, seed=1)) as sim:
+        yield sim
+
+
+def _config(sim: UsimTomo, **kw) -> NionTomoConfig:
+    base = dict(elements=tuple(sim.elements), Z=sim.Z, size=SIZE, haadf_dwell_us=4.0,
+                exposure_ms=EXPOSURE_MS, fov_nm=sim.params.fov_nm,
+                haadf_angles=(-60.0, -30.0, 0.0, 30.0, 60.0), chem_angles=(-30.0, 30.0))
+    base.update(kw)
+    return NionTomoConfig(**base)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _check_maps(sim: UsimTomo, maps: dict[str, np.ndarray], angle: float) -> None:
+    _, proj = sim.specimen.projections(angle)
+    assert sim.eels_simulator is not None
+    for i, e in enumerate(sim.elements):
+        m, p = maps[e].astype(np.float64), proj[i]
+        r = np.corrcoef(m.ravel(), p.ravel())[0, 1]
+        sup = p > 0.1 * p.max()
+        gain = float(m[sup] @ p[sup] / (p[sup] @ p[sup]))
+        expect = sim.eels_simulator.edge_window_counts(e, EXPOSURE_MS)
+        assert r > 0.95, (e, angle, r)
+        assert gain == pytest.approx(expect, rel=0.10), (e, angle, gain, expect)
+
+
+# -- the microscope through nionswift-instrumentation -----------------------------------
+def test_haadf_scan_is_the_projection_at_the_stage_tilt(usim):
+    m = NionMicroscope(_config(usim))
+    for angle in (0.0, 40.0):
+        assert m.set_tilt(angle) == pytest.approx(angle)
+        scan = m.acquire_haadf(4.0)
+        ref, _ = usim.specimen.projections(angle)
+        assert scan.image.shape == (SIZE, SIZE) and scan.dwell_us == 4.0
+        assert scan.pixel_nm == pytest.approx(usim.params.pixel_size_nm)
+        assert _rel(scan.image, ref) < 0.01
+    ref0, _ = usim.specimen.projections(0.0)
+    assert _rel(scan.image, ref0) > 0.1  # the tilt changed the image
+    # an integrating detector's images are divided by their pixel time (from the metadata)
+    per_us = NionMicroscope(_config(usim, haadf_per_us=True)).acquire_haadf(4.0)
+    assert _rel(per_us.image, ref / 4.0) < 0.01
+
+
+def test_spectrum_image_maps_follow_the_element_projections(usim):
+    m = NionMicroscope(_config(usim))
+    m.set_tilt(-25.0)
+    sp = m.acquire_spectrum_image(EXPOSURE_MS)
+    assert sp.si.shape == (SIZE, SIZE, 1024) and sp.energy_units == "eV"
+    np.testing.assert_allclose(sp.energy, usim.params.energy_ev)
+    ref, _ = usim.specimen.projections(-25.0)
+    assert _rel(sp.haadf, ref) < 0.01  # the simultaneous HAADF, same pixels
+    _check_maps(usim, element_maps(sp, _config(usim)), -25.0)
+
+
+def test_a_microscope_without_the_tilt_control_is_named(usim):
+    with pytest.raises(NionAdapterError, match="'StageOutB'"):
+        NionMicroscope(_config(usim, tilt_control="StageOutB"))
+    with pytest.raises(NionAdapterError, match="'Nope'"):
+        NionMicroscope(_config(usim, haadf_channel="Nope"))
+    with pytest.raises(NionAdapterError, match="'no_such_camera'"):
+        NionMicroscope(_config(usim, camera_id="no_such_camera"))
+
+
+# -- end to end: usim -> adapter -> controller -> run file --------------------------------
+@contextmanager
+def serving(adapter: NionTomoAdapter) -> Iterator[dict]:
+    adapter.bind()
+    stop = threading.Event()
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(stats=adapter.serve(stop)), daemon=True)
+    t.start()
+    try:
+        yield out
+    finally:
+        t.join(5)  # serve returns by itself once the series end is acknowledged
+        stop.set()
+        t.join(30)
+        assert not t.is_alive()
+
+
+def test_usim_series_end_to_end_through_the_live_controller(usim, tmp_path):
+    config = _config(usim)
+    adapter = NionTomoAdapter(config, NionMicroscope(config))
+    run = tmp_path / "run.h5"
+    with serving(adapter) as out, controller_thread(adapter.endpoint, run, STRICT) as (_, res):
+        deadline = time.monotonic() + 90
+        while "code" not in res and "error" not in res:
+            assert time.monotonic() < deadline, "the series did not finish in 90 s"
+            time.sleep(0.1)
+    assert res.get("code") == 0, res
+    assert out["stats"].end_acked and out["stats"].reason == "completed"
+    rec = read_run(run)
+    assert rec.complete
+    s = rec.series
+    assert s.elements == usim.elements
+    np.testing.assert_allclose(np.sort(s.haadf_angles), [-60, -30, 0, 30, 60])
+    np.testing.assert_allclose(np.sort(s.common_chem_angles), [-30, 30])
+    for i, a in enumerate(s.haadf_angles):
+        ref, _ = usim.specimen.projections(float(a))
+        assert _rel(s.haadf[i], ref) < 0.01, a
+    for j, a in enumerate(s.common_chem_angles):
+        _check_maps(usim, {e: s.chem[e][j] for e in s.elements}, float(a))
+    # dose: usim's 200 pA over (0.5 nm)^2 pixels
+    d = 200e-12 / 1.602176634e-19 / 5.0**2
+    np.testing.assert_allclose(np.sort(rec.dose_e_per_A2["chem"]), d * EXPOSURE_MS * 1e-3,
+                               rtol=1e-6)
+
+
+# -- protocol behaviour against a fake microscope and a fake controller ---------------------
+class FakeMicroscope:
+    """A `Microscope` that returns known images instantly (or blocks until aborted)."""
+
+    def __init__(self, size: int = 8, *, block: bool = False, fail_at: float | None = None):
+        self.size = size
+        self.angle = 0.0
+        self.block = block
+        self.fail_at = fail_at
+        self.aborted = threading.Event()
+        self.moves: list[float] = []
+        self.energy = np.arange(400.0, 1200.0, 1.0)
+
+    def tilt_deg(self) -> float:
+        return self.angle
+
+    def set_tilt(self, angle_deg: float) -> float:
+        if self.fail_at is not None and angle_deg == self.fail_at:
+            self.fail_at = None  # fails once
+            raise NionAdapterError(f"the stage did not confirm StageOutA = {angle_deg}")
+        self.angle = angle_deg
+        self.moves.append(angle_deg)
+        return angle_deg
+
+    def beam_current_pa(self) -> float | None:
+        return 100.0
+
+    def field_of_view_nm(self) -> float | None:
+        return 4.0
+
+    def _image(self) -> np.ndarray:
+        return np.full((self.size, self.size), 1.0 + self.angle, np.float32)
+
+    def acquire_haadf(self, dwell_us: float) -> HaadfScan:
+        if self.block:
+            self.aborted.wait(10)
+            from fusetomo.adapters.nion import AcquisitionAbortedError
+            raise AcquisitionAbortedError("aborted")
+        return HaadfScan(self._image(), dwell_us, 0.5)
+
+    def acquire_spectrum_image(self, exposure_ms: float) -> SpectrumImage:
+        # a flat 1/E^3 background with an O K edge of 100 counts per eV times exposure
+        si = np.broadcast_to(1e8 * self.energy**-3.0, (self.size, self.size, self.energy.size))
+        si = si + 100.0 * exposure_ms * (self.energy >= 532)
+        return SpectrumImage(self._image(), np.ascontiguousarray(si), self.energy, "eV",
+                             exposure_ms, 0.5)
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+class FakeController:
+    def __init__(self, endpoint: str) -> None:
+        self.client = ControllerClient(endpoint, identity=b"test-controller")
+        self.series = "*"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def send(self, mtype: str, seq: int = 0, **fields) -> None:
+        self.client.send(make(mtype, self.series, seq, **fields))
+
+    def recv(self, timeout: float = 5.0) -> Message | None:
+        frames = self.client.recv_frames(int(timeout * 1000))
+        if frames is None:
+            return None
+        msg = decode(frames)
+        if msg.type == SERIES_START:
+            self.series = msg.header["series"]
+        return msg
+
+    def until(self, pred, *, ack: bool = True, timeout: float = 5.0) -> list[Message]:
+        got = []
+        while True:
+            msg = self.recv(timeout)
+            assert msg is not None, f"nothing more after {[m.type for m in got]}"
+            got.append(msg)
+            if ack and msg.type in (SERIES_START, HAADF_TILT, CHEM_TILT, SERIES_END):
+                self.send(ACK, ack_seq=msg.seq, status="recorded")
+            if pred(msg):
+                return got
+
+    def reply(self, cid: int) -> list[Message]:
+        return self.until(lambda m: m.type == ACK and m.header.get("ack_seq") == cid)
+
+
+def _fake_config(**kw) -> NionTomoConfig:
+    base = dict(elements=("O",), size=8, haadf_dwell_us=2.0, exposure_ms=3.0,
+                haadf_angles=(-20.0, 0.0, 20.0), chem_angles=(0.0,), auto=False)
+    base.update(kw)
+    return NionTomoConfig(**base)
+
+
+@contextmanager
+def fake_session(microscope: FakeMicroscope, **kw) -> Iterator[tuple]:
+    adapter = NionTomoAdapter(_fake_config(**kw), microscope)
+    with serving(adapter) as out:
+        ctl = FakeController(adapter.endpoint)
+        try:
+            yield adapter, ctl, out
+        finally:
+            ctl.close()
+
+
+def test_commands_pause_resume_manual_and_abort():
+    m = FakeMicroscope()
+    with fake_session(m) as (adapter, ctl, out):
+        ctl.send(HELLO, last_seq=-1)
+        start = ctl.until(lambda x: x.type == SERIES_START)[-1].header
+        assert start["shape"] == [8, 8] and start["scheme"]["chem_angles"] == [0.0]
+        assert start["windows"]["O"]["signal_ev"] == [532.0, 575.0]
+        assert adapter.state == "paused"  # auto off: waits for resume
+        ctl.send(COMMAND, cmd="go_to_tilt", id=1, angle=95)
+        assert "95" in ctl.reply(1)[-1].header["reason"]
+        ctl.send(COMMAND, cmd="go_to_tilt", id=2, angle=12.5)
+        done = ctl.reply(2)[-1].header
+        assert done["status"] == "done" and done["angle"] == 12.5 and m.angle == 12.5
+        ctl.send(COMMAND, cmd="acquire_spectrum", id=3, dwell_ms=6.0)
+        h, c, ack = ctl.reply(3)
+        assert (h.type, c.type, ack.header["seqs"]) == (HAADF_TILT, CHEM_TILT, [h.seq, c.seq])
+        assert c.header["angle"] == 12.5 and c.header["elements"] == ["O"]
+        # the O K edge: 100 counts/eV x 6 ms over its 532-575 eV window (44 channels)
+        np.testing.assert_allclose(c.arrays[0], 100 * 6 * 44, rtol=1e-4)
+        d = 100e-12 / 1.602176634e-19 * 6e-3 / 5.0**2  # 100 pA, 6 ms, (0.5 nm)^2
+        assert c.header["dose_e_per_A2"] == pytest.approx(d)
+        assert h.header["dose_e_per_A2"] == 0  # counted once, with the spectrum image
+        ctl.send(COMMAND, cmd="resume", id=4)
+        msgs = ctl.until(lambda x: x.type == HAADF_TILT and x.header["angle"] == -20.0)
+        assert any(x.type == ACK and x.header["ack_seq"] == 4 for x in msgs)
+        ctl.send(COMMAND, cmd="acquire_haadf", id=5)
+        assert ctl.reply(5)[-1].header["status"] == "rejected"  # running, or ended
+        msgs = ctl.until(lambda x: x.type == SERIES_END)
+        end = msgs[-1].header
+        assert end["reason"] == "completed" and (end["n_haadf"], end["n_chem"]) == (4, 2)
+        assert m.moves == [12.5, -20.0, 0.0, 20.0]
+    assert out["stats"].end_acked
+
+
+def test_abort_stops_the_acquisition_in_progress():
+    m = FakeMicroscope(block=True)
+    with fake_session(m, auto=True) as (adapter, ctl, out):
+        ctl.send(HELLO, last_seq=-1)
+        ctl.until(lambda x: x.type == SERIES_START)
+        t0 = time.monotonic()
+        while not adapter.busy:
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.01)
+        ctl.send(COMMAND, cmd="abort", id=7)
+        msgs = ctl.reply(7)
+        assert msgs[-2].type == SERIES_END and msgs[-2].header["reason"] == "aborted"
+        assert msgs[-2].header["n_haadf"] == 0 and m.aborted.is_set()
+    assert out["stats"].end_acked
+
+
+def test_a_failed_step_pauses_the_plan_and_resume_retries_it():
+    m = FakeMicroscope(fail_at=0.0)
+    with fake_session(m, auto=True) as (adapter, ctl, _):
+        ctl.send(HELLO, last_seq=-1)
+        ctl.until(lambda x: x.type == HAADF_TILT)  # -20
+        t0 = time.monotonic()
+        while adapter.state != "paused":
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.01)
+        assert "StageOutA = 0.0" in adapter.last_error and adapter.next_step == 1
+        adapter.command("resume")  # in-process, as a Swift panel does
+        msgs = ctl.until(lambda x: x.type == SERIES_END)
+        assert [x.header["angle"] for x in msgs if x.type == HAADF_TILT] == [0.0, 20.0]
+
+
+def test_hello_resends_the_unacknowledged_in_order():
+    m = FakeMicroscope()
+    with fake_session(m, auto=True) as (_, ctl, _out):
+        ctl.send(HELLO, last_seq=-1)
+        got = ctl.until(lambda x: x.type == SERIES_END, ack=False)
+        seqs = [x.seq for x in got]
+        assert seqs == list(range(len(seqs)))  # 0 .. end, no gap
+        ctl.send(COMMAND, cmd="nonsense", id=1)  # refused by decode on the instrument side
+        err = ctl.recv()
+        assert err is not None and err.type == ERROR and err.header["code"] == "unknown_command"
+        ctl.send(HELLO, last_seq=2)  # recorded up to 2: the rest comes again
+        again = ctl.until(lambda x: x.type == SERIES_END)
+        assert [x.seq for x in again] == seqs[3:]
+
+
+def test_outbox_window_and_acks():
+    box = Outbox("s", window=2)
+    for _ in range(4):
+        box.emit(HAADF_TILT, [np.zeros((2, 2), np.float32)], angle=0.0, dose_e_per_A2=0.0)
+    sent: list[int] = []
+    assert box.flush(lambda peer, msg: sent.append(msg.seq)) == 0  # no controller yet
+    box.on_hello(b"c", -1)
+    box.flush(lambda peer, msg: sent.append(msg.seq))
+    assert sent == [0, 1]  # the window
+    assert box.on_ack(0) and not box.on_ack(0)
+    box.flush(lambda peer, msg: sent.append(msg.seq))
+    assert sent == [0, 1, 2]
+    assert box.on_hello(b"c", 1) == 1  # 2 was in flight: it is due again
+    box.flush(lambda peer, msg: sent.append(msg.seq))
+    assert sent == [0, 1, 2, 2, 3] and box.unacked == [2, 3]
+
+
+def test_bad_config_is_named():
+    with pytest.raises(NionAdapterError, match="'Xx'"):
+        NionTomoConfig(elements=("Xx",))
+    with pytest.raises(NionAdapterError, match="no chemical tilt"):
+        NionTomoConfig(elements=("O",), haadf_angles=(0.0,), chem_angles=())
+    with pytest.raises(NionAdapterError, match="exposure_ms"):
+        NionTomoConfig(elements=("O",), exposure_ms=0)
+    with pytest.raises(NionAdapterError, match="edge_windows"):
+        NionTomoConfig(elements=("Tc",))
+    plan = NionTomoConfig(elements=("O",)).plan()  # the default: -70..70, 3 and 15 deg steps
+    assert len(plan) == 47 and plan.n_chem == 10
+    assert math.isclose(plan.chem_angles[0], -70.0) and math.isclose(plan.chem_angles[-1], 65.0)
