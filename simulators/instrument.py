@@ -60,6 +60,7 @@ import numpy as np
 import zmq
 from scipy.ndimage import shift as nd_shift
 
+from fusetomo.adapters.delivery import Outbox
 from fusetomo.adapters.protocol import (
     ACK,
     CHEM_TILT,
@@ -245,10 +246,7 @@ class SimulatedInstrument:
         self.server: InstrumentServer | None = None
         self.ready = threading.Event()
         self.stats = InstrumentStats()
-        self._outbox: dict[int, Message] = {}
-        self._in_flight: set[int] = set()
-        self._next_seq = 0
-        self._peer: bytes | None = None
+        self.outbox = Outbox(self.series_id, params.window)
         self._started = False
         self._paused = not params.auto
         self._next_step = 0
@@ -400,51 +398,30 @@ class SimulatedInstrument:
 
     def _on_hello(self, peer: bytes, last_seq: int) -> None:
         self.stats.hellos += 1
-        self._peer = peer
-        for seq in [s for s in self._outbox if s <= last_seq]:
-            self._drop(seq)  # the controller has recorded it
-        resend = len(self._in_flight)
+        resend = self.outbox.on_hello(peer, last_seq)  # drops what the controller recorded
         self.stats.resent += resend
-        self._in_flight.clear()
+        self.stats.end_acked = self.outbox.end_acked
         log.info("hello from %r, last_seq %d: %d message(s) to resend, %d unacked", peer,
-                 last_seq, resend, len(self._outbox))
+                 last_seq, resend, len(self.outbox.unacked))
         if not self._started:
             self._started = True
             log.info("series %s started (%s)", self.series_id,
                      "paused" if self._paused else "running")
 
     def _on_ack(self, seq: int, status: str) -> None:
-        if seq in self._outbox:
+        if self.outbox.on_ack(seq):
             log.debug("seq %d acked (%s)", seq, status)
-            self._drop(seq)
+            self.stats.end_acked = self.outbox.end_acked
         else:
             log.debug("ack for seq %d, which is not outstanding (%s)", seq, status)
 
-    def _drop(self, seq: int) -> None:
-        self._outbox.pop(seq, None)
-        self._in_flight.discard(seq)
-        if seq == self._end_seq:
-            self.stats.end_acked = True
-
     def _flush(self) -> None:
-        if self._peer is None or self.server is None:
-            return
-        for seq, msg in self._outbox.items():
-            if len(self._in_flight) >= self.params.window:
-                break
-            if seq in self._in_flight:
-                continue
-            msg.header["t_sent"] = time.time()
-            self.server.send(self._peer, msg)
-            self._in_flight.add(seq)
-            self.stats.sent += 1
+        if self.server is not None:
+            self.stats.sent += self.outbox.flush(self.server.send)
 
     def _emit(self, mtype: str, arrays: tuple[np.ndarray, ...] | list[np.ndarray] = (),
               **fields: Any) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
-        self._outbox[seq] = make(mtype, self.series_id, seq, arrays, **fields)
-        return seq
+        return self.outbox.emit(mtype, arrays, **fields)
 
     def _reply(self, peer: bytes, msg: Message) -> None:
         if self.server is not None:
@@ -551,6 +528,7 @@ class SimulatedInstrument:
             SERIES_END, n_haadf=s.n_haadf, n_chem=s.n_chem, reason=reason,
             steps_done=self._next_step, steps_planned=len(self.plan),
             dose_total_e_per_A2=self._dose_totals())
+        self.outbox.mark_end(self._end_seq)
         log.info("series %s %s: %d HAADF + %d chemical tilts", self.series_id, reason,
                  s.n_haadf, s.n_chem)
 
@@ -773,7 +751,7 @@ class SimulatedInstrument:
     # -- introspection (tests, logs) -----------------------------------------------------
     @property
     def unacked(self) -> list[int]:
-        return list(self._outbox)
+        return self.outbox.unacked
 
     @property
     def paused(self) -> bool:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fusetomo.adapters.delivery import Outbox
 from fusetomo.adapters.nion.config import EDX, EELS, NionAdapterError, NionTomoConfig
-from fusetomo.adapters.nion.delivery import Outbox
 from fusetomo.adapters.nion.microscope import (
     AcquisitionAbortedError,
     HaadfScan,

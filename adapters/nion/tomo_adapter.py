@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import zmq
 
+from fusetomo.adapters.delivery import Outbox
 from fusetomo.adapters.nion.config import EELS, NionAdapterError, NionTomoConfig
-from fusetomo.adapters.nion.delivery import Outbox
 from fusetomo.adapters.nion.microscope import (
     AcquisitionAbortedError,
     HaadfScan,

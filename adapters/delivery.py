@@ -1,11 +1,11 @@
 """At-least-once delivery of an instrument's data messages (docs/protocol.md §3).
 
-`Outbox` is the instrument side's bookkeeping, the same rules as
-`simulators/instrument.py`: data messages are numbered 0, 1, 2, ... without gaps; each stays
-until the controller acknowledges it; at most `window` are in flight unacknowledged; a
-`hello` {last_seq} drops what the controller has recorded (seq <= last_seq) and makes every
-other unacknowledged message due again, in order. Not thread-safe: one thread (the one that
-owns the socket) calls it.
+`Outbox` is the instrument side's bookkeeping, shared by the simulated instrument
+(simulators/instrument.py) and the Nion Swift adapter (adapters/nion/): data messages are
+numbered 0, 1, 2, ... without gaps; each stays until the controller acknowledges it; at most
+`window` are in flight unacknowledged; a `hello` {last_seq} drops what the controller has
+recorded (seq <= last_seq) and makes every other unacknowledged message due again, in
+order. Not thread-safe: one thread (the one that owns the socket) calls it.
 """
 
 from __future__ import annotations
