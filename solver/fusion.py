@@ -319,10 +319,11 @@ class FusedSolver:
         _, (_, c_inv) = self._weights()
         with self.device:
             # Uniform start with the right total counts per element.
-            total = self._b_chem.sum(axis=(1, 2, 3)) / max(self.n_chem, 1)
-            vol = float(self.n_slices * self.n * self.n)
+            local = to_numpy(self._b_chem.sum(axis=(1, 2, 3))).astype(np.float64)
+            total = self._allreduce(local) / max(self.n_chem, 1)
+            vol = float(self._n_slices_total * self.n * self.n)
             x = xp.ones((len(self.elements), self.n_slices, self.n, self.n), dtype=xp.float32)
-            x *= (total / vol).astype(xp.float32)[:, None, None, None]
+            x *= xp.asarray((total / vol).astype(np.float32))[:, None, None, None]
             for _ in range(k):
                 if self.params.chem_model == "poisson":
                     x = mlem_step(self.chem_proj, x, self._b_chem, c_inv,
@@ -331,8 +332,30 @@ class FusedSolver:
                     x = self._chem_lsq_step(x, 1.0)
             self.x = x.astype(xp.float32)
             xn = to_numpy(self.x)
-        scale = np.array([np.percentile(v[v > 0], 99.9) if np.any(v > 0) else 1.0 for v in xn])
+        scale = self._tv_scale(xn)
         self.scale_tv = np.where(scale > 0, scale, 1.0)
+
+    # -- reductions and the prox: hooks a slab of a larger volume overrides to make them
+    # -- global (solver/slabs.py); here the solver holds the whole volume ------------------
+    @property
+    def _n_slices_total(self) -> int:
+        return self.n_slices
+
+    def _allreduce(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Combine per-slab values over all slabs (`op` 'sum' or 'max')."""
+        return values
+
+    def _tv_scale(self, xn: np.ndarray) -> np.ndarray:
+        """Each element's 99.9th percentile of its positive voxels (1 if none)."""
+        return np.array([np.percentile(v[v > 0], 99.9) if np.any(v > 0) else 1.0 for v in xn])
+
+    def _prox(self, x: Any, weights: Any) -> Any:
+        p = self.params
+        return prox_tv(x, weights, iterations=p.tv_iterations, backend=p.tv_backend)
+
+    def _tv_terms(self, x: Any) -> np.ndarray:
+        """Total variation of each element volume (this slab's share)."""
+        return np.asarray(to_numpy(tv_value(x)), dtype=np.float64)
 
     # -- iterations -----------------------------------------------------------------------
     def _chem_lsq_step(self, x: Any, relax: float) -> Any:
@@ -350,9 +373,10 @@ class FusedSolver:
         As = self.haadf_proj.forward(s)
         b = self._b_haadf
         if p.refit_scale:
-            den = float(xp.vdot(As, As))
+            den, num = self._allreduce(np.array([float(xp.vdot(As, As)),
+                                                 float(xp.vdot(As, b))]))
             if den > 0:
-                self.haadf_scale = max(float(xp.vdot(As, b)) / den, 1e-30)
+                self.haadf_scale = max(float(num) / float(den), 1e-30)
         c = self.haadf_scale
         resid = b - c * As
         cost_h = 0.5 * float(xp.vdot(resid, resid))
@@ -371,7 +395,7 @@ class FusedSolver:
         g = p.gamma * self._w * xg1
         u = x * xp.asarray((self.Z ** p.split_bias)[:, None, None, None], dtype=xp.float32)
         gu = xp.sum(g * u, axis=0)
-        damp = 1e-6 * float(gu.max()) + 1e-30
+        damp = 1e-6 * float(self._allreduce(np.array([float(gu.max())]), "max")[0]) + 1e-30
         dx_h = u * (ds / (gu + damp))
         # At most a fourfold change of the material in a voxel per iteration.
         dx_h = xp.clip(dx_h, -x, 3.0 * x)
@@ -431,10 +455,13 @@ class FusedSolver:
                 r = self._b_chem - Ax
                 cost_c = 0.5 * float(xp.vdot(r, r))
                 dx_c = cc_inv * self.chem_proj.adjoint(r * cr_inv)
-            tv_now = to_numpy(tv_value(x)) / self.scale_tv
+            tv_terms = self._tv_terms(x)
             x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
-            self.x = prox_tv(x, weights, iterations=p.tv_iterations, backend=p.tv_backend)
+            self.x = self._prox(x, weights)
+        sums = self._allreduce(np.concatenate([[cost_h, cost_c], tv_terms]))
+        cost_h, cost_c = float(sums[0]), float(sums[1])
+        tv_now = sums[2:] / self.scale_tv
         self.iteration += 1
         h = self.history
         h.haadf.append(cost_h)

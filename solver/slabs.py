@@ -45,8 +45,7 @@ import numpy as np
 import sigpy as sp
 
 from fusetomo.solver.backend import DeviceChoice, array_module, resolve_device, to_numpy
-from fusetomo.solver.fusion import FusedSolver, FusionParams, SolverNotReadyError
-from fusetomo.solver.iterative import mlem_step
+from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.tv import _LIPSCHITZ_3D, divergence, gradient
 
 Op = Literal["sum", "max"]
@@ -370,119 +369,38 @@ def tv_value_slab(x: Any, comm: Comm) -> np.ndarray:
 
 # -- the slab solver ----------------------------------------------------------------------------
 class _SlabSolver(FusedSolver):
-    """FusedSolver on one slab, with the global reductions and the slab prox injected."""
+    """FusedSolver on one slab: its reduction and prox hooks made global over the ranks
+    (the iteration itself is FusedSolver's, unchanged)."""
 
     def __init__(self, *args: Any, comm: Comm, n_slices_total: int, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.comm = comm
-        self.n_slices_total = int(n_slices_total)
+        self._total_slices = int(n_slices_total)
 
-    def initialize(self, iterations: int | None = None) -> None:
-        # FusedSolver.initialize, with the start level and the TV scale made global.
-        if self.n_chem == 0:
-            raise SolverNotReadyError("no chemical tilt yet: nothing to initialise from")
-        k = self.params.init_iterations if iterations is None else iterations
-        xp = self.device.xp
-        _, (_, c_inv) = self._weights()
-        with self.device:
-            local = to_numpy(self._b_chem.sum(axis=(1, 2, 3))).astype(np.float64)
-            total = self.comm.allreduce(local, "sum") / max(self.n_chem, 1)
-            vol = float(self.n_slices_total * self.n * self.n)
-            x = xp.ones((len(self.elements), self.n_slices, self.n, self.n), dtype=xp.float32)
-            x *= xp.asarray((total / vol).astype(np.float32))[:, None, None, None]
-            for _ in range(k):
-                if self.params.chem_model == "poisson":
-                    x = mlem_step(self.chem_proj, x, self._b_chem, c_inv,
-                                  background=self._bg)
-                else:
-                    x = self._chem_lsq_step(x, 1.0)
-            self.x = x.astype(xp.float32)
-            xn = to_numpy(self.x)
+    @property
+    def n_slices_total(self) -> int:
+        return self._total_slices
+
+    @property
+    def _n_slices_total(self) -> int:
+        return self._total_slices
+
+    def _allreduce(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
+        return np.asarray(self.comm.allreduce(np.asarray(values, dtype=np.float64), op))
+
+    def _tv_scale(self, xn: np.ndarray) -> np.ndarray:
         scale = []
         for v in xn:
             pos = v[v > 0]
             has = self.comm.allreduce(np.array([pos.size], dtype=np.float64))[0] > 0
             scale.append(global_percentile(self.comm, pos, 99.9) if has else 1.0)
-        scale_a = np.asarray(scale)
-        self.scale_tv = np.where(scale_a > 0, scale_a, 1.0)
+        return np.asarray(scale)
 
-    def _haadf_update(self, x: Any) -> tuple[Any, float, float]:
-        # FusedSolver._haadf_update with the scale refit and the damping made global; the
-        # cost returned is this slab's share (step() sums the shares).
-        p = self.params
-        xp = self.device.xp
-        (hr_inv, hc_inv), _ = self._weights()
-        xg1 = x ** (p.gamma - 1)
-        s = xp.sum(self._w * xg1 * x, axis=0)
-        As = self.haadf_proj.forward(s)
-        b = self._b_haadf
-        if p.refit_scale:
-            den, num = self.comm.allreduce(
-                np.array([float(xp.vdot(As, As)), float(xp.vdot(As, b))]), "sum")
-            if den > 0:
-                self.haadf_scale = max(float(num) / float(den), 1e-30)
-        c = self.haadf_scale
-        resid = b - c * As
-        cost_h = 0.5 * float(xp.vdot(resid, resid))
-        target = c * s
-        for k in range(p.haadf_inner_iterations):
-            r_k = resid if k == 0 else b - self.haadf_proj.forward(target)
-            target = xp.maximum(target + hc_inv * self.haadf_proj.adjoint(r_k * hr_inv), 0)
-        ds = (target - c * s) / c
-        g = p.gamma * self._w * xg1
-        u = x * xp.asarray((self.Z ** p.split_bias)[:, None, None, None], dtype=xp.float32)
-        gu = xp.sum(g * u, axis=0)
-        gmax = float(self.comm.allreduce(np.array([float(gu.max())]), "max")[0])
-        damp = 1e-6 * gmax + 1e-30
-        dx_h = u * (ds / (gu + damp))
-        dx_h = xp.clip(dx_h, -x, 3.0 * x)
-        return dx_h, cost_h, c
+    def _prox(self, x: Any, weights: Any) -> Any:
+        return prox_tv_slab(x, weights, self.comm, iterations=self.params.tv_iterations)
 
-    def step(self) -> dict[str, float]:
-        # FusedSolver.step with the slab prox and global cost terms.
-        if not self.ready:
-            raise SolverNotReadyError(
-                "need chemical tilts and, unless lambda_haadf is 0, HAADF tilts "
-                f"(have {self.n_haadf} HAADF, {self.n_chem} chemical)")
-        if self.x is None or self._reseed:
-            self.initialize()
-            self._reseed = False
-        p = self.params
-        xp = self.device.xp
-        _, (cr_inv, cc_inv) = self._weights()
-        with self.device:
-            x = self.x
-            if p.momentum and self._x_prev is not None:
-                k = self._momentum_k
-                beta = min((k - 1.0) / (k + 2.0), p.momentum_max)
-                x = xp.maximum(x + beta * (x - self._x_prev), 0)
-            self._x_prev = self.x
-            self._momentum_k += 1
-            dx_h, cost_h, c = self._haadf_update(x) if self.n_haadf else (0.0, 0.0, 1.0)
-            Ax = self.chem_proj.forward(x) + self._bg
-            if p.chem_model == "poisson":
-                cost_c = float(xp.sum(Ax - self._b_chem * xp.log(Ax)))
-                dx_c = x * cc_inv * self.chem_proj.adjoint(self._b_chem / Ax - 1.0)
-            else:
-                r = self._b_chem - Ax
-                cost_c = 0.5 * float(xp.vdot(r, r))
-                dx_c = cc_inv * self.chem_proj.adjoint(r * cr_inv)
-            tv_local = tv_value_slab(x, self.comm)
-            x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c
-            weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
-            self.x = prox_tv_slab(x, weights, self.comm, iterations=p.tv_iterations)
-        sums = self.comm.allreduce(np.concatenate([[cost_h, cost_c], tv_local]), "sum")
-        cost_h, cost_c = float(sums[0]), float(sums[1])
-        tv = float(np.sum(sums[2:] / self.scale_tv))
-        self.iteration += 1
-        h = self.history
-        h.haadf.append(cost_h)
-        h.chem.append(cost_c)
-        h.tv.append(tv)
-        h.haadf_scale.append(c)
-        h.n_haadf_tilts.append(self.n_haadf)
-        h.n_chem_tilts.append(self.n_chem)
-        return {"haadf": cost_h, "chem": cost_c, "tv": tv}
+    def _tv_terms(self, x: Any) -> np.ndarray:
+        return tv_value_slab(x, self.comm)
 
 
 class SlabFusedSolver:
