@@ -19,7 +19,8 @@ import zmq
 from fusetomo.adapters import protocol as proto
 from fusetomo.adapters.transport import StatusPublisher
 from fusetomo.controller.live import orthoslices
-from fusetomo.ui.nion.state import PanelDataError, PanelState, decode_slices, montage
+from fusetomo.ui.nion.state import PanelDataError, PanelState, montage
+from fusetomo.ui.slices import decode_slices
 
 ELEMENTS = ["Fe", "O"]
 
@@ -85,7 +86,8 @@ def test_state_refuses_bad_content_and_keeps_what_it_had() -> None:
         s.apply("status", {"series": "s1", "iteration": "eight", "state": "complete"})
     assert s.state == "iterating" and s.iteration == 7 and not s.slices
     with pytest.raises(PanelDataError, match="vmax"):
-        decode_slices({"Fe": {"vmax": float("nan"), "s": [[1]], "u": [[1]], "v": [[1]]}}, "x")
+        decode_slices({"Fe": {"vmax": float("nan"), "s": [[1]], "u": [[1]], "v": [[1]]}}, "x",
+                      error=PanelDataError)
     # a new series starts from nothing but keeps where operator commands go
     s.apply("event", {"series": "s2", "event": "series_start"})
     assert s.series == "s2" and s.iteration is None

@@ -160,7 +160,7 @@ def test_model_refuses_bad_slices_and_keeps_its_state() -> None:
     assert not model.apply(*roundtrip("slices", STATUS, 1, iteration=6, slices=bad))
     s = model.view()
     assert model.version == version + 1 and s.slices_iteration == 5
-    assert "slices['Co'].u" in s.errors[-1] and s.errors[-1].endswith("..300")
+    assert "slices.Co.u" in s.errors[-1] and s.errors[-1].endswith("got 300.0")
     np.testing.assert_allclose(s.slices["Co"].u, np.asarray(good["Co"]["u"]) / 255, rtol=1e-6)
     assert not model.apply(*roundtrip("status", STATUS, 2, iteration=1, costs={},
                                       haadf_angles=[0.0, "x"]))

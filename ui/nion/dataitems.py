@@ -14,7 +14,8 @@ from typing import Any
 from nion.data import DataAndMetadata
 from nion.swift.model import DataItem, DocumentModel
 
-from fusetomo.ui.nion.state import OrthoSlices, montage
+from fusetomo.ui.nion.state import montage
+from fusetomo.ui.slices import OrthoSlices
 
 KINDS = {"value": "orthoslices", "std": "std error orthoslices"}
 

@@ -16,27 +16,14 @@ from typing import Any
 
 import numpy as np
 
-PLANES = ("s", "u", "v")  # slice normal to the tilt axis, then the two other axes
+from fusetomo.ui.slices import PLANES, OrthoSlices, decode_slices
+
 COST_TERMS = ("haadf", "chem", "tv")
 DASH = "—"
 
 
 class PanelDataError(ValueError):
     """A status message whose content cannot be shown; names the field and the value."""
-
-
-@dataclass(frozen=True)
-class OrthoSlices:
-    """Central slices of one volume in its own units (value = q · vmax / 255): `s` normal to
-    the tilt axis, `u`, `v` normal to the two other axes."""
-
-    vmax: float
-    s: np.ndarray
-    u: np.ndarray
-    v: np.ndarray
-
-    def planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.s, self.u, self.v
 
 
 @dataclass(frozen=True)
@@ -171,11 +158,11 @@ class PanelState:
     def _slices(self, h: Mapping[str, Any]) -> set[str]:
         changed = set()
         if "slices" in h:
-            decoded = decode_slices(h["slices"], "slices")
+            decoded = decode_slices(h["slices"], "slices", error=PanelDataError)
             self.slices, self.slices_iteration = decoded, _int(h.get("iteration"), "iteration")
             changed.add("slices")
         if "std_slices" in h:
-            decoded = decode_slices(h["std_slices"], "std_slices")
+            decoded = decode_slices(h["std_slices"], "std_slices", error=PanelDataError)
             self.std_slices = decoded
             self.std_iteration = _int(h.get("std_iteration"), "std_iteration")
             changed.add("std_slices")
@@ -232,36 +219,6 @@ class PanelState:
 
 
 # -- decoding helpers -------------------------------------------------------------------------
-def decode_plane(q: Any, vmax: float, where: str) -> np.ndarray:
-    """A quantised slice (list of rows of integers 0..255) -> float32 values q · vmax / 255."""
-    try:
-        arr = np.asarray(q, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PanelDataError(f"{where}: not a rectangular list of numbers") from None
-    if arr.ndim != 2 or arr.size == 0:
-        raise PanelDataError(f"{where}: expected a non-empty 2D list, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
-        bad = arr[~np.isfinite(arr) | (arr < 0) | (arr > 255)].ravel()[0]
-        raise PanelDataError(f"{where}: quantised values must be 0..255, got {bad}")
-    return (arr * (vmax / 255.0)).astype(np.float32)
-
-
-def decode_slices(doc: Any, where: str) -> dict[str, OrthoSlices]:
-    if not isinstance(doc, Mapping):
-        raise PanelDataError(f"{where}: expected an object of elements, got {doc!r:.80}")
-    out: dict[str, OrthoSlices] = {}
-    for element, d in doc.items():
-        if not isinstance(d, Mapping):
-            raise PanelDataError(f"{where}.{element}: expected an object, got {d!r:.80}")
-        vmax = _num(d.get("vmax"), f"{where}.{element}.vmax")
-        if vmax is None or vmax < 0:
-            raise PanelDataError(f"{where}.{element}.vmax: must be a number >= 0, got "
-                                 f"{d.get('vmax')!r}")
-        planes = {p: decode_plane(d.get(p), vmax, f"{where}.{element}.{p}") for p in PLANES}
-        out[str(element)] = OrthoSlices(vmax, **planes)
-    return out
-
-
 def montage(o: OrthoSlices, gap: int = 1) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The three slices side by side (s | u | v), top-aligned, `gap` columns of zeros
     between them; also where each lies: [{plane, row, col, shape}]."""

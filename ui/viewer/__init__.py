@@ -6,9 +6,9 @@ angles and advice, or a recorded run with a slider over tilts.
 `viewer` extra (pyqtgraph, PySide6) and are imported by `fusetomo view` when it runs.
 """
 
+from fusetomo.ui.slices import OrthoSlices
 from fusetomo.ui.viewer.model import (
     Advice,
-    OrthoSlices,
     ViewerDataError,
     ViewerModel,
     ViewerState,

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from fusetomo.adapters.protocol import Message
+from fusetomo.ui.slices import OrthoSlices, decode_slices
 
 COST_TERMS = ("haadf", "chem", "tv")
-PLANES = ("s", "u", "v")  # slice normal to the tilt axis, then the two other axes
 ADVICE_ACTIONS = ("acquire_now", "wait", "stop_spectroscopy")
 ANSWERS = ("accept", "skip", "force")
 MAX_COST_ROWS = 100_000  # a long run's history stays bounded (oldest rows dropped)
@@ -27,22 +27,6 @@ MAX_COST_ROWS = 100_000  # a long run's history stays bounded (oldest rows dropp
 
 class ViewerDataError(ValueError):
     """A status message whose content cannot be shown; names the field and the value."""
-
-
-@dataclass(frozen=True)
-class OrthoSlices:
-    """The central slices of one element volume, in the volume's units: `s` [n, n] normal to
-    the tilt axis, `u` and `v` [n_slices, n] normal to the other two axes."""
-
-    vmax: float
-    s: np.ndarray
-    u: np.ndarray
-    v: np.ndarray
-
-    def plane(self, name: str) -> np.ndarray:
-        if name not in PLANES:
-            raise ViewerDataError(f"no slice plane {name!r}; choose from {list(PLANES)}")
-        return getattr(self, name)
 
 
 @dataclass(frozen=True)
@@ -128,39 +112,6 @@ def _angles(v: Any, name: str) -> list[float]:
         raise ViewerDataError(f"status: {name} holds a value that is not a finite number: "
                               f"{v!r:.80}")
     return [float(a) for a in out]  # type: ignore[arg-type]
-
-
-def decode_plane(q: Any, vmax: float, where: str) -> np.ndarray:
-    """A quantised slice (lists of integers 0..255) -> float32 values q * vmax / 255."""
-    try:
-        a = np.asarray(q, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ViewerDataError(f"{where}: not a rectangular list of numbers") from None
-    if a.ndim != 2 or a.size == 0:
-        raise ViewerDataError(f"{where}: expected a non-empty 2-D list, got shape {a.shape}")
-    if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 255:
-        raise ViewerDataError(f"{where}: quantised values must lie in 0..255, got "
-                              f"{a.min():g}..{a.max():g}")
-    return (a * (vmax / 255.0)).astype(np.float32)
-
-
-def decode_slices(doc: Any, where: str) -> dict[str, OrthoSlices]:
-    """`slices` / `std_slices` {element: {vmax, s, u, v}} -> element -> OrthoSlices."""
-    if not isinstance(doc, Mapping):
-        raise ViewerDataError(f"{where}: expected an object element -> slices, got "
-                              f"{type(doc).__name__}")
-    out: dict[str, OrthoSlices] = {}
-    for el, d in doc.items():
-        if not isinstance(d, Mapping):
-            raise ViewerDataError(f"{where}[{el!r}]: expected an object, got "
-                                  f"{type(d).__name__}")
-        vmax = _num(d.get("vmax"))
-        if vmax is None or vmax < 0:
-            raise ViewerDataError(f"{where}[{el!r}]: vmax must be a finite number >= 0, got "
-                                  f"{d.get('vmax')!r}")
-        planes = {p: decode_plane(d.get(p), vmax, f"{where}[{el!r}].{p}") for p in PLANES}
-        out[str(el)] = OrthoSlices(vmax, **planes)
-    return out
 
 
 def decode_advice(doc: Any) -> Advice:
@@ -319,8 +270,9 @@ class ViewerModel:
 
     @staticmethod
     def _slices(s: ViewerState, h: Mapping[str, Any]) -> None:
-        new = decode_slices(h.get("slices"), "slices") if h.get("slices") is not None else None
-        std = (decode_slices(h.get("std_slices"), "std_slices")
+        new = (decode_slices(h.get("slices"), "slices", error=ViewerDataError)
+               if h.get("slices") is not None else None)
+        std = (decode_slices(h.get("std_slices"), "std_slices", error=ViewerDataError)
                if h.get("std_slices") is not None else None)
         if new is not None:
             s.slices = new

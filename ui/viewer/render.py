@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fusetomo.ui.viewer.model import PLANES, OrthoSlices
+from fusetomo.ui.slices import PLANES, OrthoSlices
 
 # Additive primaries first (three elements make a true RGB overlay), then their mixtures.
 ELEMENT_COLOURS: tuple[tuple[int, int, int], ...] = (

@@ -23,11 +23,11 @@ from fusetomo.adapters.runfile import (
     read_snapshot,
 )
 from fusetomo.adapters.seriesfile import open_h5
+from fusetomo.ui.slices import OrthoSlices
 from fusetomo.ui.viewer.model import (
     ANSWERS,
     COST_TERMS,
     Advice,
-    OrthoSlices,
     ViewerDataError,
     ViewerState,
     decode_advice,

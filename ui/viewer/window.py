@@ -22,11 +22,10 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
+from fusetomo.ui.slices import PLANES, OrthoSlices
 from fusetomo.ui.viewer.model import (
     COST_TERMS,
-    PLANES,
     Advice,
-    OrthoSlices,
     ViewerModel,
     ViewerState,
 )
