@@ -21,6 +21,7 @@ Thresholds, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -392,3 +393,44 @@ def test_bad_config_is_named():
     plan = NionTomoConfig(elements=("O",)).plan()  # the default: -70..70, 3 and 15 deg steps
     assert len(plan) == 47 and plan.n_chem == 10
     assert math.isclose(plan.chem_angles[0], -70.0) and math.isclose(plan.chem_angles[-1], 65.0)
+
+
+def test_usim_series_holding_for_the_advisor(usim, tmp_path):
+    """usim -> adapter holding at each tilt -> controller whose uniform policy asks for two
+    spectrum images: they are taken at the policy's tilts, sent without repeating their
+    HAADF image, and the maps follow the element projections."""
+    from fusetomo.controller.advisor import AdvisorParams, UniformPolicy
+    from fusetomo.controller.live_advice import AdviceParams
+
+    config = dataclasses.replace(_config(usim), hold_for_advice=True, chem_angles=None)
+    adapter = NionTomoAdapter(config, NionMicroscope(config))
+    assert adapter.plan.n_chem == 0
+    advice = AdviceParams(mode="auto", policy="uniform", advisor=AdvisorParams(chem_maps=2))
+    params = dataclasses.replace(STRICT, advice=advice)
+    run = tmp_path / "run.h5"
+    with serving(adapter) as out, controller_thread(adapter.endpoint, run, params) as (_, res):
+        deadline = time.monotonic() + 90
+        while "code" not in res and "error" not in res:
+            assert time.monotonic() < deadline, "the series did not finish in 90 s"
+            time.sleep(0.1)
+    assert res.get("code") == 0, res
+    assert out["stats"].reason == "completed"
+    rec = read_run(run)
+    s = rec.series
+    targets = UniformPolicy(AdvisorParams(chem_maps=2), adapter.plan.haadf_angles).targets
+    np.testing.assert_allclose(np.sort(s.common_chem_angles), sorted(targets))
+    assert len(s.haadf_angles) == len(adapter.plan)  # no HAADF image sent twice
+    for j, a in enumerate(s.common_chem_angles):
+        _check_maps(usim, {e: s.chem[e][j] for e in s.elements}, float(a))
+    decisions = [ev["decision"] for ev in rec.events if ev["kind"] == "advice_decision"]
+    assert decisions.count("acquire") == 2 and len(decisions) == len(adapter.plan)
+
+
+def test_continue_is_refused_when_not_holding():
+    m = FakeMicroscope()
+    with fake_session(m) as (_adapter, ctl, _out):
+        ctl.send(HELLO, last_seq=-1)
+        ctl.until(lambda x: x.type == SERIES_START)
+        ctl.send(COMMAND, cmd="continue", id=5)
+        reply = ctl.reply(5)[-1].header
+        assert reply["status"] == "rejected" and "not holding" in reply["reason"]

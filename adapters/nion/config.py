@@ -14,7 +14,14 @@ from fusetomo.adapters.spectra import (
     EdxWindow,
 )
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
-from fusetomo.simulators.schemes import ORDERS, SEQUENTIAL, SchemeError, TiltPlan, make_plan
+from fusetomo.simulators.schemes import (
+    ORDERS,
+    SEQUENTIAL,
+    SchemeError,
+    TiltPlan,
+    from_angles,
+    make_plan,
+)
 
 EELS, EDX = "eels", "edx"
 SERIES_ID_MAX = 200
@@ -78,6 +85,10 @@ class NionTomoConfig:
     series_id: str | None = None  # default: a fresh 'nion-...' id
     window: int = 64
     auto: bool = True  # run the plan once the controller says hello (False: wait for resume)
+    # Hold at each tilt for the controller's decision (docs/protocol.md, "Holding for
+    # advice"): a HAADF-only plan, a spectrum image where `acquire_spectrum` asks for one.
+    hold_for_advice: bool = False
+    hold_timeout_s: float = 120.0  # then go on without a spectrum image
     extra: Mapping[str, object] = field(default_factory=dict)  # added to series_start
 
     def __post_init__(self) -> None:
@@ -130,6 +141,7 @@ class NionTomoConfig:
             missing = [e for e in els if e not in self.Z]
             if missing:
                 raise NionAdapterError(f"Z gives no value for element {missing[0]!r}")
+        _positive("hold_timeout_s", self.hold_timeout_s)
         self.plan()  # validate the tilt plan now
 
     def plan(self) -> TiltPlan:
@@ -138,10 +150,17 @@ class NionTomoConfig:
                              haadf_angles=self.haadf_angles, chem_angles=self.chem_angles)
         except SchemeError as e:
             raise NionAdapterError(f"tilt plan: {e}") from None
-        if plan.n_chem == 0:
+        if plan.n_chem == 0 and not self.hold_for_advice:
             raise NionAdapterError("the tilt plan has no chemical tilt; give chem_angles or a "
                                    "chem_step within the tilt range")
         return plan
+
+    def acquisition_plan(self) -> TiltPlan:
+        """The plan the adapter walks: `plan()`, or its tilts without spectrum images when
+        holding for advice (the controller then decides where to take them)."""
+        plan = self.plan()
+        return from_angles(plan.haadf_angles, [], self.scheme) if self.hold_for_advice \
+            else plan
 
     def z_of(self, element: str) -> int:
         return int(self.Z[element]) if self.Z is not None else ATOMIC_NUMBER[element]

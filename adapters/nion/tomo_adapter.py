@@ -117,7 +117,8 @@ class NionTomoAdapter:
                  ctx: zmq.Context | None = None) -> None:
         self.config = config
         self.microscope = microscope
-        self.plan = config.plan()
+        self.plan = config.acquisition_plan()
+        self._planned_chem = config.plan().n_chem  # for the dose budget
         self.series_id = config.series_id or f"nion-{uuid.uuid4().hex[:12]}"
         self.elements = list(config.elements)
         self._ctx = ctx
@@ -147,10 +148,13 @@ class NionTomoAdapter:
         self.chem_dose = pixel_dose(current, config.exposure_ms * 1e-3, self.pixel_nm)
         budget = config.dose_budget
         if budget is None and self.haadf_dose > 0:
-            budget = (len(self.plan) - self.plan.n_chem) * self.haadf_dose \
-                + self.plan.n_chem * self.chem_dose
+            budget = (len(self.plan) - self._planned_chem) * self.haadf_dose \
+                + self._planned_chem * self.chem_dose
         self.dose_budget = budget
         self._end_seq: int | None = None
+        self._holding: int | None = None  # plan step held for the controller's decision
+        self._hold_deadline = 0.0
+        self._step_seq: dict[int, int] = {}  # plan step -> seq of its HAADF image
         self.outbox.emit(SERIES_START, **self._start_fields())
 
     # -- the series header ----------------------------------------------------------------
@@ -185,6 +189,7 @@ class NionTomoAdapter:
             "beam_current_pa": self.beam_current_pa,
             "auto": c.auto,
             "window": c.window,
+            "holds_for_advice": c.hold_for_advice,
             **dict(c.extra),
         }
         if c.gamma is not None:
@@ -216,7 +221,12 @@ class NionTomoAdapter:
     @property
     def plan_running(self) -> bool:
         return (self._started and not self._paused and self._end_seq is None
-                and self._next_step < len(self.plan))
+                and self._holding is None and self._next_step < len(self.plan))
+
+    @property
+    def holding(self) -> bool:
+        """Waiting at a tilt for the controller's decision (hold_for_advice)."""
+        return self._holding is not None
 
     def command(self, cmd: str, **args: Any) -> None:
         """Give a command in-process (thread-safe): the same six as over the socket."""
@@ -357,9 +367,12 @@ class NionTomoAdapter:
             self._do_abort()
             self._ack(cmd, "done", end_seq=self._end_seq)
         elif name == "continue":
-            # holding for advice (docs/protocol.md) is not implemented here: never holding
-            self._ack(cmd, "rejected", "continue: the instrument is not holding for a "
-                      "decision (this adapter does not hold for advice)")
+            if self._holding is None:
+                self._ack(cmd, "rejected", "continue: the instrument is not holding for a "
+                          "decision")
+                return
+            self._holding = None
+            self._ack(cmd, "done", next_step=self._next_step)
         elif name in MANUAL_COMMANDS:
             if self.plan_running:
                 self._ack(cmd, "rejected", f"{name}: the plan is running (step "
@@ -439,6 +452,12 @@ class NionTomoAdapter:
             return
         if not (self._started and not self._paused):
             return
+        if self._holding is not None:
+            if time.monotonic() < self._hold_deadline:
+                return
+            log.warning("no decision at %+.2f deg within %.0f s: going on without a spectrum "
+                        "image", self.angle, self.config.hold_timeout_s)
+            self._holding = None
         if self._next_step < len(self.plan):
             self._start(_Job("step", step=self._next_step))
             return
@@ -483,16 +502,29 @@ class NionTomoAdapter:
             assert job.cmd is not None
             self._ack(job.cmd, "done", angle=self.angle, readback=res.readback)
             return
-        seqs = self._emit_tilts(res)
+        held = self._holding
+        chem_only = (job.kind == "acquire_spectrum" and held is not None
+                     and abs(self.plan[held].angle - self.angle) < 1e-6)
+        seqs = self._emit_tilts(res, haadf_seq=self._step_seq.get(held) if chem_only
+                                else None)
+        if chem_only:
+            self._holding = None  # the decision is carried out: go on
         if job.kind == "step":
             assert job.step is not None
+            self._step_seq[job.step] = seqs[0]
             self._next_step = job.step + 1
             self.stats.steps_done = self._next_step
+            if self.config.hold_for_advice:
+                self._holding = job.step
+                self._hold_deadline = time.monotonic() + self.config.hold_timeout_s
         else:
             assert job.cmd is not None
             self._ack(job.cmd, "done", angle=self.angle, seqs=seqs)
 
-    def _emit_tilts(self, res: _Result) -> list[int]:
+    def _emit_tilts(self, res: _Result, haadf_seq: int | None = None) -> list[int]:
+        """The tilt messages of a finished acquisition. With `haadf_seq` (a spectrum image
+        at a held tilt, whose HAADF image was sent already) only the chem_tilt is sent; its
+        simultaneous HAADF image would repeat the tilt's angle."""
         c, s = self.config, self.stats
         job = res.job
         angle = float(res.angle if res.angle is not None else self.angle)
@@ -513,12 +545,15 @@ class NionTomoAdapter:
                                    res.haadf.pixel_nm)
             c_dose = 0.0
             dwell = {"dwell_us": res.haadf.dwell_us}
-        s.n_haadf += 1
-        s.dose_haadf += h_dose
-        seqs = [self.outbox.emit(
-            HAADF_TILT, [np.asarray(h_img, dtype=np.float32)], angle=angle,
-            dose_e_per_A2=h_dose, dose_total_e_per_A2=self._totals(),
-            with_spectrum=res.spectrum is not None, **dwell, **common)]
+        if haadf_seq is None:
+            s.n_haadf += 1
+            s.dose_haadf += h_dose
+            seqs = [self.outbox.emit(
+                HAADF_TILT, [np.asarray(h_img, dtype=np.float32)], angle=angle,
+                dose_e_per_A2=h_dose, dose_total_e_per_A2=self._totals(),
+                with_spectrum=res.spectrum is not None, **dwell, **common)]
+        else:
+            seqs = [haadf_seq]
         if res.spectrum is not None:
             assert res.maps is not None
             s.n_chem += 1
@@ -528,7 +563,7 @@ class NionTomoAdapter:
                 elements=self.elements, dose_e_per_A2=c_dose,
                 dose_total_e_per_A2=self._totals(), haadf_seq=seqs[0], spectra=c.spectra,
                 **dwell, **common))
-        return seqs
+        return seqs if haadf_seq is None else seqs[1:]
 
     def _totals(self) -> dict[str, float]:
         return {"haadf": self.stats.dose_haadf, "chem": self.stats.dose_chem}
