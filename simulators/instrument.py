@@ -60,6 +60,7 @@ import numpy as np
 import zmq
 from scipy.ndimage import shift as nd_shift
 
+from fusetomo.adapters.commands import CommandDispatch
 from fusetomo.adapters.delivery import Outbox
 from fusetomo.adapters.protocol import (
     ACK,
@@ -90,7 +91,6 @@ from fusetomo.solver.projector import ParallelProjector
 
 log = logging.getLogger("fusetomo.instrument")
 
-MANUAL_COMMANDS = ("go_to_tilt", "acquire_haadf", "acquire_spectrum")
 SERIES_ID_MAX = 200
 
 
@@ -207,8 +207,10 @@ class _Activity:
     cmd: dict[str, Any] | None = None  # the command: peer, seq, id, and parsed arguments
 
 
-class SimulatedInstrument:
+class SimulatedInstrument(CommandDispatch):
     """A simulated (or replaying) microscope behind an `InstrumentServer`."""
+
+    _arg_error = InstrumentError
 
     def __init__(self, params: InstrumentParams, *, ctx: zmq.Context | None = None) -> None:
         self.params = params
@@ -655,39 +657,14 @@ class SimulatedInstrument:
                 args[k] = h[k]
         cmd: dict[str, Any] = {"cmd": name, "id": cid, "seq": int(h["seq"]), "peer": peer}
         log.info("command %s (id %d) %s", name, cid, args or "")
-        if self._end_seq is not None:
-            self._ack_command(cmd, "rejected", f"series {self.series_id} has ended "
-                              f"({self.stats.reason})")
-            return
-        if name == "pause":
-            self._paused = True
-            self._ack_command(cmd, "done", next_step=self._next_step)
-        elif name == "resume":
-            self._paused = False
-            self._ack_command(cmd, "done", next_step=self._next_step)
-        elif name == "abort":
-            self._abort()
-            self._ack_command(cmd, "done", end_seq=self._end_seq)
-        elif name == "continue":
-            if self._holding is None:
-                self._ack_command(cmd, "rejected", "continue: the instrument is not holding "
-                                  "for a decision")
-                return
-            self._holding = None
-            self._ack_command(cmd, "done", next_step=self._next_step)
-        elif name in MANUAL_COMMANDS:
-            if self.plan_running:
-                self._ack_command(cmd, "rejected", f"{name}: the plan is running "
-                                  f"(step {self._next_step}); pause it first")
-                return
-            try:
-                cmd.update(self._command_args(name, args))
-            except InstrumentError as e:
-                self._ack_command(cmd, "rejected", str(e))
-                return
-            self._queue.append(cmd)
-        else:  # decode() lets only known commands through
-            self._ack_command(cmd, "rejected", f"unknown command {name!r}")
+        self.dispatch_command(cmd, args)
+
+    def _reply_command(self, cmd: dict[str, Any], status: str, reason: str | None = None,
+                       **extra: Any) -> None:
+        self._ack_command(cmd, status, reason, **extra)
+
+    def _stop_series(self) -> None:
+        self._abort()
 
     def _command_args(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "go_to_tilt":

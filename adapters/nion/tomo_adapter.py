@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from fusetomo.adapters.commands import CommandDispatch
 from fusetomo.adapters.delivery import Outbox
 from fusetomo.adapters.nion.config import EELS, NionAdapterError, NionTomoConfig
 from fusetomo.adapters.nion.microscope import (
@@ -69,7 +70,6 @@ from fusetomo.adapters.transport import InstrumentServer
 
 log = logging.getLogger("fusetomo.nion")
 
-MANUAL_COMMANDS = ("go_to_tilt", "acquire_haadf", "acquire_spectrum")
 LOCAL_PEER = b""  # commands given in-process: their acks go nowhere
 POLL_MS = 50
 
@@ -110,8 +110,10 @@ class _Result:
     error: BaseException | None = None
 
 
-class NionTomoAdapter:
+class NionTomoAdapter(CommandDispatch):
     """A Nion microscope (or anything that is a `Microscope`) behind an `InstrumentServer`."""
+
+    _arg_error = NionAdapterError
 
     def __init__(self, config: NionTomoConfig, microscope: Microscope, *,
                  ctx: zmq.Context | None = None) -> None:
@@ -353,39 +355,17 @@ class NionTomoAdapter:
         cmd["peer"] = peer
         name = cmd["cmd"]
         log.info("command %s (id %d)", name, cmd["id"])
-        if self._end_seq is not None:
-            self._ack(cmd, "rejected", f"series {self.series_id} has ended ({self.stats.reason})")
-            return
-        if name == "pause":
-            self._paused = True
-            self._ack(cmd, "done", next_step=self._next_step)
-        elif name == "resume":
-            self._paused = False
-            self.last_error = None
-            self._ack(cmd, "done", next_step=self._next_step)
-        elif name == "abort":
-            self._do_abort()
-            self._ack(cmd, "done", end_seq=self._end_seq)
-        elif name == "continue":
-            if self._holding is None:
-                self._ack(cmd, "rejected", "continue: the instrument is not holding for a "
-                          "decision")
-                return
-            self._holding = None
-            self._ack(cmd, "done", next_step=self._next_step)
-        elif name in MANUAL_COMMANDS:
-            if self.plan_running:
-                self._ack(cmd, "rejected", f"{name}: the plan is running (step "
-                          f"{self._next_step}); pause it first")
-                return
-            try:
-                cmd.update(self._command_args(name, cmd))
-            except NionAdapterError as e:
-                self._ack(cmd, "rejected", str(e))
-                return
-            self._queue.append(cmd)
-        else:  # decode() lets only known commands through
-            self._ack(cmd, "rejected", f"unknown command {name!r}")
+        self.dispatch_command(cmd, cmd)
+
+    def _reply_command(self, cmd: dict[str, Any], status: str, reason: str | None = None,
+                       **extra: Any) -> None:
+        self._ack(cmd, status, reason, **extra)
+
+    def _stop_series(self) -> None:
+        self._do_abort()
+
+    def _on_resume(self) -> None:
+        self.last_error = None
 
     def _command_args(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         c = self.config
