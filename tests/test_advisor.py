@@ -261,3 +261,33 @@ def test_live_manual_advice_operator_answers(tmp_path):
     assert [(d["advice_id"], d["answer"]) for d in dec] == answered
     ops = [ev for ev in rec.events if ev["kind"] == "operator"]
     assert any(o["status"] == "rejected" for o in ops)
+
+
+def test_demo_policy_json(tmp_path):
+    """`fusetomo demo --policy uniform --chem-maps 2 --json`: the instrument holds, the
+    controller's policy decides, and the summary has the issue's keys."""
+    import json
+    import subprocess
+
+    from fusetomo.controller.cli_live import fusetomo_argv
+
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        fusetomo_argv("demo", "--out", str(out), "--size", "16", "--speed", "1e4",
+                      "--tilt-range", "-60", "60", "--haadf-step", "12", "--chem-step", "60",
+                      "--final-iterations",
+                      "5", "--device", "cpu", "--policy", "uniform", "--chem-maps", "2",
+                      "--seed", "3", "--json", "--quiet"),
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["policy"] == "uniform" and summary["chem_tilts"] == 2
+    assert summary["haadf_tilts"] == 11 and summary["advices"] == 11
+    plan = make_plan("sequential", (-60.0, 60.0), 12.0, 60.0).haadf_angles
+    assert sorted(summary["chem_angles"]) == UniformPolicy(AdvisorParams(chem_maps=2),
+                                                           plan).targets
+    assert 0 < summary["nrmse_mean"] < 1.5
+    bad = subprocess.run(fusetomo_argv("demo", "--out", str(tmp_path / "x"), "--policy",
+                                       "random", "--quiet"),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--chem-maps" in bad.stderr
