@@ -10,16 +10,25 @@ instrument mixes in `CommandDispatch` and provides the hooks below.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Any
+
+from fusetomo.adapters.protocol import ERROR, Message, ProtocolError, make
+
+log = logging.getLogger("fusetomo.instrument")
 
 MANUAL_COMMANDS = ("go_to_tilt", "acquire_haadf", "acquire_spectrum")
 
 
 class CommandDispatch:
-    """The command state machine. The instrument provides: `series_id`, `stats.reason`,
-    `_end_seq`, `_paused`, `_holding`, `_next_step`, `_queue`, `plan_running`, and the
-    hooks `_reply_command`, `_stop_series` and `_command_args` (raising `_arg_error`)."""
+    """The command state machine, and the receiving end of the instrument's socket. The
+    instrument provides: `server` (an InstrumentServer), `series_id`, `stats` (reason,
+    errors_sent), `_end_seq`, `_paused`, `_holding`, `_next_step`, `_queue`,
+    `plan_running`, and the hooks `_handle`, `_reply`, `_reply_command`, `_stop_series` and
+    `_command_args` (raising `_arg_error`)."""
+
+    server: Any
 
     series_id: str
     stats: Any
@@ -44,6 +53,32 @@ class CommandDispatch:
 
     def _command_args(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _handle(self, peer: bytes, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _reply(self, peer: bytes, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _receive(self, timeout_ms: int) -> None:
+        """Handle at most one message from a controller; a malformed one gets an error
+        reply naming the problem (the caller's loop then advances and flushes again)."""
+        assert self.server is not None
+        try:
+            got = self.server.recv(timeout_ms)
+        except ProtocolError as e:
+            peer = getattr(e, "peer", None)
+            log.warning("malformed message from the controller: %s (%s)", e, e.code)
+            if peer is not None:
+                self._reply_error(peer, e.code, str(e), e.seq)
+            return
+        if got is not None:
+            self._handle(*got)
+
+    def _reply_error(self, peer: bytes, code: str, text: str, bad_seq: int | None) -> None:
+        self.stats.errors_sent += 1
+        self._reply(peer, make(ERROR, self.series_id, bad_seq if bad_seq is not None else 0,
+                               code=code, message=text, bad_seq=bad_seq))
 
     def _on_resume(self) -> None:
         """Called when `resume` is accepted (e.g. to forget the last failure)."""

@@ -72,7 +72,6 @@ from fusetomo.adapters.protocol import (
     SERIES_END,
     SERIES_START,
     Message,
-    ProtocolError,
     make,
 )
 from fusetomo.adapters.series import TiltSeries
@@ -368,20 +367,6 @@ class SimulatedInstrument(CommandDispatch):
             wait = min(wait, max(0.0, self._activity.deadline - time.monotonic()))
         return max(0, math.ceil(wait * 1000))
 
-    def _receive(self, timeout_ms: int) -> None:
-        """Handle at most one message (the loop then advances and flushes again)."""
-        assert self.server is not None
-        try:
-            got = self.server.recv(timeout_ms)
-        except ProtocolError as e:
-            peer = getattr(e, "peer", None)
-            log.warning("malformed message from the controller: %s (%s)", e, e.code)
-            if peer is not None:
-                self._reply_error(peer, e.code, str(e), e.seq)
-            return
-        if got is not None:
-            self._handle(*got)
-
     def _handle(self, peer: bytes, msg: Message) -> None:
         h = msg.header
         if msg.type == HELLO:
@@ -428,11 +413,6 @@ class SimulatedInstrument(CommandDispatch):
     def _reply(self, peer: bytes, msg: Message) -> None:
         if self.server is not None:
             self.server.send(peer, msg)
-
-    def _reply_error(self, peer: bytes, code: str, text: str, bad_seq: int | None) -> None:
-        self.stats.errors_sent += 1
-        self._reply(peer, make(ERROR, self.series_id, bad_seq if bad_seq is not None else 0,
-                               code=code, message=text, bad_seq=bad_seq))
 
     # -- the plan and manual activities ---------------------------------------------------
     @property
