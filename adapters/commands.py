@@ -14,7 +14,10 @@ import logging
 from collections import deque
 from typing import Any
 
+import zmq
+
 from fusetomo.adapters.protocol import ERROR, Message, ProtocolError, make
+from fusetomo.adapters.transport import InstrumentServer
 
 log = logging.getLogger("fusetomo.instrument")
 
@@ -74,6 +77,17 @@ class CommandDispatch:
             return
         if got is not None:
             self._handle(*got)
+
+    def _bind_server(self, address: str, curve: Any, ctx: Any) -> str:
+        """Bind the instrument's ROUTER (once) and return the endpoint actually bound."""
+        if self.server is None:
+            try:
+                self.server = InstrumentServer(address, ctx=ctx, curve=curve)
+            except zmq.ZMQError as e:
+                raise self._arg_error(f"cannot bind {address!r}: {e}") from None
+            log.info("instrument listening on %s (series %s)", self.server.endpoint,
+                     self.series_id)
+        return self.server.endpoint
 
     def _reply_error(self, peer: bytes, code: str, text: str, bad_seq: int | None) -> None:
         self.stats.errors_sent += 1

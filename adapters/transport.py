@@ -98,10 +98,10 @@ class _Endpoint:
         self.close()
 
 
-class InstrumentServer(_Endpoint):
-    """Instrument side: ROUTER bound at `bind`; talks to any number of controllers."""
+class _Router(_Endpoint):
+    """A bound ROUTER answering any number of peers."""
 
-    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None,
+    def __init__(self, bind: str, ctx: zmq.Context | None,
                  curve: CurveKeys | None = None) -> None:
         super().__init__(zmq.ROUTER, ctx)
         self.sock.router_mandatory = False
@@ -112,8 +112,8 @@ class InstrumentServer(_Endpoint):
     def send(self, peer: bytes, msg: Message) -> None:
         self.sock.send_multipart([peer, *encode(msg)], copy=False)
 
-    def recv(self, timeout_ms: int) -> tuple[bytes, Message] | None:
-        """Next message from a controller, None on time-out. A malformed message raises
+    def recv(self, timeout_ms: int = 0) -> tuple[bytes, Message] | None:
+        """Next message from a peer, None on time-out. A malformed message raises
         ProtocolError with `.peer` set so that the caller can reply."""
         if not self.sock.poll(timeout_ms):
             return None
@@ -123,6 +123,14 @@ class InstrumentServer(_Endpoint):
         except ProtocolError as e:
             e.peer = peer  # type: ignore[attr-defined]
             raise
+
+
+class InstrumentServer(_Router):
+    """Instrument side: ROUTER bound at `bind`; talks to any number of controllers."""
+
+    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> None:
+        super().__init__(bind, ctx, curve)
 
 
 class ControllerClient(_Endpoint):
@@ -187,28 +195,14 @@ class OperatorError(ValueError):
     """An operator command the controller rejected, or that got no reply in time."""
 
 
-class OperatorServer(_Endpoint):
+class OperatorServer(_Router):
     """Controller side: ROUTER bound at `bind` for operator commands from any number of
-    viewers and panels."""
+    viewers and panels (`recv`, and `reply` to the peer a message came from)."""
 
     def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None) -> None:
-        super().__init__(zmq.ROUTER, ctx)
-        self.sock.router_mandatory = False
-        self.sock.bind(bind)
+        super().__init__(bind, ctx)
 
-    def recv(self, timeout_ms: int = 0) -> tuple[bytes, Message] | None:
-        """Next operator message; a malformed one raises ProtocolError with `.peer`."""
-        if not self.sock.poll(timeout_ms):
-            return None
-        peer, *frames = self.sock.recv_multipart(copy=True)
-        try:
-            return peer, decode(frames)
-        except ProtocolError as e:
-            e.peer = peer  # type: ignore[attr-defined]
-            raise
-
-    def reply(self, peer: bytes, msg: Message) -> None:
-        self.sock.send_multipart([peer, *encode(msg)], copy=False)
+    reply = _Router.send
 
 
 class OperatorClient(_Endpoint):

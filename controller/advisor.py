@@ -26,6 +26,7 @@ bench/advisor.py measures it against the two baselines.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -274,8 +275,6 @@ class AdaptiveAdvisor(_Policy):
                                  f"spacing puts one ({nxt[0]:+.1f} deg)" if nxt else
                                  "no spectrum image yet", best_angle=nxt[0] if nxt else None)
             return self._new(s, WAIT, f"within {self.spacing:.1f} deg of a spectrum image")
-        import time
-
         t0 = time.perf_counter()
         std = self.refresh_uncertainty(solver)
         cands = [a for a in s.remaining if _far_enough(a, s.chem_angles, self.spacing)]

@@ -332,15 +332,7 @@ class SimulatedInstrument(CommandDispatch):
 
     def bind(self) -> str:
         """Bind the server (once) and return the endpoint actually bound."""
-        if self.server is None:
-            try:
-                self.server = InstrumentServer(self.params.bind, ctx=self._ctx,
-                                               curve=self.params.curve)
-            except zmq.ZMQError as e:
-                raise InstrumentError(f"cannot bind {self.params.bind!r}: {e}") from None
-            log.info("instrument listening on %s (series %s)", self.server.endpoint,
-                     self.series_id)
-        return self.server.endpoint
+        return self._bind_server(self.params.bind, self.params.curve, self._ctx)
 
     def serve(self, stop_event: threading.Event | None = None) -> InstrumentStats:
         """Run until series_end is acknowledged (or `stop_event` is set); close the socket."""

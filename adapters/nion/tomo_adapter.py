@@ -238,15 +238,7 @@ class NionTomoAdapter(CommandDispatch):
     # -- serving --------------------------------------------------------------------------
     def bind(self) -> str:
         """Bind the server (once) and return the endpoint actually bound."""
-        if self.server is None:
-            try:
-                self.server = InstrumentServer(self.config.bind, ctx=self._ctx,
-                                               curve=self.config.curve)
-            except zmq.ZMQError as e:
-                raise NionAdapterError(f"cannot bind {self.config.bind!r}: {e}") from None
-            log.info("instrument listening on %s (series %s)", self.server.endpoint,
-                     self.series_id)
-        return self.server.endpoint
+        return self._bind_server(self.config.bind, self.config.curve, self._ctx)
 
     def serve(self, stop_event: threading.Event | None = None) -> AdapterStats:
         """Run until series_end is acknowledged (or `stop_event` is set); close the socket
