@@ -291,3 +291,47 @@ def test_demo_policy_json(tmp_path):
                                        "random", "--quiet"),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--chem-maps" in bad.stderr
+
+
+def test_bad_operator_messages_and_hold_settings_are_named(tmp_path):
+    from fusetomo.adapters.protocol import OPERATOR, ProtocolError, decode, encode, make
+    from fusetomo.simulators.instrument import InstrumentError, InstrumentParams
+
+    with pytest.raises(ProtocolError, match="'dance'") as e:
+        decode(encode(make(OPERATOR, "*", 0, action="dance", id=1)))
+    assert e.value.code == "unknown_action"
+    with pytest.raises(ProtocolError, match="advice_id") as e:
+        decode(encode(make(OPERATOR, "*", 0, action="accept", id=2)))
+    assert e.value.code == "missing_field"
+    # force needs no advice id
+    assert decode(encode(make(OPERATOR, "*", 0, action="force", id=3))).header["id"] == 3
+    with pytest.raises(InstrumentError, match="hold_for_advice needs a simulated series"):
+        InstrumentParams(source=tmp_path / "x.h5", hold_for_advice=True)
+    with pytest.raises(InstrumentError, match="hold_timeout_s"):
+        InstrumentParams(hold_timeout_s=-1.0)
+
+
+def test_operator_channel_refuses_bad_answers_and_records_nothing_wrong(tmp_path):
+    """Without an advisor, answers are refused by name; the series is recorded in full."""
+    params = LiveParams(device="cpu", iterations_per_tilt=1, idle_iterations=False,
+                        final_iterations=1, heartbeat_s=0.3)
+    run = tmp_path / "run.h5"
+    with instrument_thread(**LIVE, auto=False) as inst, \
+            controller_thread(inst.endpoint, run, params) as (ctrl, result):
+        wait_for(lambda: ctrl.run_file is not None, 10, "the series start")
+        op = OperatorClient(ctrl.operator_endpoint)
+        try:
+            with pytest.raises(OperatorError, match="advisor is off"):
+                op.send("accept", advice_id=1)
+            # decode-level refusal: an error reply names the action
+            with pytest.raises(OperatorError, match="unknown_action"):
+                op.send("dance")
+            op.send("resume")
+        finally:
+            op.close()
+        wait_for(lambda: "code" in result or "error" in result, 120, "the series end")
+    assert result.get("code") == 0, result
+    rec = read_run(run)
+    assert rec.complete and rec.series.haadf.shape[0] == 11
+    ops = [ev for ev in rec.events if ev["kind"] == "operator"]
+    assert [o["status"] for o in ops] == ["rejected", "done"]
