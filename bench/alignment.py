@@ -11,14 +11,22 @@ N(0, --chem-drift) px. The rotation and shifts are applied on `simulate`'s 2x fi
 before binning and noise (see `drifted`), so the drift itself adds no interpolation blur.
 
 Offline: `align_series` (vacuum removal, rotation, centre of mass, projection matching at
-binnings 4, 2, 1), chemical maps take their HAADF tilt's shift plus their own registered
-drift; everything corrected in one interpolation and cropped back to the simulated field.
-Shifts are compared in the de-rotated frame with the unobservable components removed (mean
-of ds; a cos t + b sin t of dd: a translation of the object), and the axis offset with the
-constant of the true shifts' fit (which the random drift also feeds). <NRMSE> of the fused
-reconstruction (60 iterations) is given as is and after the best 3D translation onto the
-truth (the object's position in the volume is a gauge), for the drift-free series, the
-aligned one and the unaligned one.
+binnings 4, 2, 1), each spectrum image's own drift registered to its HAADF image, then the
+joint refinement of fusetomo.solver.joint_align: images moved by whole pixels only, the
+fractions of the shifts in the fused solver's projectors, refined by Gauss-Newton against the
+fused model (HAADF tilts, and each spectrum image's own offset against the maps). Shifts are
+compared in the de-rotated frame with the unobservable components removed (mean of ds;
+a cos t + b sin t of dd: a translation of the object), and the axis offset with the
+constant of the true shifts' fit (which the random drift also feeds).
+
+<NRMSE> of the fused reconstruction (60 iterations). The drift-free reference is the same
+acquisition without drift (same HAADF noise draws). The headline ("joint") is reconstructed
+afresh with the refined shifts put in the true series' gauge: the object's position in the
+volume is not determined by any data, and choosing it through the shifts avoids resampling
+the volume. Also given: the refined solver's own result after the best 3D (Fourier)
+translation onto the truth ("joint_own_gauge", registered), projection matching alone with
+resampled images (the method before the joint refinement), the true shifts in the model
+(the floor of this route) and the unaligned series.
 
 Live: `LiveAligner` (rotation known from a calibration: the offline estimate) aligns each
 tilt in acquisition order against the previous tilt / the reprojection of the warm-started
@@ -29,8 +37,8 @@ and of the whole tilt (alignment + k iterations), shift error, final <NRMSE>.
     python bench/alignment.py                   # 64^3, a few minutes on 2 busy cores
     python bench/alignment.py --size 128 --margin 24
 
-Results go to bench/results/alignment.json (keyed by size). Timings on a shared CPU are
-contended.
+Results go to bench/results/alignment.json (keyed by size, and "-seedN" for seeds other than
+0). Timings on a shared CPU are contended.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_
 from fusetomo.simulators.forward import TiltScheme, bin_projections, haadf_signal, simulate
 from fusetomo.simulators.specimens import make_specimen
 from fusetomo.solver import alignment as al
+from fusetomo.solver import joint_align as ja
 from fusetomo.solver.fusion import FusedSolver
 from fusetomo.solver.metrics import nrmse
 from fusetomo.solver.projector import ParallelProjector
@@ -73,8 +82,9 @@ def drifted(series: Any, *, sigma: float, offset: float, rotation: float, margin
     shifts = rng.normal(0.0, sigma, (n_t, 2))
     shifts[:, 1] += offset
     chem_angles = series.common_chem_angles
-    own = rng.normal(0.0, chem_sigma, (chem_angles.size, 2)) if chem_sigma > 0 \
-        else np.zeros((chem_angles.size, 2))
+    # Always drawn, so that a drift-free series (sigma = 0) with the same seed gets the
+    # same noise draws for HAADF.
+    own = rng.normal(0.0, 1.0, (chem_angles.size, 2)) * chem_sigma
     mo = margin * o
 
     def move(fine: np.ndarray, sh: np.ndarray) -> np.ndarray:
@@ -136,69 +146,116 @@ def shift_rms(angles: np.ndarray, est_axis: np.ndarray, true_axis: np.ndarray) -
     return float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
 
 
-def offline(sim: Any, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def fused_model(series: Any, data: dict[str, Any], h_axis: np.ndarray, c_axis: np.ndarray,
+                rotation: float, margin: int, iterations: int) -> FusedSolver:
+    """The fused solver on the measured images moved by whole pixels only, the fractions of
+    the (de-rotated frame) shifts in its projectors (fusetomo.solver.joint_align)."""
+    els = series.elements
+    h, fh = ja.prepare(al.remove_background(data["haadf"])[0], h_axis, rotation)
+    s = FusedSolver(series.shape[1], series.shape[0], els, [series.Z[e] for e in els],
+                    device="cpu", background=[series.background[e] for e in els])
+    s.add_haadf(series.haadf_angles, crop(h, margin), shifts=fh)
+    maps, fc = {}, None
+    for e in els:
+        c, fc = ja.prepare(data["chem"][e], c_axis, rotation, counts=True)
+        maps[e] = crop(c, margin)
+    s.add_chem(series.common_chem_angles, maps, shifts=fc)
+    if iterations:
+        s.run(iterations)
+    return s
+
+
+def in_gauge(angles: np.ndarray, shifts: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """`shifts` with the unobservable components (a translation of the object) of `true`."""
+    return al.gauge_free(angles, shifts) + (true - al.gauge_free(angles, true))
+
+
+def offline(sim: Any, data: dict[str, Any], ref_data: dict[str, Any],
+            args: argparse.Namespace) -> dict[str, Any]:
     s, m = sim.series, args.margin
     ang = s.haadf_angles
+    idx = np.array([int(np.argmin(np.abs(ang - a))) for a in s.common_chem_angles])
     t0 = time.perf_counter()
     A = al.align_series(data["haadf"], ang)
     t_align = time.perf_counter() - t0
     true_axis = al.to_axis_frame(data["shifts"], args.rotation)
+    true_chem = al.to_axis_frame(data["shifts"][idx] + data["own"], args.rotation)
+    # The spectrum images' own drift, registered on images resampled with their HAADF
+    # image's shift (an estimate only: the data given to the solver are not resampled).
     haadf_c, _ = al.remove_background(
         al.apply_alignment(data["haadf"], A.shifts, A.rotation_deg))
-    idx = {round(a, 6): i for i, a in enumerate(ang)}
-    chem_c: dict[str, list[np.ndarray]] = {e: [] for e in s.elements}
-    own_est = []
     Z = [s.Z[e] for e in s.elements]
     bg = [s.background[e] for e in s.elements]
-    for j, a in enumerate(s.common_chem_angles):
-        h_shift = A.shifts[idx[round(a, 6)]]
-        raw = {e: data["chem"][e][j] for e in s.elements}
-        first = {e: al.apply_alignment(v, h_shift, A.rotation_deg, counts=True)
-                 for e, v in raw.items()}
-        own_axis = al.register_chem(haadf_c[idx[round(a, 6)]], first, Z, gamma=s.gamma or 1.7,
-                                    background=bg)
-        own = al.to_image_frame(own_axis, A.rotation_deg)[0]
-        own_est.append(own)
-        for e, v in raw.items():
-            chem_c[e].append(al.apply_alignment(v, h_shift + own, A.rotation_deg, counts=True))
-    own_est_a = np.array(own_est)
-    own_err = np.sqrt(np.mean(np.sum((al.to_axis_frame(own_est_a, args.rotation)
-                                      - al.to_axis_frame(data["own"], args.rotation))**2, 1)))
-    chem_aligned = {e: crop(np.stack(v), m) for e, v in chem_c.items()}
+    own_axis = np.array([al.register_chem(
+        haadf_c[i], {e: al.apply_alignment(data["chem"][e][j], A.shifts[i], A.rotation_deg,
+                                            counts=True) for e in s.elements},
+        Z, gamma=s.gamma or 1.7, background=bg) for j, i in enumerate(idx)])
+    own_true = true_chem - true_axis[idx]
+    own_err = np.sqrt(np.mean(np.sum((own_axis - own_true) ** 2, 1)))
+    h_pm = A.axis_frame_shifts()
+    c_pm = h_pm[idx] + own_axis
+    # Projection matching's shifts, images resampled (the method before joint refinement).
+    chem_pm = {e: crop(al.apply_alignment(
+        data["chem"][e], al.to_image_frame(c_pm, A.rotation_deg), A.rotation_deg, counts=True),
+        m) for e in s.elements}
     t1 = time.perf_counter()
-    v_ref = fused(s, s.haadf, s.chem, args.iterations)
-    v_al = fused(s, crop(haadf_c, m), chem_aligned, args.iterations)
+    v_ref = fused(s, crop(ref_data["haadf"], m),
+                  {e: crop(v, m) for e, v in ref_data["chem"].items()}, args.iterations)
+    v_pm = fused(s, crop(haadf_c, m), chem_pm, args.iterations)
     v_raw = fused(s, crop(data["haadf"], m), {e: crop(v, m) for e, v in data["chem"].items()},
                   args.iterations)
+    # Joint refinement against the fused model, shifts in the projectors.
+    t2 = time.perf_counter()
+    solver = fused_model(s, data, h_pm, c_pm, A.rotation_deg, m, 0)
+    whole_h, _ = ja.split_shifts(h_pm)
+    whole_c, _ = ja.split_shifts(c_pm)
+    J = ja.refine_jointly(solver, ja.JointAlignParams(rounds=args.joint_rounds))
+    t_joint = time.perf_counter() - t2
+    h_j = whole_h + J.haadf_shifts
+    c_j = whole_c + J.chem_shifts
+    v_joint_own_gauge = solver.volumes()
+    # Scored in the true gauge: the same shifts less their unobservable part, plus the true
+    # series' (a translation of the object, which no data determine), reconstructed afresh
+    # with the reference's iteration count; no resampling of the volume.
+    g = in_gauge(ang, h_j, true_axis) - h_j
+    v_joint = fused_model(s, data, h_j + g, c_j + g[idx], A.rotation_deg, m,
+                          args.iterations).volumes()
+    v_true = fused_model(s, data, true_axis, true_chem, args.rotation, m,
+                         args.iterations).volumes()
     t_fused = time.perf_counter() - t1
-    # Diagnostic: corrected with the true shifts and rotation (what interpolation alone costs).
-    h_true = al.apply_alignment(data["haadf"], data["shifts"], args.rotation)
-    c_true = {e: crop(np.stack([al.apply_alignment(
-        data["chem"][e][j], data["shifts"][idx[round(a, 6)]] + data["own"][j], args.rotation,
-        counts=True) for j, a in enumerate(s.common_chem_angles)]), m) for e in s.elements}
-    v_true = fused(s, crop(h_true, m), c_true, args.iterations)
-    ref, ali, una, tru = (scores(sim.truth, v) for v in (v_ref, v_al, v_raw, v_true))
+    ref, pm, una, tru, jo, jo_own = (scores(sim.truth, v) for v in (
+        v_ref, v_pm, v_raw, v_true, v_joint, v_joint_own_gauge))
     return {
         "align_s": t_align,
-        "fused_4x_s": t_fused,
+        "joint_refine_s": t_joint,
+        "fused_all_s": t_fused,
         "rotation_true_deg": args.rotation,
         "rotation_est_deg": A.rotation_deg,
         "axis_offset_true_px": al.fit_axis(ang, true_axis[:, 1])[0],
         "axis_offset_set_px": args.offset,
-        "axis_offset_est_px": A.axis_offset_px,
-        "shift_rms_px": shift_rms(ang, A.axis_frame_shifts(), true_axis),
+        "axis_offset_pm_px": A.axis_offset_px,
+        "axis_offset_joint_px": al.fit_axis(ang, h_j[:, 1])[0],
+        "shift_rms_pm_px": shift_rms(ang, h_pm, true_axis),
+        "shift_rms_px": shift_rms(ang, h_j, true_axis),
         "shift_rms_com_only_px": shift_rms(
             ang, al.com_shifts(al.apply_alignment(
                 al.remove_background(data["haadf"])[0], np.zeros((ang.size, 2)),
                 A.rotation_deg), ang)[0], true_axis),
         "chem_own_drift_rms_px": float(own_err),
+        "chem_shift_rms_joint_px": shift_rms(s.common_chem_angles, c_j, true_chem),
         "projection_matching": A.history,
+        "joint_refinement": J.history,
+        "joint_converged": J.converged,
         "drift_free": ref,
-        "aligned": ali,
+        "projection_matching_resampled": pm,
+        "joint": jo,
+        "joint_own_gauge": jo_own,
         "unaligned": una,
-        "true_shifts": tru,
-        "nrmse_ratio_registered": ali["nrmse_registered"] / ref["nrmse_registered"],
-        "nrmse_ratio": ali["nrmse"] / ref["nrmse"],
+        "true_shifts_model": tru,
+        "nrmse_ratio": jo["nrmse"] / ref["nrmse"],
+        "nrmse_ratio_registered_own_gauge":
+            jo_own["nrmse_registered"] / ref["nrmse_registered"],
+        "nrmse_ratio_pm_registered": pm["nrmse_registered"] / ref["nrmse_registered"],
         "rotation_for_live": A.rotation_deg,
     }
 
@@ -266,30 +323,30 @@ def live(sim: Any, data: dict[str, Any], args: argparse.Namespace,
 
 
 def refeed(solver: FusedSolver, aligner: LiveAligner, m: int) -> None:
-    """Replace the solver's data by the re-corrected stacks. Stand-in for the proposed
-    FusedSolver.replace_haadf/replace_chem (issue 7 report): it writes the same arrays."""
-    import sigpy as sp
-
+    """Replace the solver's data by the re-corrected stacks (as controller/live.py does)."""
     _, h = aligner.haadf_stack()
-    with solver.device:
-        solver._b_haadf = sp.to_device(crop(h, m).astype(np.float32), solver.device)
-        if solver.n_chem:
-            _, maps = aligner.chem_stack()
-            stack = np.stack([crop(maps[e], m) for e in solver.elements]).astype(np.float32)
-            solver._b_chem = sp.to_device(stack, solver.device)
-    solver._restart_momentum()
+    solver.replace_haadf(crop(h, m))
+    if solver.n_chem:
+        _, maps = aligner.chem_stack()
+        solver.replace_chem({e: crop(maps[e], m) for e in solver.elements})
 
 
 def print_offline(off: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"offline: rotation {off['rotation_est_deg']:.3f} deg (true {args.rotation}), "
-          f"axis offset {off['axis_offset_est_px']:.2f} px (true constant "
-          f"{off['axis_offset_true_px']:.2f}), shift RMS {off['shift_rms_px']:.3f} px "
-          f"(centre of mass alone {off['shift_rms_com_only_px']:.3f}), own chem drift RMS "
-          f"{off['chem_own_drift_rms_px']:.3f} px, {off['align_s']:.1f} s")
-    for k in ("drift_free", "aligned", "true_shifts", "unaligned"):
-        print(f"  <NRMSE> {k:10s} {off[k]['nrmse']:.3f}  registered "
-              f"{off[k]['nrmse_registered']:.3f}")
-    print(f"  aligned / drift-free (registered): {off['nrmse_ratio_registered']:.3f}")
+          f"axis offset {off['axis_offset_joint_px']:.2f} px (true constant "
+          f"{off['axis_offset_true_px']:.2f}; projection matching "
+          f"{off['axis_offset_pm_px']:.2f}), shift RMS {off['shift_rms_px']:.3f} px "
+          f"(projection matching {off['shift_rms_pm_px']:.3f}, centre of mass alone "
+          f"{off['shift_rms_com_only_px']:.3f}), own chem drift RMS "
+          f"{off['chem_own_drift_rms_px']:.3f} px; align {off['align_s']:.1f} s + joint "
+          f"{off['joint_refine_s']:.1f} s ({len(off['joint_refinement'])} rounds)")
+    for k in ("drift_free", "joint", "joint_own_gauge", "projection_matching_resampled",
+              "true_shifts_model", "unaligned"):
+        print(f"  <NRMSE> {k:30s} {off[k]['nrmse']:.4f}  registered "
+              f"{off[k]['nrmse_registered']:.4f}")
+    print(f"  joint / drift-free: {off['nrmse_ratio']:.3f} (own gauge, registered "
+          f"{off['nrmse_ratio_registered_own_gauge']:.3f}; projection matching, resampled, "
+          f"registered {off['nrmse_ratio_pm_registered']:.3f})")
 
 
 def main() -> None:
@@ -303,6 +360,8 @@ def main() -> None:
     ap.add_argument("--margin", type=int, default=16, help="vacuum around the field, px")
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--refine-budget", type=float, default=0.3)
+    ap.add_argument("--joint-rounds", type=int, default=20,
+                    help="joint refinement rounds at most (offline)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-live", action="store_true")
     ap.add_argument("--no-offline", action="store_true",
@@ -313,11 +372,14 @@ def main() -> None:
     sim = simulate("nanocubes", args.size, TiltScheme(), seed=args.seed)
     data = drifted(sim.series, sigma=args.sigma, offset=args.offset, rotation=args.rotation,
                    margin=args.margin, chem_sigma=args.chem_drift, seed=args.seed + 100)
+    # The drift-free reference: the same acquisition (same HAADF noise draws), no drift.
+    ref_data = drifted(sim.series, sigma=0.0, offset=0.0, rotation=0.0, margin=args.margin,
+                       chem_sigma=0.0, seed=args.seed + 100)
     if args.no_offline:
         rot = al.estimate_rotation(al.remove_background(data["haadf"])[0])
         off: dict[str, Any] = {"rotation_for_live": rot}
     else:
-        off = offline(sim, data, args)
+        off = offline(sim, data, ref_data, args)
     res: dict[str, Any] = {"size": args.size, "sigma_px": args.sigma, "offset_px": args.offset,
                            "rotation_deg": args.rotation, "chem_drift_px": args.chem_drift,
                            "margin_px": args.margin, "iterations": args.iterations,
@@ -337,7 +399,7 @@ def main() -> None:
     res["wall_s"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     allres = json.loads(args.out.read_text()) if args.out.exists() else {}
-    allres[str(args.size)] = res
+    allres[str(args.size) if args.seed == 0 else f"{args.size}-seed{args.seed}"] = res
     args.out.write_text(json.dumps(allres, indent=1, default=float))
     print(f"wrote {args.out} ({res['wall_s']:.0f} s)")
 

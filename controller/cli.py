@@ -108,12 +108,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     series = read_series(args.series)
     truth = read_truth(args.series)
+    align = None
+    if args.align:
+        from fusetomo.controller.offline_align import OfflineAlignParams
+
+        align = OfflineAlignParams(rotation_deg=args.align_rotation)
     res = reconstruct(series, method=args.method, iterations=args.iterations,
                       device=args.device, progress=not args.quiet,
-                      uncertainty=args.uncertainty)
+                      uncertainty=args.uncertainty, align=align)
     res.save(args.out, source=args.series)
     print(f"wrote {args.out}: {args.method}, {res.params['iterations']} iterations on "
           f"{res.params['device']} in {res.elapsed:.1f} s")
+    if args.align:
+        pr = res.params
+        print(f"aligned: rotation {pr['align_rotation_deg']:.3f} deg, axis offset "
+              f"{pr['align_axis_offset_px']:.2f} px, joint refinement "
+              f"{pr['align_joint_rounds']} rounds (last update "
+              f"{pr['align_joint_last_update_px']:.4f} px RMS)")
     scores = _nrmse(truth, res)
     if scores:
         print(_nrmse_line(scores))
@@ -218,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive_int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--align", action="store_true",
+                   help="fused only: align the series first (drift, tilt-axis offset and "
+                        "rotation; docs/alignment.md) and record the shifts")
+    p.add_argument("--align-rotation", type=float, default=None, metavar="DEG",
+                   help="with --align: the tilt axis' in-plane rotation if known "
+                        "(default: estimated)")
     p.add_argument("--uncertainty", choices=("cheap", "accurate"), default=None,
                    help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
     p.set_defaults(func=cmd_reconstruct)

@@ -24,6 +24,11 @@ from tqdm.auto import tqdm
 
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import total_dose
+from fusetomo.controller.offline_align import (
+    OfflineAlignParams,
+    align_for_fusion,
+    aligned_solver,
+)
 from fusetomo.controller.reconfile import write_recon
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import DEFAULT_ITERATIONS, CostHistory, FusedSolver, FusionParams
@@ -65,16 +70,27 @@ def _maps(series: TiltSeries) -> np.ndarray:
 
 
 def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParams,
-           progress: bool) -> tuple[FusedSolver, dict[str, Any]]:
+           progress: bool, align: OfflineAlignParams | None = None,
+           ) -> tuple[FusedSolver, dict[str, Any]]:
     p = replace(params, gamma=series.gamma) if series.gamma is not None else params
     ns, nd = series.shape
-    solver = FusedSolver(
-        nd, ns, series.elements, [series.Z[e] for e in series.elements], p,
-        device=resolve_device(device),
-        background=[series.background[e] for e in series.elements],
-    )
-    solver.add_haadf(series.haadf_angles, series.haadf)
-    solver.add_chem(series.common_chem_angles, series.chem)
+    extra: dict[str, Any] = {}
+    if align is not None:
+        alignment = align_for_fusion(series, align, fusion_params=p,
+                                     device=resolve_device(device))
+        # A fresh solve with the final shifts, so the recorded iterations are all the
+        # reconstruction's (the refinement's own iterations started from worse shifts).
+        solver = aligned_solver(series, alignment.haadf_shifts, alignment.chem_shifts,
+                                alignment.rotation_deg, p, resolve_device(device))
+        extra = alignment.attrs()
+    else:
+        solver = FusedSolver(
+            nd, ns, series.elements, [series.Z[e] for e in series.elements], p,
+            device=resolve_device(device),
+            background=[series.background[e] for e in series.elements],
+        )
+        solver.add_haadf(series.haadf_angles, series.haadf)
+        solver.add_chem(series.common_chem_angles, series.chem)
     solver.initialize()
     with tqdm(total=iterations, desc="fused", unit="it", disable=not progress,
               leave=False) as bar:
@@ -83,7 +99,7 @@ def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParam
             bar.set_postfix(haadf=f"{c['haadf']:.4g}", chem=f"{c['chem']:.4g}",
                             tv=f"{c['tv']:.4g}", refresh=False)
             bar.update()
-    return solver, asdict(p)
+    return solver, {**asdict(p), **extra}
 
 
 def _baseline(name: str) -> Callable[..., np.ndarray]:
@@ -136,11 +152,13 @@ def reconstruct(
     params: FusionParams | None = None,
     progress: bool = True,
     uncertainty: str | None = None,
+    align: OfflineAlignParams | bool | None = None,
 ) -> ReconResult:
     """Reconstruct `series` by `method` (see METHODS). For 'fused', the series' gamma
     (when set) replaces params.gamma, and Z and background come from the series;
     `uncertainty` ('cheap' or 'accurate', fused only) adds per-voxel standard errors
-    (solver/uncertainty.py) to the result."""
+    (solver/uncertainty.py) to the result; `align` (True or OfflineAlignParams, fused only)
+    aligns the series first (controller/offline_align.py) and records the shifts."""
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if iterations is not None and iterations < 0:
@@ -150,6 +168,13 @@ def reconstruct(
     if uncertainty is not None and method != "fused":
         raise MethodError(f"standard errors are computed for the fused method only, not "
                           f"{method!r}")
+    if align is True:
+        align = OfflineAlignParams()
+    elif align is False:
+        align = None
+    if align is not None and method != "fused":
+        raise MethodError(f"--align models the shifts in the fused solver; method {method!r} "
+                          f"has no aligned form")
     dev = _device_name(device)
     info: dict[str, Any] = {
         "method": method, "device": dev, "haadf_tilts": int(series.haadf.shape[0]),
@@ -163,7 +188,7 @@ def reconstruct(
     std_error = None
     if method == "fused":
         k = DEFAULT_ITERATIONS if iterations is None else iterations
-        solver, fparams = _fused(series, k, dev, params or FusionParams(), progress)
+        solver, fparams = _fused(series, k, dev, params or FusionParams(), progress, align)
         volumes, history = solver.volumes(), solver.history
         info.update(iterations=k, **fparams)
         if uncertainty is not None:

@@ -72,6 +72,7 @@ __all__ = [
     "register",
     "register_chem",
     "remove_background",
+    "remove_gauge",
     "to_axis_frame",
     "to_image_frame",
     "vacuum_level",
@@ -346,7 +347,7 @@ def gauge_free(angles: Any, shifts: Any) -> np.ndarray:
     return sh
 
 
-def _remove_gauge(angles: np.ndarray, update: np.ndarray) -> np.ndarray:
+def remove_gauge(angles: np.ndarray, update: np.ndarray) -> np.ndarray:
     """An update with its unobservable components removed (keeps the gauge fixed); only when
     the tilts span enough angle to tell them apart."""
     if update.shape[0] < 4 or np.ptp(angles) < 20:
@@ -506,7 +507,7 @@ def projection_matching(images: Any, angles: Any, shifts: Any | None = None, *,
             resid = np.array([register(reproj[i], corrected[i], upsample=p.upsample,
                                        normalization=p.normalization)
                               for i in range(a.shape[0])]) * f
-            upd = _remove_gauge(ang, resid)
+            upd = remove_gauge(ang, resid)
             upd = np.clip(upd, -p.max_update_px, p.max_update_px)
             sh += upd
             rms = float(np.sqrt(np.mean(np.sum(upd**2, axis=1))))

@@ -218,12 +218,15 @@ class FusedSolver:
             raise ValueError(f"{what}: contains NaN or inf")
         return data
 
-    def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray) -> None:
-        """Append HAADF projections [k, n_slices, n] (any intensity units)."""
+    def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray,
+                  shifts: Any | None = None) -> None:
+        """Append HAADF projections [k, n_slices, n] (any intensity units). `shifts` [k, 2]:
+        where each image sits, (ds, dd) px, relative to the projection of the volume (the
+        alignment, modelled by the projector instead of resampling the image)."""
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         data = self._check_stack("HAADF", images, ang.size)
         xp = self.device.xp
-        self.haadf_proj.extend(ang)
+        self.haadf_proj.extend(ang, shifts)
         with self.device:
             self._b_haadf = xp.concatenate([self._b_haadf, to_device(data, self.device)])
         self._haadf_weights = None
@@ -234,10 +237,12 @@ class FusedSolver:
         self._momentum_k = 1
 
     def add_chem(
-        self, angles: Sequence[float] | float, maps: dict[str, np.ndarray] | np.ndarray
+        self, angles: Sequence[float] | float, maps: dict[str, np.ndarray] | np.ndarray,
+        shifts: Any | None = None,
     ) -> None:
         """Append chemical maps at `angles`: a dict element -> [k, n_slices, n] or an
-        array [n_elements, k, n_slices, n] in the solver's element order (counts >= 0)."""
+        array [n_elements, k, n_slices, n] in the solver's element order (counts >= 0).
+        `shifts` [k, 2] as for `add_haadf`."""
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         if isinstance(maps, dict):
             unknown = sorted(set(maps) - set(self.elements))
@@ -260,7 +265,7 @@ class FusedSolver:
             if np.any(m < 0):
                 raise ValueError(f"chemical map {e}: negative counts (min {float(m.min())})")
         xp = self.device.xp
-        self.chem_proj.extend(ang)
+        self.chem_proj.extend(ang, shifts)
         with self.device:
             new = to_device(np.stack(stack), self.device)
             self._b_chem = xp.concatenate([self._b_chem, new], axis=1)
@@ -291,6 +296,44 @@ class FusedSolver:
         with self.device:
             self._b_chem = to_device(np.stack(stack), self.device)
         self._restart_momentum()
+
+    def set_shifts(self, haadf: Any | None = None, chem: Any | None = None) -> None:
+        """New detector shifts [n, 2] (ds, dd) for the HAADF and/or chemical tilts already
+        added (same order), e.g. after the alignment was refined; the data stay as they are."""
+        if haadf is not None:
+            self.haadf_proj.set_shifts(haadf)
+            self._haadf_weights = None
+        if chem is not None:
+            self.chem_proj.set_shifts(chem)
+            self._chem_cinv = None
+        self._restart_momentum()
+
+    def haadf_data(self) -> Any:
+        """The HAADF images the model is fitted to, [n_haadf, n_slices, n] on the device."""
+        return self._b_haadf
+
+    def chem_data(self) -> Any:
+        """The chemical counts the model is fitted to, [n_el, n_chem, n_slices, n]."""
+        return self._b_chem
+
+    def model_chem(self) -> Any:
+        """The model's expected counts A x_i + background at the chemical tilts, with their
+        shifts ([n_el, n_chem, n_slices, n], on the solver's device)."""
+        if self.x is None or self.n_chem == 0:
+            raise ValueError("no chemical model yet: add chemical tilts and run the solver")
+        with self.device:
+            return self.chem_proj.forward(self.x) + self._bg
+
+    def model_haadf(self) -> Any:
+        """The model's HAADF images at the solver's tilts, c A sum_i (Z_i x_i)^gamma, with
+        their shifts: what the measured images are fitted with ([n_haadf, n_slices, n], on
+        the solver's device)."""
+        if self.x is None or self.n_haadf == 0:
+            raise ValueError("no HAADF model yet: add HAADF tilts and run the solver first")
+        xp = self.device.xp
+        with self.device:
+            s = xp.sum(self._w * xp.maximum(self.x, 0) ** self.params.gamma, axis=0)
+            return self.haadf_scale * self.haadf_proj.forward(s)
 
     # -- set-up ---------------------------------------------------------------------------
     def _weights(self) -> tuple[tuple[Any, Any], Any]:

@@ -158,9 +158,10 @@ def test_extend_computes_weights_for_new_angles_only(monkeypatch: pytest.MonkeyP
     calls: list[float] = []
     original = projector_module.tilt_weights
 
-    def counting(n: int, angle_deg: float, n_det: int | None = None):  # type: ignore[no-untyped-def]
+    def counting(n: int, angle_deg: float, n_det: int | None = None,  # type: ignore[no-untyped-def]
+                 offset: float = 0.0):
         calls.append(float(angle_deg))
-        return original(n, angle_deg, n_det)
+        return original(n, angle_deg, n_det, offset)
 
     monkeypatch.setattr(projector_module, "tilt_weights", counting)
     proj = ParallelProjector(10, [-45.0, 0.0])
