@@ -134,7 +134,7 @@ def test_joint_refinement_recovers_sub_pixel_shifts(shifted_series):
 
 
 def test_without_chem_refinement_spectrum_images_follow_their_haadf_image(shifted_series):
-    sim, haadf, chem, true, partner, start = shifted_series
+    sim, haadf, chem, _true, partner, start = shifted_series
     solver, _ = _solver(sim, haadf, chem, start, partner)
     res = ja.refine_jointly(solver, ja.JointAlignParams(rounds=3, iterations=3,
                                                         warmup_iterations=10,
