@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from shifted_series import shifted_series as make_shifted
 
-from fusetomo.simulators.forward import TiltScheme, haadf_signal, simulate
+from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver import alignment as al
 from fusetomo.solver import joint_align as ja
 from fusetomo.solver.fusion import FusedSolver
 from fusetomo.solver.metrics import nrmse
-from fusetomo.solver.projector import ParallelProjector
 
 SCHEME = TiltScheme(tilt_range=(-60.0, 60.0), haadf_step=4.0, chem_step=30.0)
 
@@ -57,30 +57,20 @@ def test_bad_input_is_named():
 @pytest.fixture(scope="module")
 def shifted_series():
     """A 32^3 series whose images sit at known sub-pixel shifts (made by the projector's own
-    shift model, HAADF noise 1 %, Poisson maps), and an estimate off by 0.3 px RMS."""
+    shift model, HAADF noise 1 %, Poisson maps), and an estimate off by 0.5 px RMS."""
     sim = simulate("nanocubes", 32, SCHEME, seed=2)
     s = sim.series
     rng = np.random.default_rng(7)
     ang, cang = s.haadf_angles, s.common_chem_angles
     true = al.gauge_free(ang, rng.uniform(-2.0, 2.0, (ang.size, 2)))
     partner = np.array([int(np.argmin(np.abs(ang - a))) for a in cang])
-    vols = np.stack([sim.truth[e] for e in s.elements])
-    Z = np.array([s.Z[e] for e in s.elements])
-    ph = ParallelProjector(32, ang)
-    ph.set_shifts(true)
-    clean = ph.forward(haadf_signal(vols, Z, s.gamma or 1.7))
-    haadf = clean + rng.normal(0, 0.01 * clean.max(), clean.shape)
-    pc = ParallelProjector(32, cang)
-    pc.set_shifts(true[partner])
-    kappa = float(s.attrs["counts_per_unit"])
-    proj = pc.forward(vols)
-    chem = {e: rng.poisson(kappa * proj[k] + s.background[e]).astype(np.float32)
-            for k, e in enumerate(s.elements)}
-    start = true + rng.normal(0, 0.3 / np.sqrt(2), true.shape)
-    return sim, haadf.astype(np.float32), chem, true, partner, start
+    made = make_shifted(sim, true, 8)
+    haadf, chem = made.haadf, made.chem
+    start = true + rng.normal(0, 0.5 / np.sqrt(2), true.shape)
+    return sim, haadf, chem, true, partner, start
 
 
-def _solver(sim, haadf, chem, shifts, partner):
+def _solver(sim, haadf, chem, shifts, partner, chem_shifts=None):
     s = sim.series
     els = s.elements
     solver = FusedSolver(32, 32, els, [s.Z[e] for e in els], device="cpu",
@@ -89,7 +79,8 @@ def _solver(sim, haadf, chem, shifts, partner):
     solver.add_haadf(s.haadf_angles, h, shifts=fh)
     maps = {}
     for e in els:
-        maps[e], fc = ja.prepare(chem[e], shifts[partner], counts=True)
+        maps[e], fc = ja.prepare(chem[e], shifts[partner] if chem_shifts is None
+                                 else chem_shifts, counts=True)
     solver.add_chem(s.common_chem_angles, maps, shifts=fc)
     return solver, ja.split_shifts(shifts)[0]
 
@@ -102,11 +93,13 @@ def test_joint_refinement_recovers_sub_pixel_shifts(shifted_series):
         d = al.gauge_free(ang, sh) - al.gauge_free(ang, true)
         return float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
 
-    solver, whole = _solver(sim, haadf, chem, start, partner)
+    # the spectrum images start 0.57 px off their HAADF image (an own drift to find)
+    chem_start = start[partner] + np.array([0.4, -0.4])
+    solver, whole = _solver(sim, haadf, chem, start, partner, chem_start)
     res = ja.refine_jointly(solver, ja.JointAlignParams(rounds=12, iterations=5,
                                                         warmup_iterations=20))
     refined = whole + res.haadf_shifts
-    assert err(start) > 0.2
+    assert err(start) > 0.35
     assert err(refined) < 0.05, [h["update_rms_px"] for h in res.history]
     # chemical tilts (here without their own drift) move with the HAADF image taken at
     # their angle, and their own offsets are refined on the maps: they end closer to the
@@ -114,10 +107,10 @@ def test_joint_refinement_recovers_sub_pixel_shifts(shifted_series):
     cang = sim.series.common_chem_angles
     paired = np.isin(np.round(cang, 6), np.round(ang, 6))
     assert paired.tolist() == [True, False, True, False, True]
-    whole_c = ja.split_shifts(start[partner])[0]
+    whole_c = ja.split_shifts(chem_start)[0]
     chem_err = np.linalg.norm(whole_c + res.chem_shifts - true[partner], axis=1)
-    chem_err0 = np.linalg.norm(start[partner] - true[partner], axis=1)
-    assert np.all(chem_err[paired] < 0.1) and np.all(chem_err[~paired] < 0.2), chem_err
+    chem_err0 = np.linalg.norm(chem_start - true[partner], axis=1)
+    assert np.all(chem_err < 0.25), chem_err  # 32^3 Poisson maps: ~0.1 px per tilt
     assert np.sqrt(np.mean(chem_err**2)) < 0.5 * np.sqrt(np.mean(chem_err0**2))
     # the misfit fell
     assert res.history[-1]["misfit"] < 0.5 * res.history[0]["misfit"]

@@ -4,44 +4,20 @@ in the reconstruction file; bad combinations are refused by name."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
+from shifted_series import shifted_series
 
 from fusetomo.adapters.seriesfile import write_series
 from fusetomo.controller.cli import main
 from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.controller.reconfile import read_recon
 from fusetomo.controller.reconstruct import MethodError, reconstruct
-from fusetomo.simulators.forward import TiltScheme, haadf_signal, simulate
+from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver import alignment as al
 from fusetomo.solver.metrics import nrmse
-from fusetomo.solver.projector import ParallelProjector
 
 SCHEME = TiltScheme(tilt_range=(-60.0, 60.0), haadf_step=4.0, chem_step=20.0)
-
-
-def _series(sim, shifts: np.ndarray, seed: int):
-    """The simulated series re-made with the images at `shifts` (the projector's shift
-    model: exact sub-pixel moves), HAADF noise 1 % of the maximum, Poisson maps."""
-    s = sim.series
-    rng = np.random.default_rng(seed)
-    ang, cang = s.haadf_angles, s.common_chem_angles
-    partner = np.array([int(np.argmin(np.abs(ang - a))) for a in cang])
-    vols = np.stack([sim.truth[e] for e in s.elements])
-    Z = np.array([s.Z[e] for e in s.elements])
-    ph = ParallelProjector(s.shape[1], ang)
-    ph.set_shifts(shifts)
-    clean = ph.forward(haadf_signal(vols, Z, s.gamma or 1.7))
-    haadf = clean + rng.normal(0, 0.01 * clean.max(), clean.shape)
-    pc = ParallelProjector(s.shape[1], cang)
-    pc.set_shifts(shifts[partner])
-    proj = pc.forward(vols)
-    kappa = float(s.attrs["counts_per_unit"])
-    chem = {e: rng.poisson(kappa * proj[k] + s.background[e]).astype(np.float32)
-            for k, e in enumerate(s.elements)}
-    return replace(s, haadf=haadf.astype(np.float32), chem=chem)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +27,7 @@ def series_pair():
     rng = np.random.default_rng(11)
     drift = al.gauge_free(ang, rng.uniform(-2.0, 2.0, (ang.size, 2)))
     drift[:, 1] += 1.0  # tilt-axis offset
-    return sim, _series(sim, np.zeros_like(drift), 5), _series(sim, drift, 5), drift
+    return sim, shifted_series(sim, np.zeros_like(drift), 5), shifted_series(sim, drift, 5), drift
 
 
 def _error(sim, volumes) -> float:
