@@ -47,6 +47,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from scipy import ndimage as ndi
 from skimage.registration import phase_cross_correlation
 
 from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_reprojector
+from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.simulators.forward import TiltScheme, bin_projections, haadf_signal, simulate
 from fusetomo.simulators.specimens import make_specimen
 from fusetomo.solver import alignment as al
@@ -67,11 +69,12 @@ RESULTS = Path(__file__).parent / "results" / "alignment.json"
 
 
 def drifted(series: Any, *, sigma: float, offset: float, rotation: float, margin: int,
-            chem_sigma: float, seed: int) -> dict[str, Any]:
+            chem_sigma: float, seed: int, axis: int | None = None) -> dict[str, Any]:
     """The series re-acquired with drift: the specimen's projections on the 2x finer grid of
     `simulate` are padded, rotated and moved there, then binned and given noise as
     `simulate` does (so drift costs no extra interpolation blur that a real, continuous
-    drift would not cause). Returns the measured stacks and the true image-frame shifts."""
+    drift would not cause). `axis` 0 or 1: drift along s or d only (the same draws, the
+    other axis zeroed). Returns the measured stacks and the true image-frame shifts."""
     rng = np.random.default_rng(seed)
     o = int(series.attrs["oversample"])
     n = series.shape[1]
@@ -81,6 +84,8 @@ def drifted(series: Any, *, sigma: float, offset: float, rotation: float, margin
     n_t = series.haadf.shape[0]
     shifts = rng.normal(0.0, sigma, (n_t, 2))
     shifts[:, 1] += offset
+    if axis is not None:
+        shifts[:, 1 - axis] = 0.0
     chem_angles = series.common_chem_angles
     # Always drawn, so that a drift-free series (sigma = 0) with the same seed gets the
     # same noise draws for HAADF.
@@ -149,17 +154,10 @@ def shift_rms(angles: np.ndarray, est_axis: np.ndarray, true_axis: np.ndarray) -
 def fused_model(series: Any, data: dict[str, Any], h_axis: np.ndarray, c_axis: np.ndarray,
                 rotation: float, margin: int, iterations: int) -> FusedSolver:
     """The fused solver on the measured images moved by whole pixels only, the fractions of
-    the (de-rotated frame) shifts in its projectors (fusetomo.solver.joint_align)."""
-    els = series.elements
-    h, fh = ja.prepare(al.remove_background(data["haadf"])[0], h_axis, rotation)
-    s = FusedSolver(series.shape[1], series.shape[0], els, [series.Z[e] for e in els],
-                    device="cpu", background=[series.background[e] for e in els])
-    s.add_haadf(series.haadf_angles, crop(h, margin), shifts=fh)
-    maps, fc = {}, None
-    for e in els:
-        c, fc = ja.prepare(data["chem"][e], c_axis, rotation, counts=True)
-        maps[e] = crop(c, margin)
-    s.add_chem(series.common_chem_angles, maps, shifts=fc)
+    the (de-rotated frame) shifts in its projectors, the vacuum margin dropped
+    (`fusetomo reconstruct --align`'s solver)."""
+    measured = replace(series, haadf=data["haadf"], chem=data["chem"])
+    s = aligned_solver(measured, h_axis, c_axis, rotation, crop_px=margin)
     if iterations:
         s.run(iterations)
     return s
@@ -174,7 +172,7 @@ def offline(sim: Any, data: dict[str, Any], ref_data: dict[str, Any],
             args: argparse.Namespace) -> dict[str, Any]:
     s, m = sim.series, args.margin
     ang = s.haadf_angles
-    idx = np.array([int(np.argmin(np.abs(ang - a))) for a in s.common_chem_angles])
+    idx, _ = ja.chem_partners(ang, s.common_chem_angles)
     t0 = time.perf_counter()
     A = al.align_series(data["haadf"], ang)
     t_align = time.perf_counter() - t0

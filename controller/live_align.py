@@ -117,12 +117,8 @@ def solver_reprojector(solver: Any) -> Reprojector:
         x = getattr(solver, "x", None)
         if x is None:
             return None
-        xp = solver.device.xp
         with solver.device:
-            z = xp.asarray((np.asarray(solver.Z) ** solver.params.gamma)[:, None, None, None],
-                           dtype=xp.float32)
-            signal = solver.haadf_scale * xp.sum(z * xp.maximum(x, 0) ** solver.params.gamma,
-                                                 axis=0)
+            signal = solver.haadf_scale * solver.haadf_signal()
             proj = ParallelProjector(solver.n, np.atleast_1d(angles), device=solver.device)
             return to_numpy(proj.forward(signal))
 

@@ -71,20 +71,29 @@ class SeriesAlignment:
 
 
 def aligned_solver(series: TiltSeries, haadf_shifts: np.ndarray, chem_shifts: np.ndarray,
-                   rotation_deg: float, params: Any = None, device: Any = "cpu") -> FusedSolver:
+                   rotation_deg: float, params: Any = None, device: Any = "cpu", *,
+                   crop_px: int = 0) -> FusedSolver:
     """A fused solver on the series' images moved by the whole pixels of the shifts (after
-    vacuum removal for HAADF; de-rotated if rotation_deg), the fractions in its projectors."""
+    vacuum removal for HAADF; de-rotated if rotation_deg), the fractions in its projectors.
+    `crop_px`: a frame this wide is dropped after the move (a field of view with a vacuum
+    margin around the volume to reconstruct)."""
     ns, nd = series.shape
+    if crop_px < 0 or 2 * crop_px >= min(ns, nd):
+        raise al.AlignmentError(f"crop_px must be >= 0 and leave an image of the "
+                                f"{ns} x {nd} field, got {crop_px}")
+    field = (slice(crop_px, ns - crop_px), slice(crop_px, nd - crop_px))
     els = series.elements
-    solver = FusedSolver(nd, ns, els, [series.Z[e] for e in els], params, device=device,
+    solver = FusedSolver(nd - 2 * crop_px, ns - 2 * crop_px, els, [series.Z[e] for e in els],
+                         params, device=device,
                          background=[series.background[e] for e in els])
     clean, _ = al.remove_background(series.haadf)
     h, fh = ja.prepare(clean, haadf_shifts, rotation_deg)
-    solver.add_haadf(series.haadf_angles, h, shifts=fh)
+    solver.add_haadf(series.haadf_angles, h[:, field[0], field[1]], shifts=fh)
     maps: dict[str, np.ndarray] = {}
     fc = None
     for e in els:
-        maps[e], fc = ja.prepare(series.chem[e], chem_shifts, rotation_deg, counts=True)
+        c, fc = ja.prepare(series.chem[e], chem_shifts, rotation_deg, counts=True)
+        maps[e] = c[:, field[0], field[1]]
     solver.add_chem(series.common_chem_angles, maps, shifts=fc)
     return solver
 
@@ -96,8 +105,7 @@ def align_for_fusion(series: TiltSeries, params: OfflineAlignParams | None = Non
     ang, cang = series.haadf_angles, series.common_chem_angles
     A = al.align_series(series.haadf, ang, params=p.alignment, rotation_deg=p.rotation_deg)
     h_axis = A.axis_frame_shifts()
-    nearest = np.array([int(np.argmin(np.abs(ang - a))) for a in cang], dtype=np.int64)
-    paired = np.abs(ang[nearest] - cang) < 1e-3
+    nearest, paired = ja.chem_partners(ang, cang)
     own = np.zeros((cang.size, 2))
     if p.chem_own_drift:
         haadf_c, _ = al.remove_background(

@@ -330,10 +330,16 @@ class FusedSolver:
         the solver's device)."""
         if self.x is None or self.n_haadf == 0:
             raise ValueError("no HAADF model yet: add HAADF tilts and run the solver first")
+        with self.device:
+            return self.haadf_scale * self.haadf_proj.forward(self.haadf_signal())
+
+    def haadf_signal(self) -> Any:
+        """The volume HAADF sees, sum_i (Z_i x_i)^gamma (before the fitted scale c)."""
+        if self.x is None:
+            raise ValueError("no volumes yet: run the solver first")
         xp = self.device.xp
         with self.device:
-            s = xp.sum(self._w * xp.maximum(self.x, 0) ** self.params.gamma, axis=0)
-            return self.haadf_scale * self.haadf_proj.forward(s)
+            return xp.sum(self._w * xp.maximum(self.x, 0) ** self.params.gamma, axis=0)
 
     # -- set-up ---------------------------------------------------------------------------
     def _weights(self) -> tuple[tuple[Any, Any], Any]:

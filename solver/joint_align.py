@@ -4,7 +4,8 @@
 reprojection and resamples the images; both limit the fused result. At 64^3 in
 bench/alignment.py its shifts are right to 0.19 px RMS, and the fused <NRMSE> is still 1.6x
 the drift-free one: the fused reconstruction of faceted particles is sensitive far below a
-pixel, and a spline resampling of a noisy, pixel-integrated image is itself a 5-10 % error.
+pixel, and resampling the HAADF images by a spline is itself a 6-10 % error
+(bench/alignment_resampling.py).
 Here, instead:
 
 - the images are moved by whole pixels only (exact) and the remaining fraction of each shift
@@ -40,6 +41,7 @@ __all__ = [
     "JointAlignParams",
     "JointAlignResult",
     "chem_gauss_newton_shifts",
+    "chem_partners",
     "gauss_newton_shifts",
     "move_integer",
     "prepare",
@@ -93,22 +95,18 @@ def split_shifts(shifts: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def move_integer(images: Any, whole: Any, fill: float = 0.0) -> np.ndarray:
     """Undo whole-pixel shifts exactly: out[i][p] = images[i][p + whole[i]], `fill` where
-    that falls outside the image (vacuum after background removal)."""
+    that falls outside the image (vacuum after background removal). scipy.ndimage.shift
+    with order 0 at a whole-pixel shift copies pixels, nothing is interpolated."""
+    from scipy.ndimage import shift
+
     a = np.asarray(images)
     single = a.ndim == 2
     a = a[None] if single else a
     k = np.asarray(whole, dtype=np.int64).reshape(-1, 2)
     if k.shape[0] != a.shape[0]:
         raise AlignmentError(f"{k.shape[0]} shifts for {a.shape[0]} images")
-    out = np.full_like(a, fill)
-    ns, nd = a.shape[1:]
-    for i, (ks, kd) in enumerate(k):
-        src_s = slice(max(ks, 0), min(ns + ks, ns))
-        dst_s = slice(max(-ks, 0), min(ns - ks, ns))
-        src_d = slice(max(kd, 0), min(nd + kd, nd))
-        dst_d = slice(max(-kd, 0), min(nd - kd, nd))
-        if src_s.start < src_s.stop and src_d.start < src_d.stop:
-            out[i, dst_s, dst_d] = a[i, src_s, src_d]
+    out = np.stack([shift(im, (-int(ks), -int(kd)), order=0, mode="constant", cval=fill)
+                    for im, (ks, kd) in zip(a, k, strict=True)])
     return out[0] if single else out
 
 
@@ -137,15 +135,7 @@ def gauss_newton_shifts(model: Any, images: Any) -> np.ndarray:
     b = np.asarray(to_numpy(images), dtype=np.float64)
     if m.shape != b.shape or m.ndim != 3:
         raise AlignmentError(f"model {m.shape} and images {b.shape} must be equal [n, s, d]")
-    gs, gd = np.gradient(m, axis=(1, 2))
-    r = b - m
-    # Normal equations of the 2-parameter least squares per image.
-    a11 = np.einsum("ijk,ijk->i", gs, gs)
-    a12 = np.einsum("ijk,ijk->i", gs, gd)
-    a22 = np.einsum("ijk,ijk->i", gd, gd)
-    r1 = -np.einsum("ijk,ijk->i", gs, r)
-    r2 = -np.einsum("ijk,ijk->i", gd, r)
-    return _solve2(a11, a12, a22, r1, r2)
+    return _gauss_newton(m[None], b[None], None)
 
 
 def chem_gauss_newton_shifts(model: Any, counts: Any) -> np.ndarray:
@@ -157,20 +147,21 @@ def chem_gauss_newton_shifts(model: Any, counts: Any) -> np.ndarray:
     if m.shape != b.shape or m.ndim != 4:
         raise AlignmentError(f"model {m.shape} and counts {b.shape} must be equal "
                              "[n_el, n, s, d]")
-    w = 1.0 / np.maximum(m, 1e-6)
+    return _gauss_newton(m, b, 1.0 / np.maximum(m, 1e-6))
+
+
+def _gauss_newton(m: np.ndarray, b: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """The weighted 2-parameter least squares per image of [e, n, s, d] stacks (summed over
+    e): the normal equations of (b - m) ~ -grad(m).delta, solved in closed form; zero where
+    they are singular (a flat image)."""
     gs, gd = np.gradient(m, axis=(2, 3))
     r = b - m
-    a11 = np.einsum("eijk,eijk->i", w * gs, gs)
-    a12 = np.einsum("eijk,eijk->i", w * gs, gd)
-    a22 = np.einsum("eijk,eijk->i", w * gd, gd)
-    r1 = -np.einsum("eijk,eijk->i", w * gs, r)
-    r2 = -np.einsum("eijk,eijk->i", w * gd, r)
-    return _solve2(a11, a12, a22, r1, r2)
-
-
-def _solve2(a11: np.ndarray, a12: np.ndarray, a22: np.ndarray, r1: np.ndarray,
-            r2: np.ndarray) -> np.ndarray:
-    """The 2x2 normal equations per image; zero where they are singular (a flat image)."""
+    ws, wd = (gs, gd) if w is None else (w * gs, w * gd)
+    a11 = np.einsum("eijk,eijk->i", ws, gs)
+    a12 = np.einsum("eijk,eijk->i", ws, gd)
+    a22 = np.einsum("eijk,eijk->i", wd, gd)
+    r1 = -np.einsum("eijk,eijk->i", ws, r)
+    r2 = -np.einsum("eijk,eijk->i", wd, r)
     det = a11 * a22 - a12**2
     ok = det > 1e-12 * np.maximum(a11 * a22, 1e-300)
     out = np.zeros((a11.size, 2))
@@ -179,11 +170,15 @@ def _solve2(a11: np.ndarray, a12: np.ndarray, a22: np.ndarray, r1: np.ndarray,
     return out
 
 
-def _chem_partners(solver: Any) -> np.ndarray:
-    """For each chemical tilt, the index of the HAADF tilt at the same angle, or -1."""
-    h = np.round(solver.haadf_proj.angles, 6)
-    where = {a: i for i, a in enumerate(h)}
-    return np.array([where.get(a, -1) for a in np.round(solver.chem_proj.angles, 6)])
+def chem_partners(haadf_angles: Any, chem_angles: Any) -> tuple[np.ndarray, np.ndarray]:
+    """For each chemical tilt: the index of the nearest HAADF tilt, and whether it is at the
+    same angle (within 1e-3 deg: the HAADF image acquired with the spectrum image)."""
+    h = np.asarray(haadf_angles, dtype=np.float64).ravel()
+    c = np.asarray(chem_angles, dtype=np.float64).ravel()
+    if h.size == 0:
+        return np.full(c.size, -1, dtype=np.int64), np.zeros(c.size, dtype=bool)
+    nearest = np.abs(h[None, :] - c[:, None]).argmin(axis=1)
+    return nearest, np.abs(h[nearest] - c) < 1e-3
 
 
 def refine_jointly(solver: Any, params: JointAlignParams | None = None, *,
@@ -200,8 +195,7 @@ def refine_jointly(solver: Any, params: JointAlignParams | None = None, *,
         solver.run(max(p.warmup_iterations, 1))
     angles = solver.haadf_proj.angles
     shifts = solver.haadf_proj.shifts.copy()
-    partners = _chem_partners(solver)
-    paired = partners >= 0
+    partners, paired = chem_partners(angles, solver.chem_proj.angles)
     own = solver.chem_proj.shifts.copy()
     own[paired] -= shifts[partners[paired]]
     b = to_numpy(solver.haadf_data())

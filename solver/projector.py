@@ -24,9 +24,9 @@ unshifted geometry. ds moves whole rows: row s of the measurement sees the proje
 s - ds, split linearly between the two nearest rows -- the area overlap of a voxel row with a
 detector row displaced by a fraction of a pixel, so again the pixel model, not a resampling
 of the data. Shifting the model instead of interpolating the measured images keeps the data
-as measured: a spline interpolation of a noisy, pixel-integrated image cost 5-10 % of the
-fused <NRMSE> at 64^3 in bench/alignment.py (docs/alignment.md). The column and row sums used
-as SIRT preconditioners ignore ds (it only moves weight between rows).
+as measured: resampling the HAADF images by a spline cost 6-10 % of the fused <NRMSE>
+at 64^3, the model route 1-7 % (bench/alignment_resampling.py, docs/alignment.md). The
+column and row sums used as SIRT preconditioners ignore ds (it only moves weight between rows).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class ParallelProjector:
             return
         if not np.all(np.isfinite(new)):
             raise GeometryError(f"tilt angles must be finite, got {new.tolist()}")
-        sh = self._check_shifts(shifts, new.size)
+        sh = self.check_shifts(shifts, new.size)
         block, col = self._weights_block(new, sh)
         spmod = sparse_module(self.device)
         with self.device:
@@ -144,14 +144,16 @@ class ParallelProjector:
 
     def set_shifts(self, shifts: Any) -> None:
         """Replace every tilt's detector shifts [n_tilts, 2] (the weights are rebuilt)."""
-        sh = self._check_shifts(shifts, self.n_tilts)
+        sh = self.check_shifts(shifts, self.n_tilts)
         if self.n_tilts == 0:
             return
         self._matrix, self._col_sums = self._weights_block(self.angles, sh)
         self._shifts = [(float(a), float(b)) for a, b in sh]
         self._update_row_shift()
 
-    def _check_shifts(self, shifts: Any | None, k: int) -> np.ndarray:
+    def check_shifts(self, shifts: Any | None, k: int) -> np.ndarray:
+        """`shifts` as a float [k, 2] array (zeros for None); GeometryError naming the shape
+        or the non-finite values otherwise."""
         if shifts is None:
             return np.zeros((k, 2))
         sh = np.asarray(shifts, dtype=np.float64)

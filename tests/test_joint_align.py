@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 from shifted_series import shifted_series as make_shifted
 
+from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver import alignment as al
 from fusetomo.solver import joint_align as ja
@@ -139,3 +140,12 @@ def test_without_chem_refinement_spectrum_images_follow_their_haadf_image(shifte
     np.testing.assert_allclose(res.chem_shifts[~paired],
                                ja.split_shifts(start[partner])[1][~paired], atol=1e-9)
     assert all(h["chem_update_rms_px"] == 0.0 for h in res.history)
+
+
+def test_chem_partners_and_crop_errors():
+    nearest, same = ja.chem_partners([-30.0, 0.0, 30.0], [0.0, 20.0])
+    assert nearest.tolist() == [1, 2] and same.tolist() == [True, False]
+    sim = simulate("nanocubes", 16, SCHEME, seed=1)
+    z = np.zeros((sim.series.haadf_angles.size, 2))
+    with pytest.raises(al.AlignmentError, match=r"crop_px must be >= 0.*got 8"):
+        aligned_solver(sim.series, z, z[:sim.series.common_chem_angles.size], 0.0, crop_px=8)
