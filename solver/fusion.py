@@ -299,7 +299,12 @@ class FusedSolver:
 
     def set_shifts(self, haadf: Any | None = None, chem: Any | None = None) -> None:
         """New detector shifts [n, 2] (ds, dd) for the HAADF and/or chemical tilts already
-        added (same order), e.g. after the alignment was refined; the data stay as they are."""
+        added (same order), e.g. after the alignment was refined; the data stay as they are.
+        Both are checked before either is set."""
+        if haadf is not None:
+            haadf = self.haadf_proj.check_shifts(haadf, self.n_haadf)
+        if chem is not None:
+            chem = self.chem_proj.check_shifts(chem, self.n_chem)
         if haadf is not None:
             self.haadf_proj.set_shifts(haadf)
             self._haadf_weights = None

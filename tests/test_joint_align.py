@@ -15,6 +15,7 @@ from fusetomo.solver import alignment as al
 from fusetomo.solver import joint_align as ja
 from fusetomo.solver.fusion import FusedSolver
 from fusetomo.solver.metrics import nrmse
+from fusetomo.solver.projector import GeometryError
 
 SCHEME = TiltScheme(tilt_range=(-60.0, 60.0), haadf_step=4.0, chem_step=30.0)
 
@@ -140,6 +141,21 @@ def test_without_chem_refinement_spectrum_images_follow_their_haadf_image(shifte
     np.testing.assert_allclose(res.chem_shifts[~paired],
                                ja.split_shifts(start[partner])[1][~paired], atol=1e-9)
     assert all(h["chem_update_rms_px"] == 0.0 for h in res.history)
+
+
+def test_bad_shifts_leave_the_solver_as_it_was():
+    s = FusedSolver(8, 8, ["A"], [30.0], device="cpu")
+    s.add_haadf([0.0, 30.0], np.ones((2, 8, 8)), shifts=[[0.5, 0.0], [0.0, -0.5]])
+    s.add_chem([0.0], {"A": np.ones((1, 8, 8))})
+    with pytest.raises(GeometryError, match=r"shifts: shape \(1, 2\) != \(2, 2\)"):
+        s.add_haadf([60.0, 70.0], np.ones((2, 8, 8)), shifts=[[0.0, 0.0]])
+    assert s.n_haadf == 2 and s.haadf_data().shape == (2, 8, 8)
+    # one bad argument: neither is set
+    with pytest.raises(GeometryError, match="finite"):
+        s.set_shifts(haadf=np.zeros((2, 2)), chem=[[np.nan, 0.0]])
+    np.testing.assert_array_equal(s.haadf_proj.shifts, [[0.5, 0.0], [0.0, -0.5]])
+    with pytest.raises(ValueError, match="no chemical model"):
+        s.model_chem()
 
 
 def test_chem_partners_and_crop_errors():
