@@ -40,12 +40,14 @@ from fusetomo.solver.backend import to_numpy
 __all__ = [
     "JointAlignParams",
     "JointAlignResult",
+    "ShiftSteps",
     "chem_gauss_newton_shifts",
     "chem_partners",
     "gauss_newton_shifts",
     "move_integer",
     "prepare",
     "refine_jointly",
+    "shift_steps",
     "split_shifts",
 ]
 
@@ -181,6 +183,45 @@ def chem_partners(haadf_angles: Any, chem_angles: Any) -> tuple[np.ndarray, np.n
     return nearest, np.abs(h[nearest] - c) < 1e-3
 
 
+@dataclass
+class ShiftSteps:
+    """One round's shift updates from the solver's current model: `haadf` [n, 2] (clipped,
+    unobservable part removed), `chem` [n_chem, 2] each spectrum image's own offset update
+    (None if not refined), and the HAADF misfit 0.5 ||b - model||^2 before the update."""
+
+    haadf: np.ndarray
+    chem: np.ndarray | None
+    misfit: float
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(np.mean(np.sum(self.haadf**2, axis=1)))) if self.haadf.size \
+            else 0.0
+
+    @property
+    def chem_rms(self) -> float:
+        c = self.chem
+        return 0.0 if c is None or c.size == 0 else float(np.sqrt(np.mean(np.sum(c**2, axis=1))))
+
+
+def shift_steps(solver: Any, max_step_px: float = 0.5, refine_chem: bool = True) -> ShiftSteps:
+    """The Gauss-Newton shift updates of every tilt against the solver's own model (its
+    shifts as they are), each clipped to `max_step_px` per axis. The HAADF updates lose
+    their unobservable part (a translation of the object: `remove_gauge`); the spectrum
+    images' own offsets have none. `refine_jointly` and the live aligner both take these."""
+    angles = solver.haadf_proj.angles
+    b = to_numpy(solver.haadf_data())
+    model = to_numpy(solver.model_haadf())
+    misfit = 0.5 * float(np.sum((b - model) ** 2))
+    step = np.clip(gauss_newton_shifts(model, b), -max_step_px, max_step_px)
+    step = remove_gauge(angles, step)
+    step_c = None
+    if refine_chem and solver.n_chem:
+        step_c = np.clip(chem_gauss_newton_shifts(solver.model_chem(), solver.chem_data()),
+                         -max_step_px, max_step_px)
+    return ShiftSteps(step, step_c, misfit)
+
+
 def refine_jointly(solver: Any, params: JointAlignParams | None = None, *,
                    callback: Callable[[int, dict[str, float]], None] | None = None
                    ) -> JointAlignResult:
@@ -193,38 +234,28 @@ def refine_jointly(solver: Any, params: JointAlignParams | None = None, *,
         raise AlignmentError("joint refinement needs HAADF tilts in the solver")
     if solver.x is None:
         solver.run(max(p.warmup_iterations, 1))
-    angles = solver.haadf_proj.angles
     shifts = solver.haadf_proj.shifts.copy()
-    partners, paired = chem_partners(angles, solver.chem_proj.angles)
+    partners, paired = chem_partners(solver.haadf_proj.angles, solver.chem_proj.angles)
     own = solver.chem_proj.shifts.copy()
     own[paired] -= shifts[partners[paired]]
-    b = to_numpy(solver.haadf_data())
     result = JointAlignResult(shifts, solver.chem_proj.shifts.copy())
     for r in range(p.rounds):
-        model = to_numpy(solver.model_haadf())
-        misfit = 0.5 * float(np.sum((b - model) ** 2))
-        step = np.clip(gauss_newton_shifts(model, b), -p.max_step_px, p.max_step_px)
-        step = remove_gauge(angles, step)
-        rms = float(np.sqrt(np.mean(np.sum(step**2, axis=1))))
-        shifts = shifts + step
-        rms_c = 0.0
-        if p.refine_chem and solver.n_chem:
+        st = shift_steps(solver, p.max_step_px, p.refine_chem)
+        shifts = shifts + st.haadf
+        if st.chem is not None:
             # The spectrum image's own offset from its HAADF image (or its whole shift if
             # it has none): observable against the maps' model, no gauge to remove.
-            step_c = np.clip(chem_gauss_newton_shifts(solver.model_chem(), solver.chem_data()),
-                             -p.max_step_px, p.max_step_px)
-            own = own + step_c
-            rms_c = float(np.sqrt(np.mean(np.sum(step_c**2, axis=1))))
+            own = own + st.chem
         chem = own.copy()
         chem[paired] = shifts[partners[paired]] + own[paired]
         solver.set_shifts(haadf=shifts, chem=chem if solver.n_chem else None)
         solver.run(p.iterations)
-        entry = {"round": float(r), "update_rms_px": rms, "chem_update_rms_px": rms_c,
-                 "misfit": misfit}
+        entry = {"round": float(r), "update_rms_px": st.rms, "chem_update_rms_px": st.chem_rms,
+                 "misfit": st.misfit}
         result.history.append(entry)
         if callback is not None:
             callback(r, entry)
-        if max(rms, rms_c) < p.tol_px:
+        if max(st.rms, st.chem_rms) < p.tol_px:
             result.converged = True
             break
     result.haadf_shifts = shifts
