@@ -49,6 +49,7 @@ from fusetomo.adapters.transport import (
 )
 from fusetomo.controller.live_advice import AdviceDesk, AdviceParams
 from fusetomo.controller.live_align import LiveAligner, LiveAlignParams
+from fusetomo.solver.alignment import AlignmentError
 from fusetomo.solver.backend import resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
@@ -111,11 +112,12 @@ class LiveParams:
     operator_bind: str | None = "tcp://127.0.0.1:0"  # operator commands (None: none)
     # Align each tilt on arrival and refine in idle time (None: tilts go in as received).
     align: LiveAlignParams | None = None
-    align_refine_s: float = 0.5  # idle-time refinement budget, once after each tilt
+    align_final_every: int = 2  # after the series end, a refinement every this many final
+    #                             iterations (0: one, before them)
 
     def __post_init__(self) -> None:
         for name in ("iterations_per_tilt", "max_idle_iterations", "final_iterations",
-                     "snapshot_every", "max_logged_rejections"):
+                     "snapshot_every", "max_logged_rejections", "align_final_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
@@ -240,6 +242,39 @@ def rebuild_solver(record: RunRecord, params: LiveParams) -> FusedSolver:
         solver.step()
     add_until(series.haadf.shape[0], series.common_chem_angles.size)
     return solver
+
+
+def realign(record: RunRecord, solver: FusedSolver | None,
+            params: LiveAlignParams) -> LiveAligner:
+    """For `--resume --align`: the recorded (raw) tilts aligned again, HAADF tilts in their
+    recorded order (each against its nearest aligned neighbour), then each spectrum image
+    against its HAADF image; the replayed solver (if any) takes the aligned data and their
+    fractional shifts in place of the raw ones. Its volumes stay (a warm start); the idle
+    refinements then refine the shifts against the model as live. The live run's own
+    refinement history is not replayed."""
+    series = record.series
+    aligner = LiveAligner(params)
+    try:
+        for a, img in zip(series.haadf_angles, series.haadf, strict=True):
+            aligner.align_haadf(float(a), img)
+        els = list(series.elements)
+        for j, a in enumerate(series.common_chem_angles):
+            aligner.align_chem(float(a), {e: series.chem[e][j] for e in els},
+                               Z=[series.Z[e] for e in els], gamma=series.gamma or 1.7,
+                               background=[series.background[e] for e in els])
+    except AlignmentError as e:
+        raise LiveError(f"cannot align the recorded tilts of the run again: {e}") from None
+    if solver is None or solver.n_haadf == 0:
+        return aligner
+    h = [aligner.solver_haadf(float(a)) for a in solver.haadf_proj.angles]
+    solver.replace_haadf(np.stack([img for img, _ in h]))
+    chem = None
+    if solver.n_chem:
+        c = [aligner.solver_chem(float(a)) for a in solver.chem_proj.angles]
+        solver.replace_chem({e: np.stack([m[e] for m, _ in c]) for e in solver.elements})
+        chem = np.stack([f for _, f in c])
+    solver.set_shifts(haadf=np.stack([f for _, f in h]), chem=chem)
+    return aligner
 
 
 def json_header(record: RunRecord) -> dict[str, Any]:
@@ -425,6 +460,12 @@ class LiveController:
         except (RunFileError, OSError) as e:
             raise LiveError(f"cannot resume {self.run_path}: {e}") from None
         self.run_file, self.solver = run, solver
+        if self.params.align is not None:
+            self.aligner = realign(record, solver, self.params.align)
+            self._refine_due = True
+        elif any(ev.get("kind") == "alignment" for ev in record.events):
+            log.warning("%s was aligned live: resume with --align to go on aligning",
+                        self.run_path)
         self._start_seq = _int_or(run.start_header.get("seq"), -1)
         self._consumed_seq = max([-1] + [_int_or(ev.get("tilt_seq"), -1) for ev in record.events
                                          if ev.get("kind") == "seq_consumed"])
@@ -775,16 +816,19 @@ class LiveController:
             return
         if modality == "haadf":
             image = np.asarray(msg.arrays[0], dtype=np.float32)
+            frac = None
             if self.aligner is not None:
                 self.aligner.align_haadf(angle, image, solver if solver.ready else None)
-                image = self.aligner.corrected_haadf(angle)
-            solver.add_haadf(angle, image)
+                image, frac = self.aligner.solver_haadf(angle)
+            solver.add_haadf(angle, image, shifts=None if frac is None else frac[None])
         else:
             raw = dict(zip(msg.header["elements"], msg.arrays, strict=True))
             maps = {e: np.asarray(raw[e], dtype=np.float32) for e in solver.elements}
+            frac = None
             if self.aligner is not None:
-                maps = self._align_chem(angle, maps)
-            solver.add_chem(angle, {e: maps[e][None] for e in solver.elements})
+                maps, frac = self._align_chem(angle, maps)
+            solver.add_chem(angle, {e: maps[e][None] for e in solver.elements},
+                            shifts=None if frac is None else frac[None])
         self._refine_due = self.aligner is not None
         self._idle_done = 0
         self._event("tilt_received", tilt_seq=msg.seq, modality=modality, angle=angle)
@@ -890,29 +934,31 @@ class LiveController:
                       **extra)
 
     # -- alignment ---------------------------------------------------------------------------
-    def _align_chem(self, angle: float, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _align_chem(self, angle: float, maps: dict[str, np.ndarray]
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         solver, aligner = self.solver, self.aligner
         assert solver is not None and aligner is not None
-        _, corrected = aligner.align_chem(
-            angle, maps, Z=list(solver.Z), gamma=solver.params.gamma,
-            background=[float(b) for b in solver.background])
-        return corrected
+        aligner.align_chem(angle, maps, Z=list(solver.Z), gamma=solver.params.gamma,
+                           background=[float(b) for b in solver.background])
+        return aligner.solver_chem(angle)
 
     def _refine_alignment(self) -> None:
-        """Idle time after a tilt: refine every tilt's shift against the reprojection; if any
-        moved, the solver's data are replaced by the re-corrected stacks."""
+        """Idle time after a tilt (and during the final iterations): one refinement of every
+        tilt's shift against the fused model; the solver takes the new shifts (its images
+        are not touched: the shifts are in its projectors)."""
         solver, aligner, run = self.solver, self.aligner, self.run_file
         assert solver is not None and aligner is not None and run is not None
         self._refine_due = False
-        changed = aligner.refine(solver, self.params.align_refine_s)
-        if changed:
-            solver.replace_haadf(aligner.haadf_stack()[1])
-            if solver.n_chem:
-                solver.replace_chem(aligner.chem_stack()[1])
+        changed = aligner.refine(solver)
+        if changed or aligner.chem_moved:
+            solver.set_shifts(haadf=aligner.model_shifts(solver.haadf_proj.angles),
+                              chem=aligner.chem_model_shifts(solver.chem_proj.angles)
+                              if solver.n_chem else None)
         status = aligner.status()
         run.record_event("alignment", moved=len(changed), iteration=solver.iteration,
                          axis_offset_px=status["axis_offset_px"],
-                         shifts_px=status["shifts_px"][-64:])
+                         update_px=status["last_update_px"],
+                         angles=status["angles"][-64:], shifts_px=status["shifts_px"][-64:])
         self._publish("alignment", proto.STATUS, alignment=status)
 
     # -- uncertainty and advice -------------------------------------------------------------
@@ -1029,9 +1075,10 @@ class LiveController:
             while self._owed > 0:
                 self._drain()
                 self._iterate(PHASE_TILT)
-            if self.aligner is not None:  # a last refinement before the final iterations
-                self._refine_alignment()
-            for _ in range(self.params.final_iterations):
+            every = self.params.align_final_every
+            for i in range(self.params.final_iterations):
+                if self.aligner is not None and (i == 0 or (every and i % every == 0)):
+                    self._refine_alignment()  # refinements between the final iterations
                 self._drain()
                 self._iterate(PHASE_FINAL)
             self._settle()

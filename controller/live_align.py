@@ -1,13 +1,16 @@
 """Live alignment: each tilt is aligned as it arrives, and the alignment of all tilts is
-refined in the background while the controller waits for the next one.
+refined against the fused model in the idle time while the controller waits for the next one.
 
     aligner = LiveAligner(LiveAlignParams(rotation_deg=0.0))
-    shift = aligner.align_haadf(angle, image, solver)     # coarse, at arrival (ms)
-    image_ok = aligner.corrected_haadf(angle)              # what goes to the solver
-    shift_c, maps_ok = aligner.align_chem(angle, maps, Z=..., gamma=..., background=...)
-    changed = aligner.refine(solver, budget_s=0.5)         # idle time: {angle: new shift}
-    if changed:                                            # re-feed the solver's data
-        angles, stack = aligner.haadf_stack(); angles_c, maps = aligner.chem_stack()
+    shift = aligner.align_haadf(angle, image, solver)      # coarse, at arrival (ms)
+    image, frac = aligner.solver_haadf(angle)               # whole pixels moved, fraction
+    solver.add_haadf(angle, image, shifts=frac[None])       # ... in the solver's model
+    aligner.align_chem(angle, maps, Z=..., gamma=..., background=...)
+    maps, frac = aligner.solver_chem(angle)
+    solver.add_chem(angle, {e: m[None] for e, m in maps.items()}, shifts=frac[None])
+    if aligner.refine(solver):                              # idle time: moved tilts
+        solver.set_shifts(haadf=aligner.model_shifts(solver.haadf_proj.angles),
+                          chem=aligner.chem_model_shifts(solver.chem_proj.angles))
 
 Shifts are (ds, dd) pixels in the measured image frame, the model of
 `fusetomo.solver.alignment`: measured = shift(rotate(aligned, rotation_deg), shift).
@@ -18,17 +21,23 @@ correlation against the reprojection of the current (warm-started) reconstructio
 angle, once that reconstruction holds enough tilts over a wide enough range, otherwise against
 the nearest tilt already aligned. The first tilt is centred by its centre of mass.
 A chemical tilt takes the shift of the HAADF image acquired with it (same angle), plus its
-own drift relative to that image found by registration (`register_chem`), and its counts are
-moved with one interpolation and clipped at 0 (the solver models their background).
+own drift relative to that image found by registration (`register_chem`).
 
-`refine` (idle time) first re-fits the tilt-axis offset from the centre-of-mass trajectory of
-all tilts (the constant of d = c + a cos t + b sin t), then registers every tilt to the
-reprojection of the current reconstruction (one pass, abandoned if the time budget runs out
-first), keeping the unobservable components (a translation of the object) and the axis
-offset fixed; updates over `max_disagreement_px` are dropped. It returns the tilts whose shift
-moved by more than `min_change_px`; the caller then hands the corrected stacks to the solver.
+The images are not resampled (a spline shift of sharp HAADF images is itself a 5-10 % error
+of the fused result, bench/alignment_resampling.py): `solver_haadf`/`solver_chem` move them
+by the whole pixels of their shift, fixed at that moment, and the fraction goes to the
+solver's projectors (`FusedSolver.add_haadf(..., shifts=)`), as in
+`fusetomo reconstruct --align`.
 
-Pure array code: no sockets, no files. The reference passed to `align_haadf`/`refine` is a
+`refine` (idle time), while the series is too short or narrow for a trustworthy model,
+re-fits the tilt-axis offset from the centre-of-mass trajectory of all tilts (the constant
+of d = c + a cos t + b sin t). After that it takes one Gauss-Newton step of every tilt's
+shift against the fused model's own images (`solver.joint_align.shift_steps`, the step of the
+offline joint refinement), and of each spectrum image's own offset against the maps' model.
+It returns the tilts whose shift moved by more than `min_change_px`; the caller then hands the
+new fractions to the solver (`model_shifts`, `chem_model_shifts`).
+
+Pure array code: no sockets, no files. The reference passed to `align_haadf` is a
 `FusedSolver` (its HAADF signal sum_i (Z_i x_i)^gamma is reprojected), any callable
 `angles -> [k, n_slices, n_det]` reprojections (None while it has nothing), or None.
 """
@@ -36,7 +45,6 @@ Pure array code: no sockets, no files. The reference passed to `align_haadf`/`re
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,13 +57,13 @@ from fusetomo.solver.alignment import (
     apply_alignment,
     com_shifts,
     fit_axis,
-    gauge_free,
     register,
     register_chem,
     to_image_frame,
     vacuum_level,
 )
 from fusetomo.solver.backend import to_numpy
+from fusetomo.solver.joint_align import move_integer, shift_steps, split_shifts
 from fusetomo.solver.projector import ParallelProjector
 
 Reprojector = Callable[[np.ndarray], np.ndarray | None]
@@ -73,9 +81,11 @@ class LiveAlignParams:
     min_reprojection_tilts: int = 5  # 'auto' uses the reprojection from this many tilts ...
     min_reprojection_range_deg: float = 30.0  # ... spanning at least this range
     max_disagreement_px: float = 2.0  # reprojection vs previous tilt: beyond, trust neither
-    register_chem: bool = True  # correct the spectrum image's own drift
+    register_chem: bool = True  # correct the spectrum image's own drift (and refine it)
     refine_axis: bool = True  # refine() re-fits the axis offset from the centre of mass
-    min_change_px: float = 0.02  # refine() reports shifts that moved more than this
+    #                           until the model is trusted
+    max_step_px: float = 0.5  # refine(): the largest Gauss-Newton update per axis
+    min_change_px: float = 0.002  # refine() reports shifts that moved more than this
     order: int = 3
 
     def __post_init__(self) -> None:
@@ -94,6 +104,9 @@ class LiveAlignParams:
         if self.min_reprojection_tilts < 1:
             raise AlignmentError(f"min_reprojection_tilts must be >= 1, got "
                                  f"{self.min_reprojection_tilts}")
+        if not (math.isfinite(self.max_step_px) and self.max_step_px > 0):
+            raise AlignmentError(f"max_step_px must be a finite number > 0, got "
+                                 f"{self.max_step_px!r}")
         for name in ("min_reprojection_range_deg", "min_change_px", "max_disagreement_px"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
@@ -107,6 +120,15 @@ class _Tilt:
     clean: np.ndarray  # vacuum removed, de-rotated (axis frame)
     shift: np.ndarray  # axis frame
     source: str  # 'centre' | 'previous' | 'reprojection' | 'refined'
+    whole: np.ndarray | None = None  # whole pixels moved in the solver's image (axis frame)
+
+
+@dataclass
+class _Chem:
+    angle: float
+    raw: dict[str, np.ndarray]  # element maps as received (counts)
+    own: np.ndarray  # own drift from its HAADF image, axis frame
+    whole: np.ndarray | None = None  # whole pixels moved in the solver's maps (axis frame)
 
 
 def solver_reprojector(solver: Any) -> Reprojector:
@@ -136,16 +158,19 @@ def _as_reprojector(reference: Any) -> Reprojector | None:
                          f"reprojections, or None; got {type(reference).__name__}")
 
 
+
 class LiveAligner:
     """Per-tilt alignment of a tilt series that arrives one tilt at a time (see module doc)."""
 
     def __init__(self, params: LiveAlignParams | None = None) -> None:
         self.params = params or LiveAlignParams()
         self._tilts: list[_Tilt] = []
-        self._chem: list[tuple[float, dict[str, np.ndarray], np.ndarray]] = []  # raw, own
-        self._chem_args: dict[str, Any] = {}
+        self._chem: list[_Chem] = []
         self.refinements = 0
+        self.model_refinements = 0  # of which Gauss-Newton steps against the fused model
+        self.last_update_px = float("nan")  # RMS of the last model step (HAADF)
         self.axis_offset_px: float | None = None
+        self._chem_moved = False
 
     # -- lookup -----------------------------------------------------------------------------
     def _index(self, angle: float) -> int | None:
@@ -153,6 +178,20 @@ class LiveAligner:
             if abs(t.angle - float(angle)) <= ANGLE_TOL:
                 return i
         return None
+
+    def _tilt(self, angle: float, what: str = "HAADF tilt") -> _Tilt:
+        i = self._index(angle)
+        if i is None:
+            raise AlignmentError(f"no {what} at {angle} degrees (have "
+                                 f"{self.angles.tolist()})")
+        return self._tilts[i]
+
+    def _chem_at(self, angle: float) -> _Chem:
+        for c in self._chem:
+            if abs(c.angle - float(angle)) <= ANGLE_TOL:
+                return c
+        raise AlignmentError(f"no spectrum image aligned at {angle} degrees (have "
+                             f"{[c.angle for c in self._chem]})")
 
     @property
     def angles(self) -> np.ndarray:
@@ -162,10 +201,10 @@ class LiveAligner:
     @property
     def shifts(self) -> dict[float, np.ndarray]:
         """angle -> (ds, dd) image-frame shift of every HAADF tilt."""
-        return {t.angle: self._image_shift(t) for t in self._tilts}
+        return {t.angle: self._image_shift(t.shift) for t in self._tilts}
 
-    def _image_shift(self, t: _Tilt) -> np.ndarray:
-        return to_image_frame(t.shift, self.params.rotation_deg)[0]
+    def _image_shift(self, axis_shift: np.ndarray) -> np.ndarray:
+        return to_image_frame(axis_shift, self.params.rotation_deg)[0]
 
     # -- arrival ----------------------------------------------------------------------------
     def _clean(self, image: np.ndarray) -> np.ndarray:
@@ -176,15 +215,18 @@ class LiveAligner:
             return img
         return apply_alignment(img, np.zeros(2), p.rotation_deg, order=p.order)
 
+    def _model_ready(self) -> bool:
+        """Enough tilts over a wide enough range for the reconstruction to be a reference."""
+        p = self.params
+        if len(self._tilts) < p.min_reprojection_tilts:
+            return False
+        return bool(np.ptp(self.angles) >= p.min_reprojection_range_deg)
+
     def _use_reprojection(self, reproject: Reprojector | None) -> bool:
         p = self.params
         if reproject is None or p.reference == "previous":
             return False
-        if p.reference == "reprojection":
-            return True
-        if len(self._tilts) < p.min_reprojection_tilts:
-            return False
-        return bool(np.ptp(self.angles) >= p.min_reprojection_range_deg)
+        return p.reference == "reprojection" or self._model_ready()
 
     def align_haadf(self, angle: float, image: np.ndarray, reference: Any = None) -> np.ndarray:
         """Align a new HAADF tilt; returns its (ds, dd) image-frame shift. `reference`: the
@@ -225,7 +267,7 @@ class LiveAligner:
             source = "centre"
         self._tilts.append(_Tilt(angle, img.astype(np.float32), clean,
                                  np.asarray(shift, dtype=np.float64), source))
-        return self._image_shift(self._tilts[-1])
+        return self._image_shift(self._tilts[-1].shift)
 
     @staticmethod
     def _centre_of_mass_shift(clean: np.ndarray) -> np.ndarray:
@@ -238,119 +280,158 @@ class LiveAligner:
         return np.array([cs - (w.shape[0] - 1) / 2, cd - (w.shape[1] - 1) / 2])
 
     def corrected_haadf(self, angle: float) -> np.ndarray:
-        """The HAADF image at `angle`, vacuum removed, de-rotated and moved back."""
-        i = self._index(angle)
-        if i is None:
-            raise AlignmentError(f"no HAADF tilt at {angle} degrees")
-        t = self._tilts[i]
+        """The HAADF image at `angle`, vacuum removed, de-rotated and moved back by
+        interpolation (for display and for registering the spectrum image to it; the solver
+        gets `solver_haadf`)."""
+        t = self._tilt(angle)
         p = self.params
         img = t.raw - np.float32(vacuum_level(t.raw, method=p.background))
-        return apply_alignment(img, self._image_shift(t), p.rotation_deg, order=p.order)
+        return apply_alignment(img, self._image_shift(t.shift), p.rotation_deg, order=p.order)
+
+    def solver_haadf(self, angle: float) -> tuple[np.ndarray, np.ndarray]:
+        """(image, fraction) for the solver: the vacuum-removed, de-rotated image moved back
+        by the whole pixels of its current shift (exact; fixed from now on), and the rest of
+        the shift [2] (axis frame) for the solver's projector."""
+        t = self._tilt(angle)
+        t.whole, frac = split_shifts(t.shift)
+        return move_integer(t.clean, t.whole), frac[0]
 
     # -- chemical maps ----------------------------------------------------------------------
     def shift_for_chem(self, angle: float) -> np.ndarray:
         """The shift of the HAADF image acquired with the spectrum image at `angle`."""
-        i = self._index(angle)
-        if i is None:
-            raise AlignmentError(f"no HAADF tilt at {angle} degrees for the spectrum image "
-                                 f"(have {self.angles.tolist()})")
-        return self._image_shift(self._tilts[i])
+        return self._image_shift(self._tilt(angle, "HAADF tilt for the spectrum image").shift)
 
     def align_chem(self, angle: float, maps: Mapping[str, np.ndarray], *,
                    Z: Sequence[float] | None = None, gamma: float = 1.7,
-                   background: Sequence[float] | None = None
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                   background: Sequence[float] | None = None) -> np.ndarray:
         """Align a spectrum image's element maps (counts) at `angle`: the HAADF shift plus,
-        if `register_chem`, their own drift relative to that HAADF image. Returns (total
-        image-frame shift, corrected maps, counts clipped at 0)."""
+        if `register_chem`, their own drift relative to that HAADF image. Returns the total
+        image-frame shift; `solver_chem` then gives the maps for the solver."""
         if not maps:
             raise AlignmentError(f"no element maps at {angle} degrees")
-        h_shift = self.shift_for_chem(angle)
+        h = self._tilt(angle, "HAADF tilt for the spectrum image")
         raw = {e: np.asarray(m, dtype=np.float32) for e, m in maps.items()}
         shape = self._tilts[0].raw.shape
         for e, m in raw.items():
             if m.shape != shape:
                 raise AlignmentError(f"map {e} at {angle} degrees has shape {m.shape}, the "
                                      f"series has {shape}")
+            if not np.all(np.isfinite(m)):
+                raise AlignmentError(f"map {e} at {angle} degrees contains NaN or inf")
         own = np.zeros(2)
-        self._chem_args = {"Z": Z, "gamma": gamma, "background": background}
         if self.params.register_chem:
-            own = self._own_drift(angle, raw, h_shift)
-        for k, (a, _, _) in enumerate(self._chem):
-            if abs(a - float(angle)) <= ANGLE_TOL:
-                del self._chem[k]
-                break
-        self._chem.append((float(angle), raw, own))
-        return h_shift + own, self._correct_maps(raw, h_shift + own)
-
-    def _own_drift(self, angle: float, raw: dict[str, np.ndarray],
-                   h_shift: np.ndarray) -> np.ndarray:
-        p = self.params
-        first = self._correct_maps(raw, h_shift)
-        args = self._chem_args
-        own_axis = register_chem(self.corrected_haadf(angle), first, args["Z"],
-                                 gamma=args["gamma"], background=args["background"],
-                                 upsample=p.upsample)
-        return to_image_frame(own_axis, p.rotation_deg)[0]
+            first = self._correct_maps(raw, h.shift)
+            own = register_chem(self.corrected_haadf(angle), first, Z, gamma=gamma,
+                                background=background, upsample=self.params.upsample)
+        self._chem = [c for c in self._chem if abs(c.angle - float(angle)) > ANGLE_TOL]
+        self._chem.append(_Chem(float(angle), raw, np.asarray(own, dtype=np.float64)))
+        return self._image_shift(h.shift + own)
 
     def _correct_maps(self, raw: Mapping[str, np.ndarray],
-                      shift: np.ndarray) -> dict[str, np.ndarray]:
+                      axis_shift: np.ndarray) -> dict[str, np.ndarray]:
         p = self.params
-        return {e: apply_alignment(m, shift, p.rotation_deg, order=p.order, counts=True)
-                for e, m in raw.items()}
+        return {e: apply_alignment(m, self._image_shift(axis_shift), p.rotation_deg,
+                                   order=p.order, counts=True) for e, m in raw.items()}
 
-    # -- stacks for the solver --------------------------------------------------------------
-    def haadf_stack(self) -> tuple[np.ndarray, np.ndarray]:
-        """(angles, corrected images [n, n_slices, n_det]) in arrival order."""
-        if not self._tilts:
-            raise AlignmentError("no HAADF tilt aligned yet")
-        return self.angles, np.stack([self.corrected_haadf(t.angle) for t in self._tilts])
+    def _chem_shift(self, c: _Chem) -> np.ndarray:
+        """A spectrum image's total shift (axis frame): its HAADF image's plus its own."""
+        i = self._index(c.angle)
+        base = self._tilts[i].shift if i is not None else np.zeros(2)
+        return base + c.own
 
-    def chem_stack(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(angles, element -> corrected maps [m, n_slices, n_det]) in arrival order."""
-        if not self._chem:
-            raise AlignmentError("no spectrum image aligned yet")
-        angles = np.array([a for a, _, _ in self._chem])
-        per: dict[str, list[np.ndarray]] = {e: [] for e in self._chem[0][1]}
-        for a, raw, own in self._chem:
-            for e, m in self._correct_maps(raw, self.shift_for_chem(a) + own).items():
-                per[e].append(m)
-        return angles, {e: np.stack(v) for e, v in per.items()}
+    def solver_chem(self, angle: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(maps, fraction) for the solver: the maps de-rotated (counts clipped at 0) and
+        moved back by the whole pixels of their total shift, and the rest [2] (axis frame)."""
+        c = self._chem_at(angle)
+        c.whole, frac = split_shifts(self._chem_shift(c))
+        p = self.params
+        out = {}
+        for e, m in c.raw.items():
+            r = m if p.rotation_deg == 0.0 else apply_alignment(
+                m, np.zeros(2), p.rotation_deg, order=p.order, counts=True)
+            out[e] = move_integer(r, c.whole).astype(np.float32)
+        return out, frac[0]
+
+    # -- the solver's shifts ------------------------------------------------------------------
+    def model_shifts(self, angles: Any) -> np.ndarray:
+        """[n, 2] the solver's projector shifts of the HAADF tilts at `angles` (each tilt's
+        shift less the whole pixels moved in its image)."""
+        out = []
+        for a in np.atleast_1d(np.asarray(angles, dtype=np.float64)):
+            t = self._tilt(float(a))
+            if t.whole is None:
+                raise AlignmentError(f"the HAADF tilt at {a} degrees has not been given to "
+                                     "the solver (solver_haadf)")
+            out.append(t.shift - t.whole)
+        return np.array(out).reshape(-1, 2)
+
+    def chem_model_shifts(self, angles: Any) -> np.ndarray:
+        """[m, 2] the solver's projector shifts of the spectrum images at `angles`."""
+        out = []
+        for a in np.atleast_1d(np.asarray(angles, dtype=np.float64)):
+            c = self._chem_at(float(a))
+            if c.whole is None:
+                raise AlignmentError(f"the spectrum image at {a} degrees has not been given "
+                                     "to the solver (solver_chem)")
+            out.append(self._chem_shift(c) - c.whole)
+        return np.array(out).reshape(-1, 2)
 
     # -- idle-time refinement ---------------------------------------------------------------
-    def refine(self, reference: Any = None, budget_s: float = 0.5) -> dict[float, np.ndarray]:
-        """Refine the alignment within `budget_s` seconds: the axis offset from the centre of
-        mass trajectory, then one pass of all tilts registered to the reprojection of the
-        reference (skipped if the budget runs out). Returns {angle: new image-frame shift}
-        of the tilts that moved."""
-        if not math.isfinite(budget_s) or budget_s < 0:
-            raise AlignmentError(f"budget_s must be a finite number >= 0, got {budget_s!r}")
-        t0 = time.perf_counter()
+    def refine(self, solver: Any = None) -> dict[float, np.ndarray]:
+        """Refine the alignment (module doc): the axis offset from the centre of mass while
+        the model is not trusted yet (or without a solver), else one Gauss-Newton step of
+        every shift against `solver`'s model (it must hold every tilt given by
+        `solver_haadf`/`solver_chem`). Returns {angle: new image-frame shift} of the HAADF
+        tilts that moved; the caller then sets the solver's shifts."""
         n = len(self._tilts)
         if n == 0:
             return {}
         p = self.params
         before = np.stack([t.shift for t in self._tilts])
-        angles = self.angles
-        wide = n >= 3 and np.ptp(angles) >= p.min_reprojection_range_deg
-        if p.refine_axis and wide:
-            self._refit_axis(angles)
-        reproject = _as_reprojector(reference)
-        if reproject is not None and self._use_reprojection(reproject):
-            self._match(reproject, angles, t0, budget_s)
+        before_c = [c.own.copy() for c in self._chem]
+        if (solver is not None and getattr(solver, "x", None) is not None
+                and p.reference != "previous" and self._model_ready()):
+            self._model_step(solver)
+        elif p.refine_axis and n >= 3 and np.ptp(self.angles) >= p.min_reprojection_range_deg:
+            self._refit_axis(self.angles)
         self.refinements += 1
         after = np.stack([t.shift for t in self._tilts])
         moved = np.max(np.abs(after - before), axis=1) > p.min_change_px
         for t, m in zip(self._tilts, moved, strict=True):
             if m:
                 t.source = "refined"
-        return {t.angle: self._image_shift(t) for t, m in zip(self._tilts, moved, strict=True)
-                if m}
+        self._chem_moved = any(np.max(np.abs(c.own - b)) > p.min_change_px
+                               for c, b in zip(self._chem, before_c, strict=True))
+        return {t.angle: self._image_shift(t.shift)
+                for t, m in zip(self._tilts, moved, strict=True) if m}
+
+    @property
+    def chem_moved(self) -> bool:
+        """Whether the last `refine` moved a spectrum image's own offset."""
+        return self._chem_moved
+
+    def _model_step(self, solver: Any) -> None:
+        p = self.params
+        angles = np.asarray(solver.haadf_proj.angles, dtype=np.float64)
+        st = shift_steps(solver, p.max_step_px, p.register_chem)
+        for a, d in zip(angles, st.haadf, strict=True):
+            t = self._tilt(float(a))
+            t.shift = t.shift + d
+        if st.chem is not None:
+            for a, d in zip(solver.chem_proj.angles, st.chem, strict=True):
+                c = self._chem_at(float(a))
+                c.own = c.own + d
+        self.model_refinements += 1
+        self.last_update_px = max(st.rms, st.chem_rms)
+        if angles.size >= 3:
+            self.axis_offset_px = fit_axis(angles, np.array(
+                [self._tilt(float(a)).shift[1] for a in angles]))[0]
 
     def _refit_axis(self, angles: np.ndarray) -> None:
         """Move every d shift by one constant so that the fitted axis offset of the current
         shifts equals that of the centre-of-mass trajectory (the only absolute measure of the
-        axis offset; the arrival chain leaves it wherever the first tilt put it)."""
+        axis offset before the model is trusted; the arrival chain leaves it wherever the
+        first tilt put it)."""
         clean = np.stack([t.clean for t in self._tilts])
         try:
             com, c_com = com_shifts(clean, angles)
@@ -363,53 +444,31 @@ class LiveAligner:
             t.shift = t.shift + np.array([0.0, c_com - c_cur])
         self.axis_offset_px = float(c_com)
 
-    def _match(self, reproject: Reprojector, angles: np.ndarray, t0: float,
-               budget_s: float) -> None:
-        """One projection-matching pass over all tilts; abandoned (nothing changes) if the
-        budget runs out first, so that the unobservable components are always removed over
-        the whole series (partial passes let the object's position wander)."""
-        p = self.params
-        reproj = reproject(angles)
-        if reproj is None:
-            return
-        upd = []
-        for i, t in enumerate(self._tilts):
-            if time.perf_counter() - t0 > budget_s:
-                return
-            upd.append(register(reproj[i], t.clean, upsample=p.upsample) - t.shift)
-        u = np.array(upd)
-        if p.refine_axis:
-            # Keep the gauge (object position) and the axis offset, which the centre of
-            # mass sets: only the components the reprojection determines are taken.
-            c, ab = fit_axis(angles, u[:, 1])
-            t = np.deg2rad(angles)
-            u[:, 1] -= c + ab[0] * np.cos(t) + ab[1] * np.sin(t)
-            u[:, 0] -= u[:, 0].mean()
-        else:
-            u = gauge_free(angles, u)
-        # A refinement is a correction: updates beyond max_disagreement_px come from a poor
-        # reconstruction (or a false correlation peak) and are dropped.
-        u[np.max(np.abs(u), axis=1) > p.max_disagreement_px] = 0.0
-        for tilt, d in zip(self._tilts, u, strict=True):
-            tilt.shift = tilt.shift + d
-
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """A JSON-able summary for the status publisher and the viewer's alignment panel."""
-        sh = np.stack([self._image_shift(t) for t in self._tilts]) if self._tilts \
+        sh = np.stack([self._image_shift(t.shift) for t in self._tilts]) if self._tilts \
             else np.zeros((0, 2))
         return {
             "n_tilts": len(self._tilts),
             "angles": [float(t.angle) for t in self._tilts],
             "shifts_px": sh.round(3).tolist(),
             "sources": [t.source for t in self._tilts],
-            "chem_own_px": {f"{a:g}": own.round(3).tolist() for a, _, own in self._chem},
+            "chem_own_px": {f"{c.angle:g}": self._image_shift(c.own).round(3).tolist()
+                            for c in self._chem},
             "rotation_deg": self.params.rotation_deg,
             "axis_offset_px": self.axis_offset_px,
             "refinements": self.refinements,
+            "model_refinements": self.model_refinements,
+            "last_update_px": None if math.isnan(self.last_update_px)
+            else round(self.last_update_px, 4),
         }
 
     def axis_frame_shifts(self) -> np.ndarray:
         """[n, 2] shifts in the de-rotated frame, arrival order (for comparisons)."""
         return np.stack([t.shift for t in self._tilts]) if self._tilts else np.zeros((0, 2))
 
+    def chem_axis_frame_shifts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(angles, [m, 2] total shifts in the de-rotated frame) of the spectrum images."""
+        return (np.array([c.angle for c in self._chem]),
+                np.array([self._chem_shift(c) for c in self._chem]).reshape(-1, 2))
