@@ -1,7 +1,8 @@
 """Live data items in the Nion Swift library: one 2D data item per element showing its three
 orthoslices side by side (s | u | v, see `state.montage`), and one per element for its
-standard error once the controller publishes it. Created on the first preview and updated in
-place afterwards, so a display showing one follows the reconstruction.
+standard error once the controller publishes it; with live alignment, one line plot of the
+shifts against tilt angle. Created on the first preview and updated in place afterwards, so a
+display showing one follows the reconstruction.
 
 UI thread only (the panel calls `update` from a task queued by the link's worker).
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nion.data import DataAndMetadata
+import numpy as np
+from nion.data import Calibration, DataAndMetadata
 from nion.swift.model import DataItem, DocumentModel
 
+from fusetomo.ui.alignment import Alignment
 from fusetomo.ui.nion.state import montage
 from fusetomo.ui.slices import OrthoSlices
 
@@ -66,3 +69,53 @@ class SliceDataItems:
     def forget(self) -> None:
         """Drop the references (the document model owns and closes the items)."""
         self._items.clear()
+
+
+ALIGNMENT_TITLE = "fusetomo alignment shifts ds, dd (px)"
+
+
+class AlignmentDataItem:
+    """The live aligner's shifts as one data item: [2, n] rows ds and dd (px) of the HAADF
+    tilts sorted by angle, shown as a line plot with one layer per row (Swift makes a layer
+    per row of 2D data when the display type is set to line plot). The angles are in its
+    metadata, and in its calibration when evenly spaced (a calibration has one step)."""
+
+    def __init__(self) -> None:
+        self.item: DataItem.DataItem | None = None
+
+    def update(self, document_model: DocumentModel.DocumentModel, alignment: Alignment, *,
+               series: str | None) -> DataItem.DataItem | None:
+        """Show `alignment`, creating the item if missing (never made, or deleted by the
+        user); None while it holds no tilt (an empty line plot is not drawn)."""
+        angles, shifts = alignment.by_angle()
+        if angles.size == 0:
+            return None
+        step = np.diff(angles)
+        even = step.size > 0 and step[0] > 0 and bool(np.allclose(step, step[0]))
+        along = (Calibration.Calibration(float(angles[0]), float(step[0]), "°") if even
+                 else Calibration.Calibration())
+        meta: dict[str, Any] = {"fusetomo": {
+            "series": series, "kind": "alignment", "rows": ["ds", "dd"],
+            "angles_deg": angles.tolist(), "summary": alignment.summary(),
+            "axis_offset_px": alignment.axis_offset_px,
+            "model_refinements": alignment.model_refinements,
+            "last_update_px": alignment.last_update_px}}
+        xdata = DataAndMetadata.new_data_and_metadata(
+            np.ascontiguousarray(shifts.T), intensity_calibration=Calibration.Calibration(
+                units="px"), dimensional_calibrations=[Calibration.Calibration(), along],
+            metadata=meta)
+        if self.item is None or self.item not in document_model.data_items:
+            self.item = DataItem.new_data_item(xdata)
+            self.item.title = ALIGNMENT_TITLE
+            document_model.append_data_item(self.item)
+            display = document_model.get_display_item_for_data_item(self.item)
+            if display is not None:
+                display.display_type = "line_plot"
+                for layer, name in zip(display.display_layers, ("ds", "dd"), strict=False):
+                    layer.label = name
+        else:
+            self.item.set_xdata(xdata)
+        return self.item
+
+    def forget(self) -> None:
+        self.item = None

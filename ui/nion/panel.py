@@ -1,9 +1,10 @@
 """The fusetomo panel for Nion Swift (Declarative UI).
 
 Connects to a controller's status PUB and shows the series state, the current tilt, dose
-used and budget, the three cost terms and the advisor's suggestion with Accept / Skip /
-Force (and Pause / Resume); keeps live data items with the orthoslices of each element
-volume and of its standard error (dataitems.py).
+used and budget, the three cost terms, the live alignment (axis offset, refinements) and the
+advisor's suggestion with Accept / Skip / Force (and Pause / Resume); keeps live data items
+with the orthoslices of each element volume and of its standard error, and with the
+alignment's shifts (dataitems.py).
 
 Threads: `ControllerLink` (link.py) receives on its own thread and hands every message to
 the UI thread through `document_controller.queue_task`; everything here runs on the UI
@@ -23,7 +24,7 @@ from nion.swift import DocumentController, Panel, Workspace
 from nion.ui import Declarative
 from nion.utils import Observable
 
-from fusetomo.ui.nion.dataitems import SliceDataItems
+from fusetomo.ui.nion.dataitems import AlignmentDataItem, SliceDataItems
 from fusetomo.ui.nion.link import ControllerLink, LinkParams, OperatorResult, Task
 from fusetomo.ui.nion.state import PanelDataError, PanelState
 
@@ -42,6 +43,7 @@ _SHOWN: dict[str, Any] = {
     "tilt_text": "",
     "dose_text": "",
     "costs_text": "",
+    "alignment_text": "",
     "advice_text": "",
     "result_text": "",
     "can_answer": False,
@@ -70,6 +72,7 @@ class FusetomoPanelHandler(Observable.Observable):
     tilt_text = _Shown()
     dose_text = _Shown()
     costs_text = _Shown()
+    alignment_text = _Shown()
     advice_text = _Shown()
     result_text = _Shown()
     can_answer = _Shown()
@@ -86,6 +89,7 @@ class FusetomoPanelHandler(Observable.Observable):
         self._shown = dict(_SHOWN)
         self.state = PanelState()
         self.data_items = SliceDataItems()
+        self.alignment_item = AlignmentDataItem()
         self.link: ControllerLink | None = None
         self.n_messages = 0
         self._closed = False
@@ -121,8 +125,8 @@ class FusetomoPanelHandler(Observable.Observable):
         return u.create_column(
             endpoint_row, label("connection_text"), label("series_text"), label("tilts_text"),
             label("tilt_text"), label("dose_text"), label("costs_text"),
-            label("advice_text", word_wrap=True), buttons, label("result_text", word_wrap=True),
-            u.create_stretch(), spacing=4, margin=8)
+            label("alignment_text"), label("advice_text", word_wrap=True), buttons,
+            label("result_text", word_wrap=True), u.create_stretch(), spacing=4, margin=8)
 
     # -- bound properties -------------------------------------------------------------------
     @property
@@ -148,6 +152,7 @@ class FusetomoPanelHandler(Observable.Observable):
         self._show("tilt_text", s.tilt_text())
         self._show("dose_text", s.dose_text())
         self._show("costs_text", s.costs_text())
+        self._show("alignment_text", s.alignment_text())
         self._show("advice_text", s.advice_text())
         live = self.link is not None
         self._show("can_answer", live and s.can_answer())
@@ -214,6 +219,8 @@ class FusetomoPanelHandler(Observable.Observable):
             if "std_slices" in changed:
                 self.data_items.update(dc.document_model, "std", s.std_slices,
                                        series=s.series, iteration=s.std_iteration)
+            if "alignment" in changed and s.alignment is not None:
+                self.alignment_item.update(dc.document_model, s.alignment, series=s.series)
         self._refresh()
 
     def _on_error(self, text: str) -> None:
@@ -276,6 +283,7 @@ class FusetomoPanelHandler(Observable.Observable):
             self.link.close()
             self.link = None
         self.data_items.forget()
+        self.alignment_item.forget()
 
 
 class FusetomoPanel(Panel.Panel):

@@ -1,7 +1,8 @@
 """What the Nion Swift panel shows, as plain Python: `PanelState.apply(topic, header)` takes a
-decoded status message (docs/protocol.md §2: topics `status`, `slices`, `advice`, `event`)
-and the `*_text` methods give the panel's lines. No Nion import here, so it is tested by
-itself; the panel (panel.py) calls it on the UI thread only.
+decoded status message (docs/protocol.md §2: topics `status`, `slices`, `advice`, `event`,
+and `alignment` from a controller run with `--align`) and the `*_text` methods give the
+panel's lines. No Nion import here, so it is tested by itself; the panel (panel.py) calls it
+on the UI thread only.
 
 Every field a message may lack is optional: an older controller, or a panel that connects
 mid-run, leaves it at its default.
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.ui.alignment import Alignment, decode_alignment
 from fusetomo.ui.slices import PLANES, OrthoSlices, decode_slices
 
 COST_TERMS = ("haadf", "chem", "tv")
@@ -68,12 +70,14 @@ class PanelState:
     slices_iteration: int | None = None
     std_slices: dict[str, OrthoSlices] = field(default_factory=dict)
     std_iteration: int | None = None
+    alignment: Alignment | None = None
     last_event: str | None = None
 
     # -- messages -----------------------------------------------------------------------
     def apply(self, topic: str, header: Mapping[str, Any]) -> set[str]:
-        """Apply one message; return what changed among {'labels', 'slices', 'std_slices'}.
-        Raises PanelDataError for content that cannot be shown (nothing is applied then)."""
+        """Apply one message; return what changed among {'labels', 'slices', 'std_slices',
+        'alignment'}. Raises PanelDataError for content that cannot be shown (nothing is
+        applied then)."""
         # Work on a shallow copy (every field is replaced, never mutated in place) and keep
         # it only if the whole message was understood.
         trial = replace(self)
@@ -89,6 +93,9 @@ class PanelState:
             trial._event(header)
         elif topic == "slices":
             changed = trial._slices(header)
+        elif topic == "alignment":
+            trial.alignment = decode_alignment(header.get("alignment"), PanelDataError)
+            changed.add("alignment")
         else:
             return set()  # a topic this panel does not know: ignored (protocol §5)
         self.__dict__.update(trial.__dict__)
@@ -195,6 +202,10 @@ class PanelState:
             return f"costs: {DASH}"
         terms = ", ".join(f"{k} {self.costs[k]:.4g}" for k in COST_TERMS if k in self.costs)
         return f"costs: {terms}"
+
+    def alignment_text(self) -> str:
+        a = self.alignment
+        return f"alignment: {DASH}" if a is None else f"alignment: {a.summary()}"
 
     def advice_text(self) -> str:
         a = self.advice

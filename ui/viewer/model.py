@@ -1,6 +1,7 @@
 """The viewer's state, fed by decoded status messages (docs/protocol.md §2, topics `status`,
-`slices`, `advice`, `event`). Pure Python and NumPy, no Qt: the receiving thread applies
-messages, the UI thread takes a consistent copy (`ViewerModel.view`) to draw.
+`slices`, `advice`, `event`, and `alignment` from a controller run with `--align`). Pure
+Python and NumPy, no Qt: the receiving thread applies messages, the UI thread takes a
+consistent copy (`ViewerModel.view`) to draw.
 
 Every field a message may lack is optional here: an older controller, or a viewer that
 connects mid-run, leaves it at its default.
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fusetomo.adapters.protocol import Message
+from fusetomo.ui.alignment import Alignment, decode_alignment
 from fusetomo.ui.slices import OrthoSlices, decode_slices
 
 COST_TERMS = ("haadf", "chem", "tv")
@@ -83,6 +85,7 @@ class ViewerState:
     std_slices: dict[str, OrthoSlices] = field(default_factory=dict)
     std_iteration: int | None = None
     advice: Advice | None = None
+    alignment: Alignment | None = None
     last_event: str | None = None
     received: dict[str, int] = field(default_factory=dict)  # messages per topic
     errors: list[str] = field(default_factory=list)  # messages that could not be shown
@@ -183,6 +186,9 @@ class ViewerModel:
                     self._slices(s, header)
                 elif topic == "advice":
                     self._advice(s, header)
+                elif topic == "alignment":
+                    s.alignment = decode_alignment(header.get("alignment"),
+                                                   ViewerDataError)
                 elif topic == "event":
                     ev = _str(header.get("event"))
                     s.last_event = ev
@@ -206,7 +212,7 @@ class ViewerModel:
         series = _str(header.get("series"))
         if series is not None and series != s.series:
             s.cost_iterations, s.costs = [], {t: [] for t in COST_TERMS}
-            s.slices, s.std_slices, s.advice = {}, {}, None
+            s.slices, s.std_slices, s.advice, s.alignment = {}, {}, None, None
             s.slices_iteration = s.std_iteration = None
 
     def _status(self, s: ViewerState, h: Mapping[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """A recorded run (`fusetomo-run` file, docs/file-format.md §3) seen as the live viewer would
 have seen it after each tilt: `RecordedRun.state_at(k)` is the ViewerState after the first k
 tilts in arrival order (both modalities counted), with the latest snapshot (and standard
-error) recorded at or before that tilt, the angles taken so far, the dose so far and the
-cost history of the iterations that had at most those tilts. No Qt here."""
+error) recorded at or before that tilt, the angles taken so far, the dose so far, the
+cost history of the iterations that had at most those tilts and the latest alignment
+recorded before the next tilt arrived. No Qt here."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from fusetomo.adapters.runfile import (
     read_snapshot,
 )
 from fusetomo.adapters.seriesfile import open_h5
+from fusetomo.ui.alignment import Alignment, decode_alignment
 from fusetomo.ui.slices import OrthoSlices
 from fusetomo.ui.viewer.model import (
     ANSWERS,
@@ -41,6 +43,7 @@ class Tilt:
     modality: str  # "haadf" or "chem"
     angle: float
     dose: float  # e/A^2 of this image
+    t_received: float = math.nan  # Unix s, the clock of the run's events
 
 
 @dataclass(frozen=True)
@@ -85,15 +88,17 @@ class RecordedRun:
         self.elements: tuple[str, ...] = tuple(rec.series.elements)
         angles = {"haadf": rec.series.haadf_angles,
                   "chem": rec.series.chem_angles[self.elements[0]]}
-        tilts = [Tilt(int(q), m, float(a), float(d))
+        tilts = [Tilt(int(q), m, float(a), float(d), float(t))
                  for m in ("haadf", "chem")
-                 for q, a, d in zip(rec.seq[m], angles[m], rec.dose_e_per_A2[m], strict=True)]
+                 for q, a, d, t in zip(rec.seq[m], angles[m], rec.dose_e_per_A2[m],
+                                       rec.t_received[m], strict=True)]
         self.tilts: list[Tilt] = sorted(tilts, key=lambda t: t.seq)
         self.snapshots = _volume_index(self.path, "snapshots", int(summary["snapshots"]))
         self.std_errors = _volume_index(self.path, "std_error", int(summary["std_errors"]))
         self.dose_budget = _finite(rec.attrs.get("dose_budget_e_per_A2"))
         self.start = _start_header(rec.attrs.get("start_header"))
         self.advice = _advice_events(rec.events)
+        self.alignments = _alignment_events(rec.events)
 
     @property
     def n_tilts(self) -> int:
@@ -134,6 +139,7 @@ class RecordedRun:
             state.iteration = max(state.iteration, state.slices_iteration)
         last_seq = taken[-1].seq if taken else -1
         state.advice = _latest_advice(self.advice, last_seq)
+        state.alignment = self._alignment_before(k)
         last = f", last {taken[-1].modality} at {taken[-1].angle:+.1f} deg" if taken else ""
         snap = (f"snapshot of iteration {state.slices_iteration}" if i is not None
                 else "no snapshot yet")
@@ -149,6 +155,33 @@ class RecordedRun:
         costs = {t: [float(v) for v in np.asarray(c[t])[ok]] if t in c else
                  [math.nan] * int(ok.sum()) for t in COST_TERMS}
         return [int(i) for i in its[ok]], costs
+
+    def _alignment_before(self, k: int) -> Alignment | None:
+        """The alignment the live viewer showed before tilt k + 1 arrived: the newest
+        `alignment` event recorded by then. An event holds the shifts (and angles) of the
+        last (at most 64) HAADF tilts in arrival order; an event without angles (older run
+        files) is paired with the HAADF tilts received before it. Events that do not pair
+        or decode are skipped, as the live viewer would have kept the last good one."""
+        until = self.tilts[k].t_received if k < self.n_tilts else math.inf
+        haadf = [t for t in self.tilts if t.modality == "haadf"]
+        for ev in reversed(self.alignments):
+            if not ev.time < until:
+                continue
+            n = len(ev.shifts_px)
+            if isinstance(ev.angles, list) and len(ev.angles) == n:
+                angles = ev.angles  # recorded with the shifts (controllers since issue 7)
+            else:
+                before = [t.angle for t in haadf if t.t_received <= ev.time]
+                if n > len(before):
+                    continue
+                angles = before[len(before) - n:]
+            doc = {"angles": angles, "shifts_px": ev.shifts_px,
+                   "axis_offset_px": ev.axis_offset_px, "last_update_px": ev.update_px}
+            try:
+                return decode_alignment(doc, ViewerDataError)
+            except ViewerDataError:
+                continue
+        return None
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 (a few volumes, as long as the run is open)
     def _slices(self, group: str, index: int) -> dict[str, OrthoSlices]:
@@ -200,6 +233,26 @@ def _advice_events(events: list[dict[str, Any]]) -> list[Advice]:
                 adv, answer=answer if answer in ANSWERS else None,
                 decision=decision if isinstance(decision, str) else None)
     return list(out.values())
+
+
+@dataclass(frozen=True)
+class _AlignmentEvent:
+    """One recorded `alignment` event (controller/live.py `_refine_alignment`), undecoded."""
+
+    time: float  # Unix s, as the tilts' t_received
+    shifts_px: list[Any]
+    axis_offset_px: Any
+    update_px: Any
+    angles: Any = None  # recorded with the shifts; older run files lack them
+
+
+def _alignment_events(events: list[dict[str, Any]]) -> list[_AlignmentEvent]:
+    """The `alignment` events in recording order; those without a time or a list of
+    shifts are skipped (their fields are checked when one is shown)."""
+    return [_AlignmentEvent(float(ev["time"]), ev["shifts_px"], ev.get("axis_offset_px"),
+                            ev.get("update_px"), ev.get("angles"))
+            for ev in events if ev.get("kind") == "alignment"
+            and _finite(ev.get("time")) is not None and isinstance(ev.get("shifts_px"), list)]
 
 
 def _latest_advice(advice: list[Advice], last_seq: int) -> Advice | None:

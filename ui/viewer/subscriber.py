@@ -11,7 +11,7 @@ from fusetomo.adapters.protocol import ProtocolError
 from fusetomo.adapters.transport import StatusSubscriber
 from fusetomo.ui.viewer.model import ViewerModel
 
-TOPICS = ("status", "slices", "advice", "event")
+TOPICS = ("status", "slices", "advice", "event", "alignment")
 
 
 class SubscriberThread(QtCore.QThread):

@@ -1,7 +1,8 @@
 """The viewer window (pyqtgraph on PySide6): orthoslices of each element (or their standard
 error), the RGB chemical overlay, the cost terms against iteration, dose used against the
-budget, the tilt angles taken per modality on a polar plot, and the advisor's advice with
-Accept / Skip / Force. A recorded run adds a slider over tilts.
+budget, the tilt angles taken per modality on a polar plot, the live alignment's shifts against
+tilt angle (when the controller aligns), and the advisor's advice with Accept / Skip / Force.
+A recorded run adds a slider over tilts.
 
 The window only draws a `ViewerModel` and sends operator commands: receiving (the
 subscriber thread), reading a run file and sending commands happen off the UI thread, and
@@ -37,6 +38,7 @@ from fusetomo.ui.viewer.runsource import RecordedRun
 PLANE_TITLES = {"s": "s (normal to tilt axis)", "u": "u", "v": "v"}
 COST_COLOURS = {"haadf": (90, 170, 255), "chem": (255, 120, 60), "tv": (120, 220, 120)}
 HAADF_COLOUR, CHEM_COLOUR = (110, 170, 255), (255, 90, 60)
+SHIFT_COLOURS = {"ds": (250, 190, 40), "dd": (0, 210, 210)}  # the columns of shifts_px
 
 
 def _as_displayed(a: np.ndarray) -> np.ndarray:
@@ -250,6 +252,58 @@ class PolarAngles(pg.PlotWidget):
             self.best.setData([], [])
 
 
+class AlignmentPanel(QtWidgets.QWidget):
+    """The live aligner's shift of each HAADF tilt, ds and dd (px, measured image frame)
+    against tilt angle, above a line with the tilt-axis offset, the model refinements and
+    the last update (a label: as the plot's title it would widen the plot past the
+    window). Hidden until an alignment arrives (`fusetomo control --align`), so that
+    without one the other plots keep the room."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        self.plot = pg.PlotWidget()
+        self.plot.setTitle("alignment", size="9pt")
+        self.plot.setLabel("bottom", "tilt angle (°)")
+        self.plot.setLabel("left", "shift (px)")
+        for side in ("left", "bottom"):  # px and degrees read as they are
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.plot.showGrid(x=True, y=True, alpha=0.3)
+        self.plot.addLegend(offset=(5, 5), labelTextSize="8pt", colCount=2)
+        self.curves = {k: self.plot.plot(pen=pg.mkPen(c, width=2), symbol="o", symbolSize=6,
+                                         symbolBrush=c, symbolPen=None, name=k)
+                       for k, c in SHIFT_COLOURS.items()}
+        # One line that never widens the column (it is clipped there, in full as its tool
+        # tip). Not word-wrapped: a height-for-width label in this box made Qt squeeze the
+        # plots above to their minimum height when the panel appeared.
+        self.label = QtWidgets.QLabel("")
+        font = self.label.font()
+        font.setPointSizeF(8.0)
+        self.label.setFont(font)
+        self.label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                 QtWidgets.QSizePolicy.Policy.Preferred)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.label)
+        self.setVisible(False)
+
+    def draw(self, state: ViewerState) -> None:
+        a = state.alignment
+        self.setVisible(a is not None)
+        if a is None:
+            for curve in self.curves.values():
+                curve.setData([], [])
+            self.label.setText("")
+            return
+        # Sorted by angle: arrival order zigzags in dose-symmetric schemes.
+        angles, shifts = a.by_angle()
+        for j, curve in enumerate(self.curves.values()):
+            curve.setData(angles, shifts[:, j])
+        self.label.setText(a.summary())
+        self.label.setToolTip(a.summary())
+
+
 def advice_html(adv: Advice | None, state: ViewerState) -> str:
     if adv is None:
         mode = f" (advice mode: {state.advice_mode})" if state.advice_mode else ""
@@ -351,9 +405,11 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.costs = CostPlots()
         self.dose = DoseBar()
         self.polar = PolarAngles()
+        self.align_plot = AlignmentPanel()
         rl.addWidget(self.costs, 3)
         rl.addWidget(self.dose, 1)
         rl.addWidget(self.polar, 2)
+        rl.addWidget(self.align_plot, 2)
         rl.addWidget(self._advice_box())
         split.addWidget(right)
         split.setStretchFactor(0, 3)
@@ -434,6 +490,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.costs.draw(state)
         self.dose.draw(state)
         self.polar.draw(state)
+        self.align_plot.draw(state)
         self.advice_label.setText(advice_html(state.advice, state))
         self._update_buttons(state)
         if self.slider_label is not None:
