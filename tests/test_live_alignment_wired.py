@@ -17,7 +17,7 @@ from fusetomo.simulators.forward import AcquisitionParams, bin_volume
 from fusetomo.simulators.specimens import make_specimen
 from fusetomo.solver.alignment import gauge_free
 from fusetomo.solver.metrics import nrmse
-from tests.live_fixtures import controller_thread, instrument_thread, wait_for
+from tests.live_fixtures import controller_thread, instrument_thread, recorded_tilts, wait_for
 
 SERIES = {"size": 32, "tilt_range": (-60.0, 60.0), "haadf_step": 6.0, "chem_step": 30.0,
           "seed": 5, "drift_sigma_px": 2.0, "axis_offset_px": 1.5}
@@ -96,3 +96,28 @@ def test_live_alignment_recovers_drift(tmp_path):
     assert float(np.sqrt(np.mean(np.sum(d**2, axis=1)))) < 0.5
     solver.run(2)
     assert all(np.all(np.isfinite(v)) for v in solver.volumes().values())
+
+
+def test_interrupted_aligned_run_resumes_aligned(tmp_path):
+    """A controller stopped mid-series and started again with resume and alignment goes on
+    aligning: the recorded tilts are aligned again, the run completes with each tilt once,
+    and the refinements after the resume converge against the model."""
+    run = tmp_path / "run.h5"
+    params = dataclasses.replace(BASE, align=LiveAlignParams())
+    with instrument_thread(**{**SERIES, "speed": 40.0}) as inst:
+        with controller_thread(inst.endpoint, run, params) as (_, first):
+            wait_for(lambda: recorded_tilts(run) >= 10, 60, "10 recorded tilts")
+        assert first.get("code") != 0 or "error" in first  # stopped before the series end
+        n_before = recorded_tilts(run)
+        with controller_thread(inst.endpoint, run, params, resume=True) as (_, second):
+            wait_for(lambda: "code" in second or "error" in second, 120, "the resumed run")
+    assert second.get("code") == 0, second
+    rec = read_run(run)
+    kinds = [ev["kind"] for ev in rec.events]
+    assert "resumed" in kinds
+    assert rec.series.haadf.shape[0] == 21 and rec.series.haadf.shape[0] + \
+        rec.series.common_chem_angles.size > n_before
+    assert len(set(np.round(rec.series.haadf_angles, 6))) == 21  # each tilt once
+    after = [ev for ev in rec.events[kinds.index("resumed"):] if ev["kind"] == "alignment"]
+    assert len(after) >= 8 and len(after[-1]["angles"]) == 21
+    assert after[-1]["update_px"] is not None and after[-1]["update_px"] < 0.05
