@@ -33,7 +33,8 @@ a calibration: the offline estimate) aligns each tilt in acquisition order again
 previous tilt / the reprojection of the warm-started solver; the solver takes the image moved
 by whole pixels and the fraction in its projector, then k = 3 iterations; between tilts one
 Gauss-Newton refinement against the fused model sets the solver's shifts; after the series,
-`--final-iterations` with a refinement every `--final-every`. Reported: per-tilt time of
+`--final-iterations` with a refinement every `--final-every` until converged
+(`controller.live.final_refinement_due`). Reported: per-tilt time of
 alignment, of the whole tilt (alignment + k iterations) and of a refinement, shift error,
 and <NRMSE> against the same schedule on the drift-free acquisition, as is and with that
 run's object put where the live run put it (the unobservable part of the live shifts given
@@ -61,6 +62,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.registration import phase_cross_correlation
 
+from fusetomo.controller.live import final_refinement_due
 from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_reprojector
 from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.simulators.forward import TiltScheme, bin_projections, haadf_signal, simulate
@@ -315,7 +317,8 @@ def live(sim: Any, data: dict[str, Any], args: argparse.Namespace,
             n_changed += refine(solver, aligner)
             t_refine.append(time.perf_counter() - t1)
     for it in range(args.final_iterations):
-        if align and it % args.final_every == 0:
+        if align and final_refinement_due(it, args.final_iterations, args.final_every,
+                                          aligner):
             n_changed += refine(solver, aligner)
         solver.run(1)
     sc = scores(sim.truth, solver.volumes())
