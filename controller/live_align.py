@@ -358,24 +358,22 @@ class LiveAligner:
     def model_shifts(self, angles: Any) -> np.ndarray:
         """[n, 2] the solver's projector shifts of the HAADF tilts at `angles` (each tilt's
         shift less the whole pixels moved in its image)."""
-        out = []
-        for a in np.atleast_1d(np.asarray(angles, dtype=np.float64)):
-            t = self._tilt(float(a))
-            if t.whole is None:
-                raise AlignmentError(f"the HAADF tilt at {a} degrees has not been given to "
-                                     "the solver (solver_haadf)")
-            out.append(t.shift - t.whole)
-        return np.array(out).reshape(-1, 2)
+        return self._fractions([(self._tilt(a), f"the HAADF tilt at {a} degrees")
+                                for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
 
     def chem_model_shifts(self, angles: Any) -> np.ndarray:
         """[m, 2] the solver's projector shifts of the spectrum images at `angles`."""
+        return self._fractions([(self._chem_at(a), f"the spectrum image at {a} degrees")
+                                for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
+
+    def _fractions(self, items: list[tuple[_Tilt | _Chem, str]]) -> np.ndarray:
         out = []
-        for a in np.atleast_1d(np.asarray(angles, dtype=np.float64)):
-            c = self._chem_at(float(a))
-            if c.whole is None:
-                raise AlignmentError(f"the spectrum image at {a} degrees has not been given "
-                                     "to the solver (solver_chem)")
-            out.append(self._chem_shift(c) - c.whole)
+        for obj, what in items:
+            if obj.whole is None:
+                raise AlignmentError(f"{what} has not been given to the solver "
+                                     "(solver_haadf / solver_chem)")
+            total = obj.shift if isinstance(obj, _Tilt) else self._chem_shift(obj)
+            out.append(total - obj.whole)
         return np.array(out).reshape(-1, 2)
 
     # -- idle-time refinement ---------------------------------------------------------------

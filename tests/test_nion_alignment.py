@@ -1,7 +1,6 @@
-"""The Nion Swift panel's alignment line and data item (issue 7): the `alignment` status
-message decoded by PanelState (bad fields refused by name, the state kept), and, in Swift's
-own headless test machinery, the panel's line and a live [2, n] line-plot data item of the
-shifts, sorted by angle, fed by a real StatusPublisher.
+"""The Nion Swift panel's alignment line (issue 7): the `alignment` status message decoded
+by PanelState (bad fields refused by name, the state kept). The panel itself, in Swift's
+headless test machinery, is tested in test_nion_panel.py.
 
 References: the published header's numbers (sorted by angle for the data item) and the
 summary text built from them by hand.
@@ -9,30 +8,13 @@ summary text built from them by hand.
 
 from __future__ import annotations
 
-import gc
-import threading
-import time
-import unittest
-from collections.abc import Callable
-
 import numpy as np
 import pytest
-import zmq
 
-from fusetomo.adapters import protocol as proto
-from fusetomo.adapters.transport import StatusPublisher
 from fusetomo.ui.nion.state import PanelDataError, PanelState
+from tests.alignment_status import ALIGNMENT, SUMMARY
 
-ALIGNMENT = {
-    "n_tilts": 5, "angles": [0.0, -20.0, 20.0, -40.0, 40.0],
-    "shifts_px": [[0.0, 0.0], [0.412, -1.25], [-0.3, 1.1], [0.9, -2.4], [-0.7, 2.05]],
-    "sources": ["centre", "previous", "previous", "reprojection", "refined"],
-    "chem_own_px": {"0": [0.05, -0.02]}, "rotation_deg": 0.0, "axis_offset_px": 1.25,
-    "refinements": 7, "model_refinements": 3, "last_update_px": 0.0123}
-LINE = "alignment: axis offset +1.25 px · 3 model refinements · last update 0.0123 px"
-SORTED_ANGLES = [-40.0, -20.0, 0.0, 20.0, 40.0]
-SORTED_SHIFTS = np.array([[0.9, -2.4], [0.412, -1.25], [0.0, 0.0], [-0.3, 1.1],
-                          [-0.7, 2.05]])
+LINE = f"alignment: {SUMMARY}"
 
 
 # -- the pure model ---------------------------------------------------------------------------
@@ -66,98 +48,3 @@ def test_state_refuses_a_bad_alignment_and_keeps_what_it_had() -> None:
     # a new series starts without the old alignment
     s.apply("event", {"series": "s2", "event": "series_start"})
     assert s.alignment is None and s.alignment_text() == "alignment: —"
-
-
-# -- in Nion Swift -----------------------------------------------------------------------------
-try:
-    from nion.swift.test import TestContext
-except ImportError:  # the `nion` extra is not installed: the model tests above still run
-    TestContext = None
-needs_nion = pytest.mark.skipif(TestContext is None, reason="needs nionswift (extra `nion`)")
-
-
-def _pump(dc, until: Callable[[], bool], publish: Callable[[], None],
-          timeout_s: float = 10.0) -> None:
-    """Run the document controller's task queue (as Swift's UI loop would) until `until`,
-    publishing again meanwhile (a SUB misses what was published before it joined)."""
-    deadline = time.monotonic() + timeout_s
-    while not until():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the panel")
-        publish()
-        time.sleep(0.02)
-        dc.periodic()
-
-
-@pytest.fixture
-def swift():
-    from nion.swift import Panel
-
-    from fusetomo.ui.nion import panel as panel_module
-    TestContext.begin_leaks()
-    setup = TestContext.TestSetup()
-    panels_before = Panel.Panel.count
-    panel_module.run()
-    try:
-        yield panel_module
-    finally:
-        panel_module.stop()
-        del setup
-        gc.collect()
-        TestContext.end_leaks(unittest.TestCase())  # it only uses assertEqual
-        assert Panel.Panel.count == panels_before
-        assert not [t for t in threading.enumerate() if t.name == "fusetomo-nion-link"]
-
-
-@needs_nion
-def test_panel_shows_alignment_line_and_data_item(swift) -> None:
-    from fusetomo.ui.nion.dataitems import ALIGNMENT_TITLE
-
-    zctx = zmq.Context()
-    pub = StatusPublisher(ctx=zctx)
-    try:
-        with TestContext.create_memory_context() as test_context:
-            dc = test_context.create_document_controller()
-            h = dc.find_dock_panel(swift.PANEL_ID).handler
-            assert h.alignment_text_label.text == "alignment: —"
-            h.connect(pub.endpoint)
-            msg = proto.make(proto.STATUS, "s1", 0, alignment=ALIGNMENT)
-            _pump(dc, lambda: h.state.alignment is not None,
-                  publish=lambda: pub.publish("alignment", msg))
-            assert h.alignment_text_label.text == LINE
-            model = dc.document_model
-            item = h.alignment_item.item
-            assert item in model.data_items and len(model.data_items) == 1
-            assert item.title == ALIGNMENT_TITLE
-            np.testing.assert_allclose(item.data, SORTED_SHIFTS.T)  # rows ds, dd
-            meta = item.metadata["fusetomo"]
-            assert meta["angles_deg"] == SORTED_ANGLES and meta["rows"] == ["ds", "dd"]
-            assert (meta["series"], meta["axis_offset_px"], meta["model_refinements"]) == (
-                "s1", 1.25, 3)
-            # evenly spaced angles: the line plot's axis is the tilt angle in degrees
-            cal = item.xdata.dimensional_calibrations[1]
-            assert (cal.offset, cal.scale, cal.units) == (-40.0, 20.0, "°")
-            assert item.xdata.intensity_calibration.units == "px"
-            display = model.get_display_item_for_data_item(item)
-            assert display.used_display_type == "line_plot"
-            assert [(la.data_row, la.label) for la in display.display_layers] == [
-                (0, "ds"), (1, "dd")]
-
-            # the next alignment (a sixth tilt, uneven spacing) updates the same item
-            more = dict(ALIGNMENT, n_tilts=6, angles=[*ALIGNMENT["angles"], 50.0],
-                        shifts_px=[*ALIGNMENT["shifts_px"], [0.25, 2.5]],
-                        sources=[*ALIGNMENT["sources"], "previous"], model_refinements=4)
-            msg2 = proto.make(proto.STATUS, "s1", 1, alignment=more)
-            _pump(dc, lambda: h.state.alignment.model_refinements == 4,
-                  publish=lambda: pub.publish("alignment", msg2))
-            assert h.alignment_item.item is item and len(model.data_items) == 1
-            np.testing.assert_allclose(item.data[:, -1], [0.25, 2.5])
-            np.testing.assert_allclose(item.data[:, :5], SORTED_SHIFTS.T)
-            assert item.metadata["fusetomo"]["angles_deg"] == [*SORTED_ANGLES, 50.0]
-            assert item.xdata.dimensional_calibrations[1].units in (None, "")
-            assert "4 model refinements" in h.alignment_text_label.text
-            assert [(la.data_row, la.label) for la in display.display_layers] == [
-                (0, "ds"), (1, "dd")]
-    finally:
-        pub.close()
-        zctx.term()

@@ -21,6 +21,7 @@ from fusetomo.adapters.transport import StatusPublisher
 from fusetomo.controller.live import orthoslices
 from fusetomo.ui.nion.state import PanelDataError, PanelState, montage
 from fusetomo.ui.slices import decode_slices
+from tests.alignment_status import ALIGNMENT, SORTED_ANGLES, SORTED_SHIFTS, SUMMARY
 
 ELEMENTS = ["Fe", "O"]
 
@@ -333,3 +334,57 @@ def test_panel_answers_a_live_controller_in_manual_mode(swift, tmp_path) -> None
             assert value in dc.document_model.data_items and std in dc.document_model.data_items
             assert value.data.shape == std.data.shape == (16, 16 * 3 + 2)
         assert h.series_text_label.text.startswith(f"{rec.attrs['series_id']}: complete")
+
+
+@needs_nion
+def test_panel_shows_alignment_line_and_data_item(swift) -> None:
+    from fusetomo.ui.nion.dataitems import ALIGNMENT_TITLE
+
+    zctx = zmq.Context()
+    pub = StatusPublisher(ctx=zctx)
+    try:
+        with TestContext.create_memory_context() as test_context:
+            dc = test_context.create_document_controller()
+            h = dc.find_dock_panel(swift.PANEL_ID).handler
+            assert h.alignment_text_label.text == "alignment: —"
+            h.connect(pub.endpoint)
+            msg = proto.make(proto.STATUS, "s1", 0, alignment=ALIGNMENT)
+            _pump(dc, lambda: h.state.alignment is not None,
+                  publish=lambda: pub.publish("alignment", msg))
+            assert h.alignment_text_label.text == f"alignment: {SUMMARY}"
+            model = dc.document_model
+            item = h.alignment_item.item
+            assert item in model.data_items and len(model.data_items) == 1
+            assert item.title == ALIGNMENT_TITLE
+            np.testing.assert_allclose(item.data, np.array(SORTED_SHIFTS).T)  # rows ds, dd
+            meta = item.metadata["fusetomo"]
+            assert meta["angles_deg"] == SORTED_ANGLES and meta["rows"] == ["ds", "dd"]
+            assert (meta["series"], meta["axis_offset_px"], meta["model_refinements"]) == (
+                "s1", 1.25, 3)
+            # evenly spaced angles: the line plot's axis is the tilt angle in degrees
+            cal = item.xdata.dimensional_calibrations[1]
+            assert (cal.offset, cal.scale, cal.units) == (-40.0, 20.0, "°")
+            assert item.xdata.intensity_calibration.units == "px"
+            display = model.get_display_item_for_data_item(item)
+            assert display.used_display_type == "line_plot"
+            assert [(la.data_row, la.label) for la in display.display_layers] == [
+                (0, "ds"), (1, "dd")]
+
+            # the next alignment (a sixth tilt, uneven spacing) updates the same item
+            more = dict(ALIGNMENT, n_tilts=6, angles=[*ALIGNMENT["angles"], 50.0],
+                        shifts_px=[*ALIGNMENT["shifts_px"], [0.25, 2.5]],
+                        sources=[*ALIGNMENT["sources"], "previous"], model_refinements=4)
+            msg2 = proto.make(proto.STATUS, "s1", 1, alignment=more)
+            _pump(dc, lambda: h.state.alignment.model_refinements == 4,
+                  publish=lambda: pub.publish("alignment", msg2))
+            assert h.alignment_item.item is item and len(model.data_items) == 1
+            np.testing.assert_allclose(item.data[:, -1], [0.25, 2.5])
+            np.testing.assert_allclose(item.data[:, :5], np.array(SORTED_SHIFTS).T)
+            assert item.metadata["fusetomo"]["angles_deg"] == [*SORTED_ANGLES, 50.0]
+            assert item.xdata.dimensional_calibrations[1].units in (None, "")
+            assert "4 model refinements" in h.alignment_text_label.text
+            assert [(la.data_row, la.label) for la in display.display_layers] == [
+                (0, "ds"), (1, "dd")]
+    finally:
+        pub.close()
+        zctx.term()
