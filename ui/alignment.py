@@ -7,28 +7,20 @@ changes nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fusetomo.ui.fields import integer as _int
+from fusetomo.ui.fields import number as _num
+
 DASH = "—"
 
 
 class AlignmentDataError(ValueError):
     """A published alignment that cannot be decoded; the message names the field and value."""
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,8 @@ import numpy as np
 
 from fusetomo.adapters.protocol import Message
 from fusetomo.ui.alignment import Alignment, decode_alignment
+from fusetomo.ui.fields import integer as _int
+from fusetomo.ui.fields import number as _num
 from fusetomo.ui.slices import OrthoSlices, decode_slices
 
 COST_TERMS = ("haadf", "chem", "tv")
@@ -93,16 +95,6 @@ class ViewerState:
 
 
 # -- decoding helpers ------------------------------------------------------------------------
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
 def _str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
