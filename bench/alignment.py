@@ -314,12 +314,12 @@ def live(sim: Any, data: dict[str, Any], args: argparse.Namespace,
         t_tilt.append(time.perf_counter() - t0)
         if solver.ready and align:  # idle time before the next tilt
             t1 = time.perf_counter()
-            n_changed += refine(solver, aligner)
+            n_changed += len(aligner.refine(solver))
             t_refine.append(time.perf_counter() - t1)
     for it in range(args.final_iterations):
         if align and final_refinement_due(it, args.final_iterations, args.final_every,
                                           aligner):
-            n_changed += refine(solver, aligner)
+            n_changed += len(aligner.refine(solver))
         solver.run(1)
     sc = scores(sim.truth, solver.volumes())
     if not align:
@@ -353,15 +353,6 @@ def live_gauge(angles: np.ndarray, est: np.ndarray, true: np.ndarray) -> np.ndar
     solver's shifts on drift-free data, it puts that reconstruction's object in the same
     place, so that scoring (a Fourier translation onto the truth) costs both alike."""
     return (est - al.gauge_free(angles, est)) - (true - al.gauge_free(angles, true))
-
-
-def refine(solver: FusedSolver, aligner: LiveAligner) -> int:
-    """One idle-time refinement and the solver's new shifts (as controller/live.py does)."""
-    changed = aligner.refine(solver)
-    if changed or aligner.chem_moved:
-        solver.set_shifts(haadf=aligner.model_shifts(solver.haadf_proj.angles),
-                          chem=aligner.chem_model_shifts(solver.chem_proj.angles))
-    return len(changed)
 
 
 def print_offline(off: dict[str, Any], args: argparse.Namespace) -> None:

@@ -277,14 +277,12 @@ def realign(record: RunRecord, solver: FusedSolver | None,
         raise LiveError(f"cannot align the recorded tilts of the run again: {e}") from None
     if solver is None or solver.n_haadf == 0:
         return aligner
-    h = [aligner.solver_haadf(float(a)) for a in solver.haadf_proj.angles]
-    solver.replace_haadf(np.stack([img for img, _ in h]))
-    chem = None
+    solver.replace_haadf(np.stack([aligner.solver_haadf(float(a))[0]
+                                   for a in solver.haadf_proj.angles]))
     if solver.n_chem:
-        c = [aligner.solver_chem(float(a)) for a in solver.chem_proj.angles]
-        solver.replace_chem({e: np.stack([m[e] for m, _ in c]) for e in solver.elements})
-        chem = np.stack([f for _, f in c])
-    solver.set_shifts(haadf=np.stack([f for _, f in h]), chem=chem)
+        c = [aligner.solver_chem(float(a))[0] for a in solver.chem_proj.angles]
+        solver.replace_chem({e: np.stack([m[e] for m in c]) for e in solver.elements})
+    aligner.set_solver_shifts(solver)
     return aligner
 
 
@@ -960,11 +958,7 @@ class LiveController:
         solver, aligner, run = self.solver, self.aligner, self.run_file
         assert solver is not None and aligner is not None and run is not None
         self._refine_due = False
-        changed = aligner.refine(solver)
-        if changed or aligner.chem_moved:
-            solver.set_shifts(haadf=aligner.model_shifts(solver.haadf_proj.angles),
-                              chem=aligner.chem_model_shifts(solver.chem_proj.angles)
-                              if solver.n_chem else None)
+        changed = aligner.refine(solver)  # the solver gets the new shifts
         status = aligner.status()
         run.record_event("alignment", moved=len(changed), iteration=solver.iteration,
                          axis_offset_px=status["axis_offset_px"],

@@ -8,9 +8,7 @@ refined against the fused model in the idle time while the controller waits for 
     aligner.align_chem(angle, maps, Z=..., gamma=..., background=...)
     maps, frac = aligner.solver_chem(angle)
     solver.add_chem(angle, {e: m[None] for e, m in maps.items()}, shifts=frac[None])
-    if aligner.refine(solver):                              # idle time: moved tilts
-        solver.set_shifts(haadf=aligner.model_shifts(solver.haadf_proj.angles),
-                          chem=aligner.chem_model_shifts(solver.chem_proj.angles))
+    aligner.refine(solver)                # idle time: the solver gets the refined shifts
 
 Shifts are (ds, dd) pixels in the measured image frame, the model of
 `fusetomo.solver.alignment`: measured = shift(rotate(aligned, rotation_deg), shift).
@@ -34,8 +32,8 @@ re-fits the tilt-axis offset from the centre-of-mass trajectory of all tilts (th
 of d = c + a cos t + b sin t). After that it takes one Gauss-Newton step of every tilt's
 shift against the fused model's own images (`solver.joint_align.shift_steps`, the step of the
 offline joint refinement), and of each spectrum image's own offset against the maps' model.
-It returns the tilts whose shift moved by more than `min_change_px`; the caller then hands the
-new fractions to the solver (`model_shifts`, `chem_model_shifts`).
+If any shift moved by more than `min_change_px`, the solver gets the new fractions
+(`set_solver_shifts`); it returns the HAADF tilts that moved.
 
 Pure array code: no sockets, no files. The reference passed to `align_haadf` is a
 `FusedSolver` (its HAADF signal sum_i (Z_i x_i)^gamma is reprojected), any callable
@@ -172,7 +170,6 @@ class LiveAligner:
         self.model_refinements = 0  # of which Gauss-Newton steps against the fused model
         self.last_update_px = float("nan")  # RMS of the last model step (HAADF)
         self.axis_offset_px: float | None = None
-        self._chem_moved = False
 
     # -- lookup -----------------------------------------------------------------------------
     def _index(self, angle: float) -> int | None:
@@ -366,6 +363,12 @@ class LiveAligner:
         return self._fractions([(self._chem_at(a), f"the spectrum image at {a} degrees")
                                 for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
 
+    def set_solver_shifts(self, solver: Any) -> None:
+        """Give `solver` the current fractions of all its HAADF and chemical tilts."""
+        solver.set_shifts(haadf=self.model_shifts(solver.haadf_proj.angles),
+                          chem=self.chem_model_shifts(solver.chem_proj.angles)
+                          if solver.n_chem else None)
+
     def _fractions(self, items: list[tuple[_Tilt | _Chem, str]]) -> np.ndarray:
         out = []
         for obj, what in items:
@@ -381,8 +384,8 @@ class LiveAligner:
         """Refine the alignment (module doc): the axis offset from the centre of mass while
         the model is not trusted yet (or without a solver), else one Gauss-Newton step of
         every shift against `solver`'s model (it must hold every tilt given by
-        `solver_haadf`/`solver_chem`). Returns {angle: new image-frame shift} of the HAADF
-        tilts that moved; the caller then sets the solver's shifts."""
+        `solver_haadf`/`solver_chem`). If any shift moved, `solver` (if given) gets the new
+        fractions. Returns {angle: new image-frame shift} of the HAADF tilts that moved."""
         n = len(self._tilts)
         if n == 0:
             return {}
@@ -400,8 +403,10 @@ class LiveAligner:
         for t, m in zip(self._tilts, moved, strict=True):
             if m:
                 t.source = "refined"
-        self._chem_moved = any(np.max(np.abs(c.own - b)) > p.min_change_px
-                               for c, b in zip(self._chem, before_c, strict=True))
+        chem_moved = any(np.max(np.abs(c.own - b)) > p.min_change_px
+                         for c, b in zip(self._chem, before_c, strict=True))
+        if solver is not None and (moved.any() or chem_moved):
+            self.set_solver_shifts(solver)
         return {t.angle: self._image_shift(t.shift)
                 for t, m in zip(self._tilts, moved, strict=True) if m}
 
@@ -409,11 +414,6 @@ class LiveAligner:
     def converged(self) -> bool:
         """Whether the last model step was below `tol_px` (and so not applied)."""
         return self.last_update_px < self.params.tol_px
-
-    @property
-    def chem_moved(self) -> bool:
-        """Whether the last `refine` moved a spectrum image's own offset."""
-        return self._chem_moved
 
     def _model_step(self, solver: Any) -> None:
         p = self.params

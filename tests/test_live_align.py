@@ -97,9 +97,7 @@ def feed(aligner: LiveAligner, start, tilts, solver=None, iterations: int = 0):
                 solver.add_chem(a, {e: v[None] for e, v in maps.items()}, shifts=frac[None])
         if solver is not None and solver.ready and iterations:
             solver.run(iterations)
-            if aligner.refine(solver) or aligner.chem_moved:
-                solver.set_shifts(haadf=aligner.model_shifts(solver.haadf_proj.angles),
-                                  chem=aligner.chem_model_shifts(solver.chem_proj.angles))
+            aligner.refine(solver)  # sets the solver's shifts
     return truth, chem
 
 
@@ -157,9 +155,7 @@ def test_refinement_against_the_fused_model(stream):
     feed(aligner, start, tilts, s, iterations=3)
     for _ in range(6):  # the final iterations, with refinements between them
         s.run(5)
-        if aligner.refine(s) or aligner.chem_moved:
-            s.set_shifts(haadf=aligner.model_shifts(s.haadf_proj.angles),
-                         chem=aligner.chem_model_shifts(s.chem_proj.angles))
+        aligner.refine(s)  # sets the solver's shifts
     ang = aligner.angles
     true = np.stack([truth[a] for a in ang])
     e_coarse = rms(ang, np.stack([coarse.shifts[a] for a in ang]), true)
