@@ -93,7 +93,9 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 FORMAT = "fusetomo-run"
-VERSION = 1
+# 2: an element's background attribute is written only when the series states it (version
+# 1 wrote 0 for "not stated", which reading a version-1 file maps back)
+VERSION = 2
 MODALITIES = ("haadf", "chem")
 # the solver's cost terms, the tilt counts it held, and whether the iteration was idle
 COST_TERMS = ("haadf", "chem", "tv", "haadf_scale", "n_haadf", "n_chem", "idle")
@@ -200,7 +202,8 @@ def _build(f: h5py.File, lay: _Layout) -> None:
         g = chem.create_group(e)
         z = lay.Z[e]
         g.attrs["Z"] = int(z) if float(z).is_integer() else float(z)
-        g.attrs["background"] = float(lay.background[e])
+        if e in lay.background:
+            g.attrs["background"] = float(lay.background[e])
         _appendable(g, "data", (ns, nd), np.float32, chunk_rows=1)
         _appendable(g, "angles", (), np.float64).attrs["units"] = "degree"
     run = f.create_group("run", track_order=True)
@@ -264,7 +267,9 @@ def _layout_from_start(start: Message | Mapping[str, Any], path: Path,
     if bg_in is not None and not isinstance(bg_in, Mapping):
         raise RunFileError(f"{where}: background must be a mapping element -> counts, got "
                            f"{bg_in!r}")
-    background = {e: _number(bg_in or {}, e, 0.0, f"{where}: background") for e in els}
+    # An element the mapping leaves out has an unknown background (the solver estimates it).
+    background = {e: _number(bg_in, e, 0.0, f"{where}: background") for e in els
+                  if bg_in is not None and e in bg_in}
     gamma = _optional(h, "gamma", where)
     if gamma is not None and not 1.0 <= gamma <= 2.5:
         raise RunFileError(f"{where}: gamma must lie in [1, 2.5], got {gamma}")
@@ -299,7 +304,10 @@ def _layout_from_file(f: h5py.File, path: Path) -> _Layout:
         raise RunFileError(f"{path}: group /chem is missing or empty")
     elements = tuple(chem)
     Z = {e: float(_attr(chem[e].attrs.get("Z", atomic_number(e)))) for e in elements}
-    bg = {e: float(_attr(chem[e].attrs.get("background", 0.0))) for e in elements}
+    bg = {e: float(_attr(chem[e].attrs["background"])) for e in elements
+          if "background" in chem[e].attrs}
+    if version < 2:  # version 1 wrote 0 for a background the series did not state
+        bg = {e: b for e, b in bg.items() if b != 0}
     costs = f.get("run/costs")
     if not isinstance(costs, h5py.Group) or "iteration" not in costs:
         raise RunFileError(f"{path}: group /run/costs (with iteration) is missing")

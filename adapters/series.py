@@ -1,18 +1,27 @@
 """The tilt series as fusetomo holds it in memory, and its validation.
 
-Conventions (science.md §5): images are [n_slices, n_det]; stacks [n_tilts, n_slices, n_det];
-angles in degrees. Chemical maps are counts (>= 0), one stack per element; all elements of
-one spectrum image share its tilt angles.
+Conventions: images are [n_slices, n_det]; stacks [n_tilts, n_slices, n_det]; angles in
+degrees. Chemical maps are one stack per element; all elements of one spectrum image share its
+tilt angles. They are either raw counts (`chem_kind` "counts", >= 0) or counts from which a
+background was subtracted (`chem_kind` "subtracted", e.g. EELS after a power-law fit), which
+may be negative; `subtracted_level` holds the level that was removed, per element, when known.
+
+Nuisances the file may state or leave to the solver: `background` (counts per pixel of each
+element's maps; an element missing from the mapping has an unknown background, which the
+fused solver estimates) and `gamma` (None: estimated).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from fusetomo.adapters.elements import atomic_number
+
+ChemKind = Literal["counts", "subtracted"]
+CHEM_KINDS: tuple[str, ...] = ("counts", "subtracted")
 
 
 class SeriesError(ValueError):
@@ -30,6 +39,8 @@ class TiltSeries:
     gamma: float | None = None
     pixel_size_nm: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    chem_kind: ChemKind = "counts"
+    subtracted_level: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.haadf = np.asarray(self.haadf, dtype=np.float32)
@@ -40,7 +51,8 @@ class TiltSeries:
         }
         for e in self.chem:
             self.Z.setdefault(e, atomic_number(e))
-            self.background.setdefault(e, 0.0)
+        self.background = {e: float(v) for e, v in self.background.items()}
+        self.subtracted_level = {e: float(v) for e, v in self.subtracted_level.items()}
         self.validate()
 
     @property
@@ -51,6 +63,18 @@ class TiltSeries:
     def shape(self) -> tuple[int, int]:
         """(n_slices, n_det)."""
         return int(self.haadf.shape[1]), int(self.haadf.shape[2])
+
+    def stated_background(self) -> list[float | None]:
+        """The background of each element's maps in element order; None where the series
+        does not state it (the fused solver then estimates it)."""
+        return [self.background.get(e) for e in self.elements]
+
+    def stated_subtracted(self) -> list[float | None]:
+        """For background-subtracted maps, the level subtracted from each element's maps
+        (None where unknown); for raw counts, all zeros."""
+        if self.chem_kind == "counts":
+            return [0.0 for _ in self.elements]
+        return [self.subtracted_level.get(e) for e in self.elements]
 
     @property
     def common_chem_angles(self) -> np.ndarray:
@@ -70,6 +94,13 @@ class TiltSeries:
         _check_angles("/haadf/angles", self.haadf_angles)
         if not self.chem:
             raise SeriesError("/chem: no element maps")
+        if self.chem_kind not in CHEM_KINDS:
+            raise SeriesError(f"/chem: kind must be one of {list(CHEM_KINDS)}, got "
+                              f"{self.chem_kind!r}")
+        unknown = sorted((set(self.background) | set(self.subtracted_level)) - set(self.chem))
+        if unknown:
+            raise SeriesError(f"/chem: background or subtracted level given for elements "
+                              f"{unknown} that have no maps")
         ref = None
         for e, m in self.chem.items():
             name = f"/chem/{e}/data"
@@ -82,7 +113,7 @@ class TiltSeries:
             if m.shape[0] != self.chem_angles[e].size:
                 raise SeriesError(f"/chem/{e}/angles: {self.chem_angles[e].size} angles for "
                                   f"{m.shape[0]} maps")
-            _check_values(name, m, counts=True)
+            _check_values(name, m, counts=self.chem_kind == "counts")
             _check_angles(f"/chem/{e}/angles", self.chem_angles[e])
             if ref is None:
                 ref = (e, self.chem_angles[e])
@@ -90,9 +121,11 @@ class TiltSeries:
                 raise SeriesError(f"/chem/{e}/angles {self.chem_angles[e].tolist()} differ from "
                                   f"/chem/{ref[0]}/angles {ref[1].tolist()}: all elements of a "
                                   "spectrum image share its tilts")
-            bg = self.background.get(e, 0.0)
-            if not np.isfinite(bg) or bg < 0:
-                raise SeriesError(f"/chem/{e}: background must be finite and >= 0, got {bg}")
+            for what, table in (("background", self.background),
+                                ("subtracted level", self.subtracted_level)):
+                v = table.get(e, 0.0)
+                if not np.isfinite(v) or v < 0:
+                    raise SeriesError(f"/chem/{e}: {what} must be finite and >= 0, got {v}")
         if self.gamma is not None and not 1.0 <= self.gamma <= 2.5:
             raise SeriesError(f"gamma attribute must lie in [1, 2.5], got {self.gamma}")
 
@@ -104,7 +137,9 @@ def _check_values(name: str, data: np.ndarray, *, counts: bool) -> None:
         raise SeriesError(f"{name}: {int(bad.sum())} NaN/inf values (first at index {idx})")
     if counts and data.size and float(data.min()) < 0:
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmin(data)), data.shape))
-        raise SeriesError(f"{name}: negative counts (min {float(data.min())} at index {idx})")
+        raise SeriesError(f"{name}: negative counts (min {float(data.min())} at index {idx}); "
+                          "maps with a background subtracted must say so (chem kind "
+                          "'subtracted')")
 
 
 def _check_angles(name: str, angles: np.ndarray) -> None:

@@ -2,12 +2,20 @@
 
     /haadf/data              float32 [n_tilts, n_slices, n_det]
     /haadf/angles            float64 [n_tilts], degrees
-    /chem/<Symbol>/data      float32 [m, n_slices, n_det], counts >= 0
+    /chem attrs              kind = "counts" (default) | "background-subtracted"
+    /chem/<Symbol>/data      float32 [m, n_slices, n_det]: counts >= 0, or counts with a
+                             background subtracted (may be negative)
     /chem/<Symbol>/angles    float64 [m], degrees (the same for every element)
-    /chem/<Symbol> attrs     Z (optional, else the periodic table), background (counts/pixel)
+    /chem/<Symbol> attrs     Z (optional, else the periodic table); background (counts per
+                             pixel, only when known: absent means "estimate it");
+                             subtracted_level (counts per pixel removed from
+                             background-subtracted maps, when known)
     /truth/<Symbol>          float32 [n_slices, n_det, n_det] (optional, simulated series)
-    / attrs                  format="fusetomo-series", version=1, gamma, pixel_size_nm,
-                             plus the series' own attributes (dose, specimen, ...)
+    / attrs                  format="fusetomo-series", version=2, gamma (absent: estimate
+                             it), pixel_size_nm, plus the series' own attributes
+
+Version 1 files always wrote a background, 0 when it was not known: on reading them, a
+background of 0 counts as not stated.
 
 Files are written atomically (temporary file in the same folder, then `os.replace`), so a
 reader never sees half a file. Every problem found on reading raises `SeriesFileError`,
@@ -31,7 +39,9 @@ from fusetomo.adapters.series import SeriesError, TiltSeries
 
 FORMAT = "fusetomo-series"
 RUN_FORMAT = "fusetomo-run"  # adapters/runfile.py: a series file plus the live record
-VERSION = 1
+VERSION = 2
+# /chem's `kind` attribute for each TiltSeries.chem_kind
+CHEM_KIND_ATTR = {"counts": "counts", "subtracted": "background-subtracted"}
 RESERVED_ATTRS = frozenset({"format", "version", "gamma", "pixel_size_nm"})
 
 
@@ -104,13 +114,15 @@ def write_series(
         h.create_dataset("angles", data=np.asarray(series.haadf_angles, np.float64))
         h["angles"].attrs["units"] = "degree"
         chem = f.create_group("chem", track_order=True)
+        chem.attrs["kind"] = CHEM_KIND_ATTR[series.chem_kind]
         for e in series.elements:
             g = chem.create_group(e)
             write_dataset(g, "data", series.chem[e], np.float32)
             g.create_dataset("angles", data=np.asarray(series.chem_angles[e], np.float64))
             g["angles"].attrs["units"] = "degree"
             g.attrs["Z"] = int(series.Z[e])
-            g.attrs["background"] = float(series.background.get(e, 0.0))
+            set_attr(g, "background", series.background.get(e), str(path))
+            set_attr(g, "subtracted_level", series.subtracted_level.get(e), str(path))
         if truth:
             t = f.create_group("truth", track_order=True)
             for e, vol in truth.items():
@@ -192,7 +204,8 @@ def _number_attr(obj: h5py.Group, key: str, where: str) -> float | None:
     return float(v)
 
 
-def check_format(f: h5py.File, path: Path, expected: str) -> None:
+def check_format(f: h5py.File, path: Path, expected: str) -> int:
+    """Check the root `format` attribute; returns the file's format version."""
     fmt = attr_value(f.attrs.get("format", expected))
     if fmt != expected:
         raise SeriesFileError(f"{path}: attribute format is {fmt!r}, expected {expected!r}")
@@ -200,6 +213,7 @@ def check_format(f: h5py.File, path: Path, expected: str) -> None:
     if not isinstance(version, int) or version > VERSION:
         raise SeriesFileError(f"{path}: format version {version!r} is not supported "
                               f"(this fusetomo reads up to {VERSION})")
+    return version
 
 
 def _element(path: Path, where: str, symbol: str) -> str:
@@ -210,10 +224,20 @@ def _element(path: Path, where: str, symbol: str) -> str:
     return symbol
 
 
-def _read_chem(f: h5py.File, path: Path) -> tuple[dict, dict, dict, dict]:
+def read_chem_kind(group: h5py.Group, where: str) -> str:
+    """TiltSeries.chem_kind from a /chem group's `kind` attribute (absent: counts)."""
+    kind = attr_value(group.attrs.get("kind", "counts"))
+    for k, v in CHEM_KIND_ATTR.items():
+        if kind == v:
+            return k
+    raise SeriesFileError(f"{where}: attribute kind must be one of "
+                          f"{list(CHEM_KIND_ATTR.values())}, got {kind!r}")
+
+
+def _read_chem(f: h5py.File, path: Path, version: int) -> tuple[dict, ...]:
     if "chem" not in f or not isinstance(f["chem"], h5py.Group):
         raise SeriesFileError(f"{path}: group /chem is missing")
-    chem, angles, Z, background = {}, {}, {}, {}
+    chem, angles, Z, background, subtracted = {}, {}, {}, {}, {}
     for e in f["chem"]:
         where = f"/chem/{e}"
         _element(path, where, e)
@@ -229,9 +253,12 @@ def _read_chem(f: h5py.File, path: Path) -> tuple[dict, dict, dict, dict]:
                 raise SeriesFileError(f"{path}: {where}: attribute Z must be > 0, got {z}")
             Z[e] = int(z) if z.is_integer() else z
         bg = _number_attr(g, "background", f"{path}: {where}")
-        if bg is not None:
+        if bg is not None and (version >= 2 or bg != 0):
             background[e] = bg
-    return chem, angles, Z, background
+        level = _number_attr(g, "subtracted_level", f"{path}: {where}")
+        if level is not None:
+            subtracted[e] = level
+    return chem, angles, Z, background, subtracted
 
 
 def read_series(path: str | Path) -> TiltSeries:
@@ -247,16 +274,18 @@ def read_series(path: str | Path) -> TiltSeries:
         except RunFileError as e:
             raise SeriesFileError(str(e)) from None
     with open_h5(path) as f:
-        check_format(f, path, FORMAT)
+        version = check_format(f, path, FORMAT)
         haadf = _read(f, "/haadf/data", path, 3)
         haadf_angles = _read(f, "/haadf/angles", path, 1)
-        chem, chem_angles, Z, background = _read_chem(f, path)
+        chem, chem_angles, Z, background, subtracted = _read_chem(f, path, version)
+        kind = read_chem_kind(f["chem"], f"{path}: /chem")
         gamma = _number_attr(f, "gamma", str(path))
         pixel = _number_attr(f, "pixel_size_nm", str(path))
         attrs = {k: attr_value(v) for k, v in f.attrs.items() if k not in RESERVED_ATTRS}
     try:
         return TiltSeries(haadf, haadf_angles, chem, chem_angles, Z=Z, background=background,
-                          gamma=gamma, pixel_size_nm=pixel, attrs=attrs)
+                          gamma=gamma, pixel_size_nm=pixel, attrs=attrs, chem_kind=kind,
+                          subtracted_level=subtracted)
     except SeriesError as e:
         raise SeriesFileError(f"{path}: {e}") from None
 

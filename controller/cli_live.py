@@ -411,6 +411,7 @@ def _series_source(path: Path, tmp: Path) -> Path:
     out = tmp / "series.h5"
     write_series(out, TiltSeries(s.haadf, s.haadf_angles, s.chem, s.chem_angles, Z=s.Z,
                                  background=s.background, gamma=s.gamma,
+                                 chem_kind=s.chem_kind, subtracted_level=s.subtracted_level,
                                  pixel_size_nm=s.pixel_size_nm, attrs=attrs))
     return out
 

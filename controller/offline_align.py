@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fusetomo.adapters.series import TiltSeries
+from fusetomo.controller.series_model import solver_for_series
 from fusetomo.solver import alignment as al
 from fusetomo.solver import joint_align as ja
 from fusetomo.solver.fusion import FusedSolver
@@ -83,9 +84,7 @@ def aligned_solver(series: TiltSeries, haadf_shifts: np.ndarray, chem_shifts: np
                                 f"{ns} x {nd} field, got {crop_px}")
     field = (slice(crop_px, ns - crop_px), slice(crop_px, nd - crop_px))
     els = series.elements
-    solver = FusedSolver(nd - 2 * crop_px, ns - 2 * crop_px, els, [series.Z[e] for e in els],
-                         params, device=device,
-                         background=[series.background[e] for e in els])
+    solver = solver_for_series(series, params, device=device, crop_px=crop_px)
     clean, _ = al.remove_background(series.haadf)
     h, fh = ja.prepare(clean, haadf_shifts, rotation_deg)
     solver.add_haadf(series.haadf_angles, h[:, field[0], field[1]], shifts=fh)
@@ -111,7 +110,7 @@ def align_for_fusion(series: TiltSeries, params: OfflineAlignParams | None = Non
         haadf_c, _ = al.remove_background(
             al.apply_alignment(series.haadf, A.shifts, A.rotation_deg))
         Z = [series.Z[e] for e in series.elements]
-        bg = [series.background[e] for e in series.elements]
+        bg = [b or 0.0 for b in series.stated_background()]
         for j in np.flatnonzero(paired):
             i = nearest[j]
             maps = {e: al.apply_alignment(series.chem[e][j], A.shifts[i], A.rotation_deg,

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from fusetomo.controller.advisor import ACQUIRE, Advice, AdvisorParams, SeriesState, make_policy
+from fusetomo.controller.series_model import solver_for_series
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
 from fusetomo.simulators.schemes import make_plan
 from fusetomo.solver.backend import resolve_device
-from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.metrics import nrmse
 
 
@@ -84,9 +84,7 @@ def run_policy(policy_name: str, advisor: AdvisorParams, p: PolicyRunParams,
     s = sim.series
     h_index = {round(a, 6): i for i, a in enumerate(s.haadf_angles.tolist())}
     c_index = {round(a, 6): i for i, a in enumerate(s.common_chem_angles.tolist())}
-    solver = FusedSolver(*s.shape[::-1], s.elements, [s.Z[e] for e in s.elements],
-                         FusionParams(gamma=s.gamma or 1.7), device=resolve_device(p.device),
-                         background=[s.background[e] for e in s.elements])
+    solver = solver_for_series(s, device=resolve_device(p.device))
     policy = make_policy(policy_name, advisor, order)
     dose_per_map = float(s.attrs.get("chem_dose_e_per_A2") or 1.0)
     taken: list[float] = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ from fusetomo.controller.offline_align import (
     aligned_solver,
 )
 from fusetomo.controller.reconfile import write_recon
+from fusetomo.controller.series_model import fusion_params_for, solver_for_series
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import DEFAULT_ITERATIONS, CostHistory, FusedSolver, FusionParams
+from fusetomo.solver.nuisance import haadf_offsets
 
 METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
 
@@ -72,8 +74,7 @@ def _maps(series: TiltSeries) -> np.ndarray:
 def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParams,
            progress: bool, align: OfflineAlignParams | None = None,
            ) -> tuple[FusedSolver, dict[str, Any]]:
-    p = replace(params, gamma=series.gamma) if series.gamma is not None else params
-    ns, nd = series.shape
+    p = fusion_params_for(series, params)
     extra: dict[str, Any] = {}
     if align is not None:
         alignment = align_for_fusion(series, align, fusion_params=p,
@@ -84,11 +85,7 @@ def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParam
                                 alignment.rotation_deg, p, resolve_device(device))
         extra = alignment.attrs()
     else:
-        solver = FusedSolver(
-            nd, ns, series.elements, [series.Z[e] for e in series.elements], p,
-            device=resolve_device(device),
-            background=[series.background[e] for e in series.elements],
-        )
+        solver = solver_for_series(series, p, device=resolve_device(device))
         solver.add_haadf(series.haadf_angles, series.haadf)
         solver.add_chem(series.common_chem_angles, series.chem)
     solver.initialize()
@@ -117,7 +114,10 @@ def _default_iterations(func: Callable[..., Any]) -> int:
 
 def _run_baseline(series: TiltSeries, method: str, iterations: int | None, device: str,
                   params: FusionParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    bg = np.array([series.background[e] for e in series.elements], dtype=np.float64)
+    # A background the series does not state: 0 for the classic baselines (what they
+    # assume), estimated by chemtv (the fused solver's own model without HAADF).
+    stated = series.stated_background()
+    bg = np.array([b or 0.0 for b in stated], dtype=np.float64)
     Z = np.array([series.Z[e] for e in series.elements], dtype=np.float64)
     gamma = series.gamma if series.gamma is not None else params.gamma
     ang, maps = series.common_chem_angles, _maps(series)
@@ -125,14 +125,17 @@ def _run_baseline(series: TiltSeries, method: str, iterations: int | None, devic
     calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {
         "conventional": ("chemical_mlem", (ang, maps), {}),
         "sirt": ("chemical_sirt", (ang, maps), {}),
-        "haadf": ("haadf_sirt", (series.haadf_angles, series.haadf), {}),
+        "haadf": ("haadf_sirt", (series.haadf_angles,
+                                 series.haadf - haadf_offsets(series.haadf)[:, None, None]), {}),
         "hebt": ("hebt", (series.haadf_angles, series.haadf, ang, maps, Z), {"gamma": gamma}),
         "chemtv": ("chemical_tv", (ang, maps), {"lambda_tv": params.lambda_tv}),
     }
     fname, args, kwargs = calls[method]
     func = _baseline(fname)
     k = _default_iterations(func) if iterations is None else iterations
-    if "background" in inspect.signature(func).parameters:
+    if method == "chemtv":
+        kwargs_all = {**kwargs, "background": stated}
+    elif "background" in inspect.signature(func).parameters:
         kwargs_all = {**kwargs, "background": bg}
     else:
         kwargs_all = kwargs

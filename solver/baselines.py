@@ -85,6 +85,14 @@ def _background(background: Sequence[float] | float | None, n_el: int) -> np.nda
     return bg
 
 
+def _optional_background(background: Sequence[float | None] | float | None,
+                         n_el: int) -> list[float | None] | None:
+    """Per-element backgrounds where None (for one element or all) means unknown."""
+    if background is None or isinstance(background, int | float):
+        return None if background is None else [float(background)] * n_el
+    return list(background)
+
+
 def _sirt(projector: ParallelProjector, b: Any, shape: tuple[int, ...], iterations: int) -> Any:
     """Non-negative SIRT from zero on the projector's device; b already there."""
     xp = projector.device.xp
@@ -193,6 +201,7 @@ def chemical_tv(
 ) -> np.ndarray:
     """Chemical-only reconstruction with the fused solver's Poisson term and TV
     (FusedSolver with lambda_haadf = 0): ML-EM initialisation, then `iterations` steps.
+    A `background` not given (None, for all elements or for one) is estimated.
 
     `lambda_tv` defaults to FusionParams().lambda_tv, the fused solver's own default.
     """
@@ -200,12 +209,11 @@ def chemical_tv(
     n_el, n_t, ns, nd = m.shape
     ang = _angles("chemical maps", angles, n_t)
     k = _iterations("iterations", iterations)
-    bg = _background(background, n_el)
     lam = FusionParams().lambda_tv if lambda_tv is None else float(lambda_tv)
     params = FusionParams(lambda_haadf=0.0, lambda_tv=lam)
     names = [f"element{i}" for i in range(n_el)]
     solver = FusedSolver(nd, ns, names, [1.0] * n_el, params, device=_device(device),
-                         background=bg.tolist())
+                         background=_optional_background(background, n_el))
     solver.add_chem(ang, m)
     solver.initialize()
     solver.run(k)
