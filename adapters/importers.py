@@ -33,10 +33,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fusetomo.adapters.elements import atomic_number
 from fusetomo.adapters.series import SeriesError, TiltSeries
 from fusetomo.adapters.seriesfile import write_series
 from fusetomo.adapters.spectra import SpectrumError, edx_maps, eels_maps
+from fusetomo.core.elements import atomic_number
 
 __all__ = ["ImportParams", "VendorFileError", "import_series", "import_to_file",
            "read_frames"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.elements import atomic_number
 
 ChemKind = Literal["counts", "subtracted"]
 CHEM_KINDS: tuple[str, ...] = ("counts", "subtracted")

@@ -34,8 +34,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fusetomo.adapters.elements import UnknownElementError, atomic_number
 from fusetomo.adapters.series import SeriesError, TiltSeries
+from fusetomo.core.elements import UnknownElementError, atomic_number
 
 FORMAT = "fusetomo-series"
 RUN_FORMAT = "fusetomo-run"  # adapters/runfile.py: a series file plus the live record

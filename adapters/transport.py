@@ -112,6 +112,13 @@ class _Router(_Endpoint):
     def send(self, peer: bytes, msg: Message) -> None:
         self.sock.send_multipart([peer, *encode(msg)], copy=False)
 
+    def recv_frames(self, timeout_ms: int = 0) -> tuple[bytes, list[bytes]] | None:
+        """(peer, frames) of the next message, undecoded; None on time-out."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        peer, *frames = self.sock.recv_multipart(copy=True)
+        return peer, frames
+
     def recv(self, timeout_ms: int = 0) -> tuple[bytes, Message] | None:
         """Next message from a peer, None on time-out. A malformed message raises
         ProtocolError with `.peer` set so that the caller can reply."""
@@ -148,8 +155,9 @@ class ControllerClient(_Endpoint):
         self.address = connect
         self.sock.connect(connect)
 
-    def send(self, msg: Message) -> None:
-        self.sock.send_multipart(encode(msg), copy=False)
+    def send(self, msg: Message, *, block: bool = True) -> None:
+        """zmq.Again when not `block` and the message cannot be queued now."""
+        self.sock.send_multipart(encode(msg), flags=0 if block else zmq.NOBLOCK, copy=False)
 
     def recv_frames(self, timeout_ms: int) -> list[bytes] | None:
         """Raw frames (the controller decodes them itself to reply to bad ones)."""

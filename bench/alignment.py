@@ -63,7 +63,7 @@ from scipy import ndimage as ndi
 from skimage.registration import phase_cross_correlation
 
 from fusetomo.controller.live import final_refinement_due
-from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_reprojector
+from fusetomo.controller.live.aligner import LiveAligner, LiveAlignParams, solver_reprojector
 from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.simulators.forward import TiltScheme, bin_projections, haadf_signal, simulate
 from fusetomo.simulators.specimens import make_specimen

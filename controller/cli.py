@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from fusetomo.adapters.elements import UnknownElementError
 from fusetomo.adapters.runfile import describe_run
 from fusetomo.adapters.series import SeriesError, TiltSeries
 from fusetomo.adapters.seriesfile import (
@@ -35,6 +34,7 @@ from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.controller.reconfile import FORMAT as RECON_FORMAT
 from fusetomo.controller.reconfile import ReconFileError, describe_recon, export_emd
 from fusetomo.controller.reconstruct import METHODS, MethodError, ReconResult, reconstruct
+from fusetomo.core.elements import UnknownElementError
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
 from fusetomo.simulators.specimens import SpecimenError, check_size
 from fusetomo.solver.backend import DeviceUnavailableError

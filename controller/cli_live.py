@@ -51,8 +51,8 @@ from fusetomo.controller.live import (
     LiveError,
     LiveParams,
 )
-from fusetomo.controller.live_advice import MODES, AdviceParams
-from fusetomo.controller.live_align import LiveAlignParams
+from fusetomo.controller.live.advice import MODES, AdviceParams
+from fusetomo.controller.live.aligner import LiveAlignParams
 from fusetomo.solver.fusion import FusionParams
 
 READY_PREFIX = "controller publishing status on "

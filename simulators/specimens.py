@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.elements import atomic_number
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 

@@ -23,7 +23,7 @@ from fusetomo.controller.advisor import (
     make_policy,
 )
 from fusetomo.controller.live import LiveParams
-from fusetomo.controller.live_advice import AdviceDesk, AdviceParams
+from fusetomo.controller.live.advice import AdviceDesk, AdviceParams
 from fusetomo.controller.policyrun import PolicyRunParams, plan_and_series, run_policy
 from fusetomo.simulators.schemes import make_plan
 from fusetomo.solver.design import candidate_gains

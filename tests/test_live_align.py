@@ -20,7 +20,7 @@ from fusetomo.adapters.protocol import (
     make,
 )
 from fusetomo.adapters.transport import ControllerClient
-from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_reprojector
+from fusetomo.controller.live.aligner import LiveAligner, LiveAlignParams, solver_reprojector
 from fusetomo.simulators.instrument import InstrumentParams, SimulatedInstrument
 from fusetomo.solver.alignment import AlignmentError, fit_axis, gauge_free
 from fusetomo.solver.fusion import FusedSolver

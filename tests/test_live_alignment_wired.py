@@ -12,7 +12,7 @@ import numpy as np
 from fusetomo.adapters.runfile import read_run, read_snapshot
 from fusetomo.adapters.transport import StatusSubscriber
 from fusetomo.controller.live import LiveParams, realign, rebuild_solver
-from fusetomo.controller.live_align import LiveAlignParams
+from fusetomo.controller.live.aligner import LiveAlignParams
 from fusetomo.simulators.forward import AcquisitionParams, bin_volume
 from fusetomo.simulators.specimens import make_specimen
 from fusetomo.solver.alignment import gauge_free

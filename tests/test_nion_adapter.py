@@ -400,7 +400,7 @@ def test_usim_series_holding_for_the_advisor(usim, tmp_path):
     spectrum images: they are taken at the policy's tilts, sent without repeating their
     HAADF image, and the maps follow the element projections."""
     from fusetomo.controller.advisor import AdvisorParams, UniformPolicy
-    from fusetomo.controller.live_advice import AdviceParams
+    from fusetomo.controller.live.advice import AdviceParams
 
     config = dataclasses.replace(_config(usim), hold_for_advice=True, chem_angles=None)
     adapter = NionTomoAdapter(config, NionMicroscope(config))

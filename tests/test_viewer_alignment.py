@@ -73,7 +73,7 @@ def test_model_decodes_a_published_alignment() -> None:
 
 def test_model_decodes_the_live_aligners_own_status() -> None:
     """The controller's real status dict (a few tilts aligned at arrival) decodes as is."""
-    from fusetomo.controller.live_align import LiveAligner
+    from fusetomo.controller.live.aligner import LiveAligner
 
     aligner = LiveAligner()
     yy, xx = np.mgrid[0:16, 0:24]

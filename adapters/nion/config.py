@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fusetomo.adapters.elements import ATOMIC_NUMBER
 from fusetomo.adapters.spectra import (
     DEFAULT_EDX_LINES,
     DEFAULT_EELS_EDGES,
@@ -14,6 +13,7 @@ from fusetomo.adapters.spectra import (
     EdxWindow,
 )
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.core.elements import ATOMIC_NUMBER
 from fusetomo.simulators.schemes import (
     ORDERS,
     SEQUENTIAL,

@@ -12,9 +12,11 @@ controller sends it to an instrument that holds for advice (series_start
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusetomo.adapters.protocol import SeriesStart
 from fusetomo.controller.advisor import (
     ACQUIRE,
     AdaptiveAdvisor,
@@ -24,6 +26,7 @@ from fusetomo.controller.advisor import (
     SeriesState,
     make_policy,
 )
+from fusetomo.core.angles import angle_key
 from fusetomo.solver.fusion import FusedSolver
 
 MODES = ("off", "auto", "manual")
@@ -46,14 +49,20 @@ class AdviceParams:
 class AdviceDesk:
     """Advice for one series announced by `header` (its series_start)."""
 
-    def __init__(self, params: AdviceParams, header: dict[str, Any]) -> None:
+    def __init__(self, params: AdviceParams, start: SeriesStart | Mapping[str, Any]) -> None:
+        """`start`: the series_start (typed, or its header)."""
         self.params = params
         self.mode = "manual" if params.mode == "manual" else "auto"
-        scheme = header.get("scheme") if isinstance(header.get("scheme"), dict) else {}
-        self.order = [float(a) for a in scheme.get("haadf_angles", [])]
-        self.holds = bool(header.get("holds_for_advice", False))
-        dose = header.get("chem_dose_e_per_A2")
-        self.dose_per_map = float(dose) if isinstance(dose, int | float) and dose > 0 else 1.0
+        if isinstance(start, SeriesStart):
+            self.order = list(start.haadf_order)
+            self.holds = start.holds_for_advice
+            dose = start.chem_dose_e_per_A2
+        else:
+            scheme = start.get("scheme") if isinstance(start.get("scheme"), dict) else {}
+            self.order = [float(a) for a in scheme.get("haadf_angles", [])]
+            self.holds = bool(start.get("holds_for_advice", False))
+            dose = finite_or_none(start.get("chem_dose_e_per_A2"))
+        self.dose_per_map = dose if dose is not None and dose > 0 else 1.0
         self.policy: Policy = make_policy(params.policy, params.advisor, self.order)
         self.pending: Advice | None = None
         self.history: list[Advice] = []
@@ -63,14 +72,15 @@ class AdviceDesk:
         """The standard errors the adaptive policy computed for its last advice."""
         return self.policy.std if isinstance(self.policy, AdaptiveAdvisor) else None
 
-    def remaining(self, recorded: set[float]) -> list[float]:
-        """Planned HAADF tilts not recorded yet, in acquisition order."""
-        return [a for a in self.order if round(a, 6) not in recorded]
+    def remaining(self, recorded: set[int]) -> list[float]:
+        """Planned HAADF tilts not recorded yet (`recorded`: their angle keys), in
+        acquisition order."""
+        return [a for a in self.order if angle_key(a) not in recorded]
 
     def advise(self, solver: FusedSolver | None, *, angle: float, tilt_seq: int,
                recorded_haadf: list[float], chem_angles: list[float],
                chem_dose_used: float) -> Advice:
-        rec = {round(a, 6) for a in recorded_haadf}
+        rec = {angle_key(a) for a in recorded_haadf}
         state = SeriesState(angle=angle, tilt_seq=tilt_seq, remaining=self.remaining(rec),
                             chem_angles=chem_angles, chem_dose_used=chem_dose_used,
                             chem_dose_per_map=self.dose_per_map)
@@ -105,3 +115,4 @@ class AdviceDesk:
 
 def finite_or_none(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fusetomo.core.errors import FusetomoError
+
 _SYMBOLS = (
     "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge "
     "As Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm "
@@ -11,7 +13,7 @@ _SYMBOLS = (
 ATOMIC_NUMBER: dict[str, int] = {s: i + 1 for i, s in enumerate(_SYMBOLS)}
 
 
-class UnknownElementError(KeyError):
+class UnknownElementError(FusetomoError, KeyError):
     """An element symbol that is not in the periodic table (1 <= Z <= 92)."""
 
     def __str__(self) -> str:
