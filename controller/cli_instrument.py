@@ -14,12 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from fusetomo.adapters.instrument.plans import ORDERS, SEQUENTIAL, SchemeError
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
 from fusetomo.controller.argtypes import positive_float as _positive_float
 from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.simulators.forward import AcquisitionParams
 from fusetomo.simulators.instrument import InstrumentError, InstrumentParams, SimulatedInstrument
-from fusetomo.simulators.schemes import ORDERS, SEQUENTIAL, SchemeError
 
 
 def register(subparsers: Any) -> None:

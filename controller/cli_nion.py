@@ -20,10 +20,10 @@ import sys
 import threading
 from typing import Any
 
+from fusetomo.adapters.instrument.plans import ORDERS, SEQUENTIAL
 from fusetomo.adapters.transport import DEFAULT_BIND
 from fusetomo.controller.argtypes import positive_float as _positive_float
 from fusetomo.controller.argtypes import positive_int as _positive_int
-from fusetomo.simulators.schemes import ORDERS, SEQUENTIAL
 
 
 def register(subparsers: Any) -> None:

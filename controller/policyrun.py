@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.adapters.instrument.plans import make_plan
 from fusetomo.controller.advisor import ACQUIRE, Advice, AdvisorParams, SeriesState, make_policy
 from fusetomo.controller.series_model import solver_for_series
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
-from fusetomo.simulators.schemes import make_plan
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.metrics import nrmse
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from fusetomo.adapters.instrument.plans import make_plan
 from fusetomo.adapters.runfile import read_run, read_snapshot
 from fusetomo.adapters.transport import OperatorClient, OperatorError, StatusSubscriber
 from fusetomo.controller.advisor import (
@@ -25,7 +26,6 @@ from fusetomo.controller.advisor import (
 from fusetomo.controller.live import LiveParams
 from fusetomo.controller.live.advice import AdviceDesk, AdviceParams
 from fusetomo.controller.policyrun import PolicyRunParams, plan_and_series, run_policy
-from fusetomo.simulators.schemes import make_plan
 from fusetomo.solver.design import candidate_gains
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.metrics import nrmse

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+from fusetomo.adapters.instrument.plans import DOSE_SYMMETRIC, dose_symmetric, sequential
 from fusetomo.adapters.protocol import (
     ACK,
     CHEM_TILT,
@@ -35,7 +36,6 @@ from fusetomo.simulators.instrument import (
     SimulatedInstrument,
     apply_shift,
 )
-from fusetomo.simulators.schemes import DOSE_SYMMETRIC, dose_symmetric, sequential
 
 FAST = {"size": 16, "speed": 1e4, "tilt_range": (-60.0, 60.0), "haadf_step": 6.0,
         "chem_step": 30.0, "seed": 3}

@@ -6,6 +6,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fusetomo.adapters.instrument.plans import (
+    ORDERS,
+    SEQUENTIAL,
+    SchemeError,
+    TiltPlan,
+    from_angles,
+    make_plan,
+)
 from fusetomo.adapters.spectra import (
     DEFAULT_EDX_LINES,
     DEFAULT_EELS_EDGES,
@@ -14,14 +22,6 @@ from fusetomo.adapters.spectra import (
 )
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
 from fusetomo.core.elements import ATOMIC_NUMBER
-from fusetomo.simulators.schemes import (
-    ORDERS,
-    SEQUENTIAL,
-    SchemeError,
-    TiltPlan,
-    from_angles,
-    make_plan,
-)
 
 EELS, EDX = "eels", "edx"
 SERIES_ID_MAX = 200

@@ -1,4 +1,5 @@
-"""Tilt schemes as ordered acquisition plans.
+"""Tilt schemes: the angles of a series (`TiltScheme`, what the forward model simulates)
+and ordered acquisition plans (`TiltPlan`, what an instrument walks).
 
 A plan is the list of steps the microscope goes through, in order; each step is a tilt angle
 and whether a spectrum image (EELS/EDX) is taken there. A chemical tilt always comes with its
@@ -12,7 +13,8 @@ spectrum image.
 - `from_angles`: explicit HAADF and chemical angle lists, put in either order.
 
 Chemical angles that do not lie on the HAADF grid are added to it (a spectrum image always
-yields a HAADF image too). Angles closer than `ANGLE_TOL` degrees count as the same tilt.
+yields a HAADF image too). Angles the same to 1e-6 degree (`fusetomo.core.angles`) are the
+same tilt.
 Every invalid value raises `SchemeError` naming it.
 """
 
@@ -24,15 +26,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusetomo.simulators.forward import TiltScheme
+from fusetomo.core.angles import angle_key
+from fusetomo.core.errors import FusetomoError
 
 SEQUENTIAL, DOSE_SYMMETRIC = "sequential", "dose-symmetric"
 ORDERS = (SEQUENTIAL, DOSE_SYMMETRIC)
-ANGLE_TOL = 1e-6  # degrees
 MAX_STEPS = 10_000
 
 
-class SchemeError(ValueError):
+@dataclass(frozen=True)
+class TiltScheme:
+    """Tilt angles: a range with HAADF and chemical steps, or explicit lists (degrees)."""
+
+    tilt_range: tuple[float, float] = (-70.0, 70.0)
+    haadf_step: float = 3.0
+    chem_step: float = 15.0
+    haadf_angles: tuple[float, ...] | None = None
+    chem_angles: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        lo, hi = self.tilt_range
+        if not -90 <= lo < hi <= 90:
+            raise ValueError(f"tilt range must satisfy -90 <= lo < hi <= 90, got {(lo, hi)}")
+        if self.haadf_step <= 0 or self.chem_step <= 0:
+            raise ValueError("tilt steps must be > 0")
+
+    def haadf(self) -> np.ndarray:
+        if self.haadf_angles is not None:
+            return np.asarray(self.haadf_angles, dtype=np.float64)
+        lo, hi = self.tilt_range
+        return np.arange(lo, hi + 1e-9, self.haadf_step)
+
+    def chem(self) -> np.ndarray:
+        if self.chem_angles is not None:
+            return np.asarray(self.chem_angles, dtype=np.float64)
+        lo, hi = self.tilt_range
+        return np.arange(lo, hi + 1e-9, self.chem_step)
+
+
+class SchemeError(FusetomoError, ValueError):
     """A tilt scheme with a bad range, step, angle or order; the message names the value."""
 
 
@@ -59,7 +91,7 @@ class TiltPlan:
         seen: set[float] = set()
         for s in self.steps:
             _check_angle(s.angle, "plan angle")
-            key = _key(s.angle)
+            key = angle_key(s.angle)
             if key in seen:
                 raise SchemeError(f"tilt {s.angle} appears twice in the plan")
             seen.add(key)
@@ -100,10 +132,6 @@ class TiltPlan:
 
 
 # -- validation helpers ---------------------------------------------------------------------
-def _key(angle: float) -> float:
-    return round(float(angle) / ANGLE_TOL) * ANGLE_TOL
-
-
 def _check_angle(angle: float, what: str) -> float:
     if isinstance(angle, bool):
         raise SchemeError(f"{what} {angle!r} is not a number")
@@ -145,26 +173,26 @@ def _check_group(group: int) -> int:
 
 
 # -- ordering -------------------------------------------------------------------------------
-def _merge(haadf: Sequence[float], chem: Sequence[float]) -> dict[float, PlanStep]:
+def _merge(haadf: Sequence[float], chem: Sequence[float]) -> dict[int, PlanStep]:
     """Angle key -> step: the HAADF angles plus any chemical angle not among them."""
-    steps: dict[float, PlanStep] = {}
+    steps: dict[int, PlanStep] = {}
     for a in haadf:
-        steps.setdefault(_key(a), PlanStep(float(a), False))
+        steps.setdefault(angle_key(a), PlanStep(float(a), False))
     for a in chem:
-        k = _key(a)
+        k = angle_key(a)
         angle = steps[k].angle if k in steps else float(a)
         steps[k] = PlanStep(angle, True)
     return steps
 
 
-def _sequential_order(steps: dict[float, PlanStep], descending: bool) -> list[PlanStep]:
+def _sequential_order(steps: dict[int, PlanStep], descending: bool) -> list[PlanStep]:
     return sorted(steps.values(), key=lambda s: s.angle, reverse=descending)
 
 
-def _symmetric_order(steps: dict[float, PlanStep], start: float, group: int) -> list[PlanStep]:
+def _symmetric_order(steps: dict[int, PlanStep], start: float, group: int) -> list[PlanStep]:
     """First the tilt at `start` (if planned), then `group` tilts on the positive side, then
     `group` on the negative side, each side moving away from `start`, and so on."""
-    k0 = _key(start)
+    k0 = angle_key(start)
     first = [steps[k] for k in steps if k == k0]
     pos = sorted((s for k, s in steps.items() if k > k0), key=lambda s: s.angle)
     neg = sorted((s for k, s in steps.items() if k < k0), key=lambda s: -s.angle)
@@ -224,7 +252,7 @@ def from_angles(haadf_angles: Sequence[float], chem_angles: Sequence[float] = ()
     if not haadf and not chem:
         raise SchemeError("explicit tilt lists are both empty")
     for name, angles in (("HAADF", haadf), ("chemical", chem)):
-        keys = [_key(a) for a in angles]
+        keys = [angle_key(a) for a in angles]
         if len(set(keys)) != len(keys):
             dup = next(a for a, k in zip(angles, keys, strict=True) if keys.count(k) > 1)
             raise SchemeError(f"{name} angle {dup} is listed twice")
