@@ -1,5 +1,6 @@
 """Helpers for the live-loop tests: a hand-driven fake instrument, threads running the
-simulated instrument and the controller, and free ports."""
+simulated instrument and the controller (each joined on leaving its block, checked to have
+stopped, its error re-raised), and an address where nothing listens."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ STRICT = LiveParams(device="cpu", iterations_per_tilt=2, idle_iterations=False,
                     interleave=False, final_iterations=3, heartbeat_s=0.3)
 
 
-def free_port() -> int:
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A loopback address nothing listens on, for as long as the block runs: the port is
+    bound (port 0, chosen by the system) but not listening, so connections are refused and
+    no other process can take it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Driver:
@@ -75,10 +80,12 @@ class Driver:
 
 
 @contextmanager
-def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT,
+def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT, *,
+                      raise_error: bool = True,
                       **kwargs: Any) -> Iterator[tuple[LiveController, dict[str, Any]]]:
-    """A LiveController running in a thread; `result` gets 'code' or 'error'. Stopped (and
-    joined) on leaving the block."""
+    """A LiveController running in a thread; `result` gets 'code' or 'error'. Stopped and
+    joined on leaving the block, which fails if the thread did not stop, and re-raises its
+    error unless `raise_error` is False (the test then checks `result` itself)."""
     ctrl = LiveController(address, run_path, params, **kwargs)
     stop = threading.Event()
     result: dict[str, Any] = {}
@@ -97,21 +104,36 @@ def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT,
     finally:
         stop.set()
         t.join(30)
+        assert not t.is_alive(), "the controller thread did not stop"
+    if raise_error and "error" in result:
+        raise result["error"]
 
 
 @contextmanager
 def instrument_thread(**kwargs: Any) -> Iterator[SimulatedInstrument]:
-    """The simulated instrument serving in a thread (stopped on leaving the block)."""
+    """The simulated instrument serving in a thread (stopped, joined and checked on leaving
+    the block; an error in the thread is re-raised)."""
     inst = SimulatedInstrument(InstrumentParams(**{**SMALL, "speed": 1e4, **kwargs}))
     inst.bind()
     stop = threading.Event()
-    t = threading.Thread(target=inst.serve, args=(stop,), daemon=True)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            inst.serve(stop)
+        except BaseException as e:  # re-raised in the test
+            errors.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
     t.start()
     try:
         yield inst
     finally:
         stop.set()
-        t.join(10)
+        t.join(30)
+        assert not t.is_alive(), "the instrument thread did not stop"
+    if errors:
+        raise errors[0]
 
 
 def wait_for(cond, timeout: float, what: str, interval: float = 0.05) -> None:

@@ -263,6 +263,7 @@ def test_live_manual_advice_operator_answers(tmp_path):
     assert any(o["status"] == "rejected" for o in ops)
 
 
+@pytest.mark.slow
 def test_demo_policy_json(tmp_path):
     """`fusetomo demo --policy uniform --chem-maps 2 --json`: the instrument holds, the
     controller's policy decides, and the summary has the issue's keys."""

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from instrument_fixtures import FAST, FakeController, tilts
+from threads import CheckedThread
 
 from fusetomo.adapters.instrument.plans import DOSE_SYMMETRIC, dose_symmetric, sequential
 from fusetomo.adapters.protocol import (
@@ -35,22 +36,18 @@ TILTS = (HAADF_TILT, CHEM_TILT)
 
 
 @contextmanager
-def running(**kwargs) -> Iterator[tuple[SimulatedInstrument, FakeController, threading.Thread]]:
+def running(**kwargs) -> Iterator[tuple[SimulatedInstrument, FakeController, CheckedThread]]:
     inst = SimulatedInstrument(InstrumentParams(**kwargs))
     endpoint = inst.bind()
     stop = threading.Event()
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(stats=inst.serve(stop)),
-                              daemon=True)
-    thread.start()
+    thread = CheckedThread(inst.serve, stop, name="instrument", start=True)
     ctl = FakeController(endpoint)
     try:
         yield inst, ctl, thread
     finally:
         stop.set()
-        thread.join(5)
         ctl.close()
-        assert not thread.is_alive()
+        thread.finish(5)
 
 
 def offline(**kw):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ import pytest
 pytest.importorskip("nion.usim_device")
 pytest.importorskip("nion.instrumentation")
 
-from instrument_fixtures import FakeController, FakeMicroscope, fake_config
+from instrument_fixtures import FakeController, FakeMicroscope, fake_config, serving
 from live_fixtures import STRICT, controller_thread
 
 from fusetomo.adapters.nion import (
@@ -129,22 +128,7 @@ def test_a_microscope_without_the_tilt_control_is_named(usim):
 
 
 # -- end to end: usim -> adapter -> controller -> run file --------------------------------
-@contextmanager
-def serving(adapter: NionTomoAdapter) -> Iterator[dict]:
-    adapter.bind()
-    stop = threading.Event()
-    out: dict = {}
-    t = threading.Thread(target=lambda: out.update(stats=adapter.serve(stop)), daemon=True)
-    t.start()
-    try:
-        yield out
-    finally:
-        t.join(5)  # serve returns by itself once the series end is acknowledged
-        stop.set()
-        t.join(30)
-        assert not t.is_alive()
-
-
+@pytest.mark.slow
 def test_usim_series_end_to_end_through_the_live_controller(usim, tmp_path):
     config = _config(usim)
     adapter = NionTomoAdapter(config, NionMicroscope(config))
@@ -266,6 +250,7 @@ def test_bad_config_is_named():
     assert math.isclose(plan.chem_angles[0], -70.0) and math.isclose(plan.chem_angles[-1], 65.0)
 
 
+@pytest.mark.slow
 def test_usim_series_holding_for_the_advisor(usim, tmp_path):
     """usim -> adapter holding at each tilt -> controller whose uniform policy asks for two
     spectrum images: they are taken at the policy's tilts, sent without repeating their

@@ -34,6 +34,7 @@ def _error(sim, volumes) -> float:
     return float(np.mean([nrmse(sim.truth[e], volumes[e]) for e in sim.truth]))
 
 
+@pytest.mark.slow
 def test_reconstruct_align_matches_the_true_shifts(series_pair, tmp_path, capsys):
     sim, still, drifted, drift = series_pair
     e_still = _error(sim, reconstruct(still, iterations=60, device="cpu",

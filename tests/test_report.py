@@ -118,6 +118,7 @@ def test_report_of_a_run_file_matches_the_file(tmp_path, live_run, sim, capsys):
 
 
 # -- reconstruction and series files ----------------------------------------------------------
+@pytest.mark.slow
 def test_report_of_a_reconstruction_file(tmp_path, sim, capsys):
     series = tmp_path / "series.h5"
     write_series(series, sim.series, sim.truth)
