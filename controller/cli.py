@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.adapters.reconfile import FORMAT as RECON_FORMAT
+from fusetomo.adapters.reconfile import ReconFileError, describe_recon, export_emd
 from fusetomo.adapters.runfile import describe_run
 from fusetomo.adapters.series import SeriesError, TiltSeries
 from fusetomo.adapters.seriesfile import (
@@ -31,8 +33,6 @@ from fusetomo.adapters.seriesfile import (
     write_series,
 )
 from fusetomo.controller.argtypes import positive_int as _positive_int
-from fusetomo.controller.reconfile import FORMAT as RECON_FORMAT
-from fusetomo.controller.reconfile import ReconFileError, describe_recon, export_emd
 from fusetomo.controller.reconstruct import METHODS, MethodError, ReconResult, reconstruct
 from fusetomo.core.elements import UnknownElementError
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate

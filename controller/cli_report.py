@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.adapters.reconfile import ReconFileError
 from fusetomo.adapters.runfile import RunFileError
 from fusetomo.adapters.series import SeriesError
 from fusetomo.controller.argtypes import positive_int
-from fusetomo.controller.reconfile import ReconFileError
 from fusetomo.controller.report import ReportError, ReportParams, make_report
 
 # Input errors that end the command with status 2 (each names the file and dataset).

@@ -22,6 +22,7 @@ import numpy as np
 import sigpy as sp
 from tqdm.auto import tqdm
 
+from fusetomo.adapters.reconfile import write_recon
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import total_dose
 from fusetomo.controller.offline_align import (
@@ -29,7 +30,6 @@ from fusetomo.controller.offline_align import (
     align_for_fusion,
     aligned_solver,
 )
-from fusetomo.controller.reconfile import write_recon
 from fusetomo.controller.series_model import fusion_params_for, solver_for_series
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import DEFAULT_ITERATIONS, CostHistory, FusedSolver, FusionParams

@@ -15,7 +15,7 @@ from ncempy.io import emd
 
 from fusetomo.adapters.seriesfile import read_series, read_truth
 from fusetomo.controller.cli import main
-from fusetomo.controller.reconfile import read_recon
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.solver.backend import gpu_available
 
 SIM = ["--size", "24", "--haadf-step", "5", "--chem-step", "35", "--seed", "2"]

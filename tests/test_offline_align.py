@@ -11,7 +11,7 @@ from shifted_series import shifted_series
 from fusetomo.adapters.seriesfile import write_series
 from fusetomo.controller.cli import main
 from fusetomo.controller.offline_align import aligned_solver
-from fusetomo.controller.reconfile import read_recon
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.controller.reconstruct import MethodError, reconstruct
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver import alignment as al

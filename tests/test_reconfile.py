@@ -12,7 +12,7 @@ from bad_series import small_simulation
 from ncempy.io import emd
 
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.reconfile import (
+from fusetomo.adapters.reconfile import (
     FORMAT,
     ReconFileError,
     describe_recon,

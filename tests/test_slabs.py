@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.reconfile import read_recon
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.slabs import (

@@ -27,14 +27,14 @@ from fusetomo.adapters.seriesfile import (
     set_attr,
     write_dataset,
 )
-from fusetomo.solver.fusion import CostHistory
+from fusetomo.core.errors import FusetomoError
 
 FORMAT = "fusetomo-recon"
 VERSION = 1
 CONVERGENCE_TERMS = ("haadf", "chem", "tv", "haadf_scale", "n_haadf_tilts", "n_chem_tilts")
 
 
-class ReconFileError(ValueError):
+class ReconFileError(FusetomoError, ValueError):
     """A reconstruction file that cannot be read or written; names the file and dataset."""
 
 
@@ -67,7 +67,7 @@ def write_recon(
     path: str | Path,
     volumes: Mapping[str, np.ndarray],
     *,
-    convergence: CostHistory | Mapping[str, Any] | None = None,
+    convergence: Any = None,
     attrs: Mapping[str, Any] | None = None,
     std_error: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
@@ -78,7 +78,8 @@ def write_recon(
     shapes = {k: np.shape(v) for k, v in volumes.items()}
     if any(len(s) != 3 for s in shapes.values()) or len(set(shapes.values())) != 1:
         raise ReconFileError(f"{path}: volumes must share one 3-D shape, got {shapes}")
-    conv = convergence.as_arrays() if isinstance(convergence, CostHistory) else convergence
+    # the solver's CostHistory (anything with as_arrays), or a mapping of arrays
+    conv = convergence.as_arrays() if hasattr(convergence, "as_arrays") else convergence
     conv = dict(conv or {})
     for term in CONVERGENCE_TERMS:
         conv.setdefault(term, np.zeros(0))
