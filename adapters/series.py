@@ -19,12 +19,13 @@ from typing import Any, Literal
 import numpy as np
 
 from fusetomo.core.elements import atomic_number
+from fusetomo.core.errors import FusetomoError
 
 ChemKind = Literal["counts", "subtracted"]
 CHEM_KINDS: tuple[str, ...] = ("counts", "subtracted")
 
 
-class SeriesError(ValueError):
+class SeriesError(FusetomoError, ValueError):
     """A tilt series that breaks the contract; the message names the dataset and value."""
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
+
 __all__ = [
     "DEFAULT_EDX_LINES",
     "DEFAULT_EELS_EDGES",
@@ -52,7 +54,7 @@ __all__ = [
 MIN_FIT_COUNTS = 10.0
 
 
-class SpectrumError(ValueError):
+class SpectrumError(FusetomoError, ValueError):
     """A spectrum image, energy axis, element or window that cannot give a map; the message
     names the value."""
 

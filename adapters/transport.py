@@ -36,6 +36,7 @@ from fusetomo.adapters.protocol import (
     encode,
     make,
 )
+from fusetomo.core.errors import FusetomoError
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
 
@@ -199,7 +200,7 @@ class StatusSubscriber(_Endpoint):
         return topic.decode(errors="replace"), decode(frames)
 
 
-class OperatorError(ValueError):
+class OperatorError(FusetomoError, ValueError):
     """An operator command the controller rejected, or that got no reply in time."""
 
 

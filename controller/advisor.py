@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.design import Metric, candidate_gains
 from fusetomo.solver.uncertainty import UncertaintyParams, UncertaintyState, estimate_std_error
 
@@ -45,7 +46,7 @@ POLICIES = ("adaptive", "uniform", "random")
 ANGLE_TOL = 1e-3
 
 
-class AdvisorError(ValueError):
+class AdvisorError(FusetomoError, ValueError):
     """Bad advisor parameters or a request it cannot answer; the message names the value."""
 
 

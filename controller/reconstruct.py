@@ -31,6 +31,7 @@ from fusetomo.controller.offline_align import (
     aligned_solver,
 )
 from fusetomo.controller.series_model import fusion_params_for, solver_for_series
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import DEFAULT_ITERATIONS, CostHistory, FusedSolver, FusionParams
 from fusetomo.solver.nuisance import haadf_offsets
@@ -38,7 +39,7 @@ from fusetomo.solver.nuisance import haadf_offsets
 METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
 
 
-class MethodError(ValueError):
+class MethodError(FusetomoError, ValueError):
     """An unknown reconstruction method, or one whose implementation is not installed."""
 
 

@@ -16,11 +16,12 @@ import h5py
 import numpy as np
 
 from fusetomo.core.elements import atomic_number
+from fusetomo.core.errors import FusetomoError
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 
 
-class SpecimenError(ValueError):
+class SpecimenError(FusetomoError, ValueError):
     """Bad specimen name, size or file."""
 
 

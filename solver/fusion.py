@@ -42,6 +42,7 @@ import numpy as np
 import sigpy as sp
 from scipy.optimize import minimize_scalar
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
 from fusetomo.solver.iterative import mlem_step, sirt_weights
@@ -69,7 +70,7 @@ def _optional_levels(what: str, values: Sequence[float | None] | None, n: int) -
     return out
 
 
-class SolverNotReadyError(RuntimeError):
+class SolverNotReadyError(FusetomoError, RuntimeError):
     """The solver needs at least one HAADF and one chemical tilt before it can iterate."""
 
 

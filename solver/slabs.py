@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import sigpy as sp
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.backend import DeviceChoice, array_module, resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.tv import _LIPSCHITZ_3D, divergence, gradient
@@ -51,7 +52,7 @@ from fusetomo.solver.tv import _LIPSCHITZ_3D, divergence, gradient
 Op = Literal["sum", "max"]
 
 
-class SlabError(ValueError):
+class SlabError(FusetomoError, ValueError):
     """A decomposition that cannot work (more ranks than slices, mismatched ranks)."""
 
 

@@ -270,7 +270,7 @@ def test_demo_policy_json(tmp_path):
     import json
     import subprocess
 
-    from fusetomo.controller.cli_live import fusetomo_argv
+    from fusetomo.cli.children import fusetomo_argv
 
     out = tmp_path / "demo"
     proc = subprocess.run(

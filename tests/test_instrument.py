@@ -261,7 +261,7 @@ def test_plan_without_chemical_tilt_is_refused():
 
 # -- command line --------------------------------------------------------------------------
 def test_cli_prints_endpoint_and_serves_the_series():
-    cmd = [sys.executable, "-m", "fusetomo.controller.cli", "instrument-sim", "--bind",
+    cmd = [sys.executable, "-m", "fusetomo.cli", "instrument-sim", "--bind",
            "tcp://127.0.0.1:0", "--specimen", "core-shell", "--size", "16", "--speed", "1e4",
            "--scheme", "dose-symmetric", "--tilt-range", "-30", "30", "--haadf-step", "10",
            "--chem-step", "30", "--drift", "0.5", "--log-level", "WARNING"]
@@ -292,7 +292,7 @@ def test_cli_prints_endpoint_and_serves_the_series():
 
 
 def test_cli_reports_bad_values():
-    from fusetomo.controller.cli import main
+    from fusetomo.cli import main
 
     assert main(["instrument-sim", "--size", "16", "--haadf-step", "0"]) == 2
     assert main(["instrument-sim", "--size", "16", "--bind", "nonsense://x"]) == 2

@@ -44,8 +44,8 @@ from fusetomo.adapters.protocol import (
 )
 from fusetomo.adapters.runfile import describe_run, read_run, read_snapshot
 from fusetomo.adapters.transport import StatusSubscriber
-from fusetomo.controller.cli import main
-from fusetomo.controller.cli_live import fusetomo_argv
+from fusetomo.cli import main
+from fusetomo.cli.children import fusetomo_argv
 from fusetomo.controller.live import (
     LiveController,
     LiveError,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from shifted_series import shifted_series
 
-from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.cli import main
-from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.adapters.reconfile import read_recon
+from fusetomo.adapters.seriesfile import write_series
+from fusetomo.cli import main
+from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.controller.reconstruct import MethodError, reconstruct
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver import alignment as al

@@ -11,7 +11,6 @@ import pytest
 from bad_series import small_simulation
 from ncempy.io import emd
 
-from fusetomo.adapters.seriesfile import write_series
 from fusetomo.adapters.reconfile import (
     FORMAT,
     ReconFileError,
@@ -20,6 +19,7 @@ from fusetomo.adapters.reconfile import (
     read_recon,
     write_recon,
 )
+from fusetomo.adapters.seriesfile import write_series
 from fusetomo.controller.reconstruct import METHODS, MethodError, reconstruct
 from fusetomo.solver.fusion import CostHistory, FusionParams
 from fusetomo.solver.metrics import nrmse

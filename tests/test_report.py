@@ -14,8 +14,8 @@ from live_fixtures import SMALL, controller_thread, instrument_thread, wait_for
 from matplotlib.image import imread
 
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.cli import main
-from fusetomo.controller.cli_live import live_summary
+from fusetomo.cli import main
+from fusetomo.cli.demo import live_summary
 from fusetomo.controller.report import ReportParams, composition_fractions
 from fusetomo.simulators.forward import TiltScheme, simulate
 

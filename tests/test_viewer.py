@@ -46,7 +46,7 @@ from fusetomo.adapters.protocol import (
 )
 from fusetomo.adapters.runfile import RunFile
 from fusetomo.adapters.transport import StatusPublisher
-from fusetomo.controller.cli import main
+from fusetomo.cli import main
 from fusetomo.ui.viewer.model import ViewerModel, ViewerState
 from fusetomo.ui.viewer.render import ELEMENT_COLOURS, rgb_overlay
 from fusetomo.ui.viewer.runsource import RecordedRun
@@ -505,7 +505,7 @@ def test_view_state_defaults_draw_without_data(qapp, tmp_path: Path) -> None:
 
 def test_view_names_the_missing_extra_and_display(run_path: Path, monkeypatch,
                                                   capsys) -> None:
-    import fusetomo.controller.cli_view as cli_view
+    import fusetomo.cli.view as cli_view
 
     real = cli_view.importlib.import_module
 

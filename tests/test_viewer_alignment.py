@@ -283,7 +283,7 @@ def test_window_plots_the_shifts_sorted_by_angle(qapp, tmp_path: Path) -> None:
 
 
 def test_run_screenshot_with_alignment(qapp, run_path: Path, tmp_path: Path, capsys) -> None:
-    from fusetomo.controller.cli import main
+    from fusetomo.cli import main
     from fusetomo.ui.viewer.window import ViewerWindow
 
     win = ViewerWindow(ViewerModel(), run=RecordedRun(run_path), refresh_ms=50)

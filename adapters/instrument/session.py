@@ -37,13 +37,12 @@ import zmq
 from fusetomo.adapters.instrument.commands import CommandDispatch, InstrumentStats, Job
 from fusetomo.adapters.instrument.delivery import Outbox
 from fusetomo.adapters.instrument.microscope import (
-    AcquisitionAbortedError,
-    HaadfScan,
     Microscope,
     SpectrumImage,
-    pixel_dose,
 )
 from fusetomo.adapters.instrument.plans import TiltPlan
+from fusetomo.adapters.instrument.tilts import emit_tilts
+from fusetomo.adapters.instrument.worker import Acquirer, Result
 from fusetomo.adapters.protocol import COMMANDS, SERIES_START
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
 
@@ -77,17 +76,6 @@ class SessionConfig:
     settle_s: float = 0.0  # wait after the tilt is confirmed
 
 
-@dataclass
-class _Result:
-    job: Job
-    angle: float | None = None  # stage tilt (planned or commanded), degrees
-    readback: float | None = None
-    haadf: HaadfScan | None = None
-    spectrum: SpectrumImage | None = None
-    maps: dict[str, np.ndarray] | None = None
-    error: BaseException | None = None
-
-
 class InstrumentSession(CommandDispatch):
     """A microscope behind an `InstrumentServer`, speaking the fusetomo protocol."""
 
@@ -107,10 +95,7 @@ class InstrumentSession(CommandDispatch):
         self.outbox = Outbox(config.series_id, config.window)
         self.last_error: str | None = None
         self._paused = not config.auto
-        self._abort = threading.Event()
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._results: queue.Queue[_Result] = queue.Queue()
-        self._worker: threading.Thread | None = None
+        self.acquirer = Acquirer(microscope, config, self.elements, maps_of, error_type)
         self._wake_rx: zmq.Socket | None = None
         self.angle: float = microscope.tilt_deg()  # the current stage tilt
         self.outbox.emit(SERIES_START, **config.start_fields)
@@ -169,9 +154,7 @@ class InstrumentSession(CommandDispatch):
         wake = f"inproc://fusetomo-wake-{id(self)}-{next(_WAKE_IDS)}"
         self._wake_rx = self.server.ctx.socket(zmq.PAIR)
         self._wake_rx.bind(wake)
-        self._worker = threading.Thread(target=self._work, args=(wake,), daemon=True,
-                                        name="fusetomo-acquire")
-        self._worker.start()
+        self.acquirer.start(self.server.ctx, wake)
         self.ready.set()
         try:
             while not self.outbox.end_acked:
@@ -184,11 +167,7 @@ class InstrumentSession(CommandDispatch):
                 self._flush()
                 self._receive(self._poll_ms(), self._wake_rx)
         finally:
-            if self._job is not None:
-                self._abort.set()
-                self.microscope.abort()
-            self._jobs.put(None)
-            self._worker.join(30)
+            self.acquirer.stop(busy=self._job is not None)
             self._wake_rx.close(0)
             self.server.close()
             self.server = None
@@ -224,13 +203,12 @@ class InstrumentSession(CommandDispatch):
 
     def _start(self, job: Job) -> None:
         self._job = job
-        self._abort.clear()
-        self._jobs.put(job)
+        self.acquirer.submit(job)
 
     def _collect(self) -> None:
         while True:
             try:
-                res = self._results.get_nowait()
+                res = self.acquirer.results.get_nowait()
             except queue.Empty:
                 return
             if res.job is not self._job:
@@ -240,7 +218,7 @@ class InstrumentSession(CommandDispatch):
                 continue
             self._complete(res)
 
-    def _complete(self, res: _Result) -> None:
+    def _complete(self, res: Result) -> None:
         job = res.job
         if res.angle is not None:
             self.angle = res.angle
@@ -264,8 +242,8 @@ class InstrumentSession(CommandDispatch):
         held = self._holding
         chem_only = (job.kind == "acquire_spectrum" and held is not None
                      and abs(self.plan[held].angle - self.angle) < 1e-6)
-        seqs = self._emit_tilts(res, haadf_seq=self._step_seq.get(held) if chem_only
-                                else None)
+        seqs = emit_tilts(self, res, haadf_seq=self._step_seq.get(held) if chem_only
+                          else None)
         if chem_only:
             self._holding = None  # the decision is carried out: go on
         if job.kind == "step":
@@ -280,60 +258,9 @@ class InstrumentSession(CommandDispatch):
             assert job.cmd is not None
             self._reply_command(job.cmd, "done", angle=self.angle, seqs=seqs)
 
-    def _emit_tilts(self, res: _Result, haadf_seq: int | None = None) -> list[int]:
-        """The tilt messages of a finished acquisition. With `haadf_seq` (a spectrum image
-        at a held tilt, whose HAADF image was sent already) only the chem_tilt is sent; its
-        simultaneous HAADF image would repeat the tilt's angle."""
-        c, s = self.config, self.stats
-        job = res.job
-        angle = float(res.angle if res.angle is not None else self.angle)
-        common = {"step": job.step, "on_demand": job.cmd is not None,
-                  "cmd_id": None if job.cmd is None else job.cmd["id"],
-                  "stage_tilt_deg": res.readback, "t_acquired": time.time()}
-        if res.spectrum is not None:
-            sp = res.spectrum
-            h_img = sp.haadf
-            # one exposure gives both images: unless the backend says otherwise, its dose
-            # is counted once, with the spectrum image
-            c_dose = sp.dose_e_per_A2 if sp.dose_e_per_A2 is not None else pixel_dose(
-                c.beam_current_pa, sp.exposure_ms * 1e-3, sp.pixel_nm)
-            h_dose = sp.haadf_dose_e_per_A2 or 0.0
-            extra = {"exposure_ms": sp.exposure_ms, "simultaneous_dose_e_per_A2": c_dose,
-                     **sp.fields}
-        else:
-            assert res.haadf is not None
-            h_img = res.haadf.image
-            h_dose = res.haadf.dose_e_per_A2 if res.haadf.dose_e_per_A2 is not None else \
-                pixel_dose(c.beam_current_pa, res.haadf.dwell_us * 1e-6, res.haadf.pixel_nm)
-            c_dose = 0.0
-            extra = {"dwell_us": res.haadf.dwell_us, **res.haadf.fields}
-        seqs: list[int] = []
-        if haadf_seq is None:
-            s.n_haadf += 1
-            s.dose_haadf += h_dose
-            seqs.append(self.outbox.emit(
-                "haadf_tilt", [np.asarray(h_img, dtype=np.float32)], angle=angle,
-                dose_e_per_A2=h_dose, dose_total_e_per_A2=self._totals(),
-                with_spectrum=res.spectrum is not None, **extra, **common))
-        if res.spectrum is not None:
-            assert res.maps is not None
-            s.n_chem += 1
-            s.dose_chem += c_dose
-            seqs.append(self.outbox.emit(
-                "chem_tilt", [np.asarray(res.maps[e], dtype=np.float32)
-                              for e in self.elements],
-                angle=angle, elements=self.elements, dose_e_per_A2=c_dose,
-                dose_total_e_per_A2=self._totals(),
-                haadf_seq=seqs[0] if haadf_seq is None else haadf_seq, **c.chem_fields,
-                **res.spectrum.chem_fields, **extra, **common))
-        return seqs
-
-    def _totals(self) -> dict[str, float]:
-        return {"haadf": self.stats.dose_haadf, "chem": self.stats.dose_chem}
-
     def _stop_series(self) -> None:
         if self._job is not None:
-            self._abort.set()
+            self.acquirer.abort.set()
             self.microscope.abort()
             if self._job.cmd is not None:
                 self._reply_command(self._job.cmd, "rejected", "aborted")
@@ -343,72 +270,3 @@ class InstrumentSession(CommandDispatch):
 
     def _on_resume(self) -> None:
         self.last_error = None
-
-    # -- the worker thread ----------------------------------------------------------------
-    def _work(self, wake: str) -> None:
-        assert self.server is not None
-        tx = self.server.ctx.socket(zmq.PAIR)
-        tx.linger = 0
-        tx.connect(wake)
-        try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    return
-                res = _Result(job)
-                try:
-                    self._run(job, res)
-                except AcquisitionAbortedError as e:
-                    res.error = e
-                except Exception as e:  # reported through the result, never lost
-                    if self._abort.is_set():
-                        res.error = AcquisitionAbortedError(str(e))
-                    else:
-                        log.exception("%s failed", job.kind)
-                        res.error = e
-                self._results.put(res)
-                tx.send(b"", zmq.NOBLOCK)
-        finally:
-            tx.close(0)
-
-    def _run(self, job: Job, res: _Result) -> None:
-        c, m = self.config, self.microscope
-        if job.kind == "step":
-            assert job.step is not None
-            step = self.plan[job.step]
-            res.angle = step.angle
-            res.readback = m.set_tilt(step.angle)
-            if c.settle_s > 0:
-                self._abort.wait(c.settle_s)
-            self._check_abort()
-            if step.with_spectrum:
-                self._spectrum(res, c.exposure_ms)
-            else:
-                res.haadf = m.acquire_haadf(c.haadf_dwell_us)
-            return
-        cmd = job.cmd
-        assert cmd is not None
-        if job.kind == "go_to_tilt":
-            res.angle = cmd["angle"]
-            res.readback = m.set_tilt(cmd["angle"])
-        elif job.kind == "acquire_haadf":
-            res.haadf = m.acquire_haadf(cmd["dwell_ms"] * 1000.0)
-        else:
-            self._spectrum(res, cmd["dwell_ms"])
-        self._check_abort()
-
-    def _spectrum(self, res: _Result, exposure_ms: float) -> None:
-        sp = self.microscope.acquire_spectrum_image(exposure_ms)
-        self._check_abort()
-        res.spectrum = sp
-        if sp.maps is not None:
-            res.maps = {e: np.asarray(sp.maps[e], dtype=np.float32) for e in self.elements}
-        elif self._maps_of is not None:
-            res.maps = self._maps_of(sp)
-        else:
-            raise self._arg_error("the spectrum image has no element maps and the session "
-                                  "no way to make them")
-
-    def _check_abort(self) -> None:
-        if self._abort.is_set():
-            raise AcquisitionAbortedError("aborted")

@@ -22,12 +22,13 @@ from fusetomo.adapters.spectra import (
 )
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
 from fusetomo.core.elements import ATOMIC_NUMBER
+from fusetomo.core.errors import FusetomoError
 
 EELS, EDX = "eels", "edx"
 SERIES_ID_MAX = 200
 
 
-class NionAdapterError(ValueError):
+class NionAdapterError(FusetomoError, ValueError):
     """A bad adapter setting, or a microscope that lacks what the adapter needs; the message
     names the value (a missing control, device or channel by its name)."""
 

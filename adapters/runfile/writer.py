@@ -109,40 +109,7 @@ class RunFile:
         """A new run file for the series announced by `start` (a SERIES_START message or
         its header). Refuses an existing file unless `overwrite`, and a live one always."""
         path = Path(path)
-        start = as_typed(start, SeriesStart, f"{path}: series_start")
-        lay = layout_from_start(start, path, tuple(cost_terms))
-        bad = [t for t in cost_terms if not t or "/" in t or t == "iteration"]
-        if bad or len(set(cost_terms)) != len(cost_terms):
-            raise RunFileError(f"{path}: cost terms {list(cost_terms)} must be unique names "
-                               "without '/' (and not 'iteration')")
-        if path.exists():
-            if not overwrite:
-                raise RunFileError(f"{path}: file exists; pass overwrite=True or resume it")
-            if path.is_dir():
-                raise RunFileError(f"{path}: is a folder")
-            if WriterLock.held(path):
-                raise RunFileError(f"{path}: the run is being written by a live process")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(path)
-        f, lock = None, None
-        try:
-            f = create_file(tmp)
-            build(f, lay)
-            f.flush()
-            f.swmr_mode = True
-            lock = WriterLock(tmp)
-            os.replace(tmp, path)  # the name appears only once SWMR writing is on
-            return cls(path, f, lock, durable)
-        except BaseException as e:
-            if lock is not None:
-                lock.release()
-            if f is not None:
-                with contextlib.suppress(Exception):
-                    f.close()
-            tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise RunFileError(f"{path}: cannot create run file ({e})") from None
-            raise
+        return cls(path, *_create(path, start, overwrite, tuple(cost_terms)), durable)
 
     @classmethod
     def resume(cls, path: str | Path, *, durable: bool = True,
@@ -151,33 +118,7 @@ class RunFile:
         its committed records first. Refuses a missing, damaged or live run, and a complete
         one unless `allow_complete` (to add its final reconstruction)."""
         path = Path(path)
-        with open_read(path) as f:  # checks existence, format, damage and completeness
-            lay = layout_from_file(f, path)
-            state = read_state(f, path)
-        if state.complete and not allow_complete:
-            raise RunFileError(f"{path}: the run is complete (series_end recorded); nothing "
-                               "to resume")
-        lock = WriterLock(path)
-        remove_stale_temps(path)
-        f = None
-        try:
-            try:
-                f = open_swmr_write(path)
-            except OSError:  # left flagged by a dead SWMR writer, or held by a reader
-                lock = rebuild(path, lay, lock)
-                f = open_swmr_write(path)
-            truncate(f, read_state(f, path))
-            f.flush()
-            return cls(path, f, lock, durable)
-        except BaseException as e:
-            lock.release()
-            if f is not None:
-                with contextlib.suppress(Exception):
-                    f.close()
-            if isinstance(e, OSError):
-                raise RunFileError(f"{path}: cannot reopen the run for appending ({e})") \
-                    from None
-            raise
+        return cls(path, *_reopen(path, allow_complete), durable)
 
     # -- state ------------------------------------------------------------------------------
     haadf_count = property(lambda self: self._state.haadf)
@@ -203,34 +144,9 @@ class RunFile:
 
     # -- recording ------------------------------------------------------------------------
     def check_tilt(self, tilt: Tilt) -> None:
-        """RecordRefusedError (with its protocol code) when `tilt` does not fit the series."""
-        where = f"{self.path}: {tilt.type} seq {tilt.seq}"
-        if tilt.series != self.series_id:
-            raise RecordRefusedError("wrong_series", f"{where}: series {tilt.series!r} is not "
-                                f"this run's {self.series_id!r}")
-        if self._state.complete:
-            raise RecordRefusedError("series_complete", f"{where}: the run is complete; no more "
-                                "tilts")
-        if tilt.seq in self._seqs:
-            raise RecordRefusedError("duplicate_seq", f"{where}: seq {tilt.seq} is already "
-                                "recorded")
-        if angle_key(tilt.angle) in self._angles[tilt.modality]:
-            raise RecordRefusedError("duplicate_tilt", f"{where}: a {tilt.modality} tilt at "
-                                f"{tilt.angle} degrees is already recorded")
-        if isinstance(tilt, ChemTilt):
-            extra = [e for e in tilt.elements if e not in self.elements]
-            missing = [e for e in self.elements if e not in tilt.elements]
-            if extra:
-                raise RecordRefusedError("element_mismatch", f"{where}: element {extra[0]!r} is "
-                                    f"not in the series {self.elements}")
-            if missing:
-                raise RecordRefusedError("element_mismatch", f"{where}: elements "
-                                    f"{list(tilt.elements)} must name each of "
-                                    f"{self.elements} once (missing {missing})")
-        shape = tuple(tilt.frames[0].shape)
-        if shape != self.shape:
-            raise RecordRefusedError("shape_mismatch", f"{where}: image shape {list(shape)}, the "
-                                f"series has {list(self.shape)}")
+        """RecordRefusedError (with its protocol code) when `tilt` does not fit the
+        series."""
+        _check_fit(self, tilt)
 
     def record_tilt(self, msg: Tilt | Message) -> None:
         """Append a HAADF_TILT or CHEM_TILT; returns once it is committed to the file.
@@ -409,6 +325,109 @@ class RunFile:
     def __repr__(self) -> str:
         return (f"RunFile({str(self.path)!r}, series={self.series_id!r}, haadf="
                 f"{self.haadf_count}, chem={self.chem_count}, complete={self.complete})")
+
+
+def _check_fit(run: RunFile, tilt: Tilt) -> None:
+    """RecordRefusedError (with its protocol code) when `tilt` does not fit the series:
+    another series, a complete run, a recorded seq or angle, other elements or shape."""
+    where = f"{run.path}: {tilt.type} seq {tilt.seq}"
+    if tilt.series != run.series_id:
+        raise RecordRefusedError("wrong_series", f"{where}: series {tilt.series!r} is not "
+                            f"this run's {run.series_id!r}")
+    if run._state.complete:
+        raise RecordRefusedError("series_complete", f"{where}: the run is complete; no more "
+                            "tilts")
+    if tilt.seq in run._seqs:
+        raise RecordRefusedError("duplicate_seq", f"{where}: seq {tilt.seq} is already "
+                            "recorded")
+    if angle_key(tilt.angle) in run._angles[tilt.modality]:
+        raise RecordRefusedError("duplicate_tilt", f"{where}: a {tilt.modality} tilt at "
+                            f"{tilt.angle} degrees is already recorded")
+    if isinstance(tilt, ChemTilt):
+        extra = [e for e in tilt.elements if e not in run.elements]
+        missing = [e for e in run.elements if e not in tilt.elements]
+        if extra:
+            raise RecordRefusedError("element_mismatch", f"{where}: element {extra[0]!r} is "
+                                f"not in the series {run.elements}")
+        if missing:
+            raise RecordRefusedError("element_mismatch", f"{where}: elements "
+                                f"{list(tilt.elements)} must name each of "
+                                f"{run.elements} once (missing {missing})")
+    shape = tuple(tilt.frames[0].shape)
+    if shape != run.shape:
+        raise RecordRefusedError("shape_mismatch", f"{where}: image shape {list(shape)}, the "
+                            f"series has {list(run.shape)}")
+
+
+def _create(path: Path, start: SeriesStart | Message | Mapping[str, Any], overwrite: bool,
+            cost_terms: tuple[str, ...]) -> tuple[h5py.File, WriterLock]:
+    """Build the file under a temporary name, start SWMR writing, then move it into place."""
+    start = as_typed(start, SeriesStart, f"{path}: series_start")
+    lay = layout_from_start(start, path, cost_terms)
+    bad = [t for t in cost_terms if not t or "/" in t or t == "iteration"]
+    if bad or len(set(cost_terms)) != len(cost_terms):
+        raise RunFileError(f"{path}: cost terms {list(cost_terms)} must be unique names "
+                           "without '/' (and not 'iteration')")
+    if path.exists():
+        if not overwrite:
+            raise RunFileError(f"{path}: file exists; pass overwrite=True or resume it")
+        if path.is_dir():
+            raise RunFileError(f"{path}: is a folder")
+        if WriterLock.held(path):
+            raise RunFileError(f"{path}: the run is being written by a live process")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    f, lock = None, None
+    try:
+        f = create_file(tmp)
+        build(f, lay)
+        f.flush()
+        f.swmr_mode = True
+        lock = WriterLock(tmp)
+        os.replace(tmp, path)  # the name appears only once SWMR writing is on
+        return f, lock
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise RunFileError(f"{path}: cannot create run file ({e})") from None
+        raise
+
+
+def _reopen(path: Path, allow_complete: bool) -> tuple[h5py.File, WriterLock]:
+    """Open an existing run for appending in SWMR mode (rebuilt first if a dead writer
+    left it flagged), with uncommitted rows dropped."""
+    with open_read(path) as f:  # checks existence, format, damage and completeness
+        lay = layout_from_file(f, path)
+        state = read_state(f, path)
+    if state.complete and not allow_complete:
+        raise RunFileError(f"{path}: the run is complete (series_end recorded); nothing "
+                           "to resume")
+    lock = WriterLock(path)
+    remove_stale_temps(path)
+    f = None
+    try:
+        try:
+            f = open_swmr_write(path)
+        except OSError:  # left flagged by a dead SWMR writer, or held by a reader
+            lock = rebuild(path, lay, lock)
+            f = open_swmr_write(path)
+        truncate(f, read_state(f, path))
+        f.flush()
+        return f, lock
+    except BaseException as e:
+        lock.release()
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+        if isinstance(e, OSError):
+            raise RunFileError(f"{path}: cannot reopen the run for appending ({e})") \
+                from None
+        raise
 
 
 def _time(msg: Message, key: str) -> float:

@@ -159,8 +159,9 @@ def _as_reprojector(reference: Any) -> Reprojector | None:
 
 
 
-class LiveAligner:
-    """Per-tilt alignment of a tilt series that arrives one tilt at a time (see module doc)."""
+class AlignedTilts:
+    """The tilts an aligner holds and their shifts: lookup, the solver's fractional shifts,
+    and the reports (status for the publisher, frames for comparisons)."""
 
     def __init__(self, params: LiveAlignParams | None = None) -> None:
         self.params = params or LiveAlignParams()
@@ -171,7 +172,6 @@ class LiveAligner:
         self.last_update_px = float("nan")  # RMS of the last model step (HAADF)
         self.axis_offset_px: float | None = None
 
-    # -- lookup -----------------------------------------------------------------------------
     def _index(self, angle: float) -> int | None:
         for i, t in enumerate(self._tilts):
             if abs(t.angle - float(angle)) <= ANGLE_TOL:
@@ -205,7 +205,76 @@ class LiveAligner:
     def _image_shift(self, axis_shift: np.ndarray) -> np.ndarray:
         return to_image_frame(axis_shift, self.params.rotation_deg)[0]
 
-    # -- arrival ----------------------------------------------------------------------------
+    def _chem_shift(self, c: _Chem) -> np.ndarray:
+        """A spectrum image's total shift (axis frame): its HAADF image's plus its own."""
+        i = self._index(c.angle)
+        base = self._tilts[i].shift if i is not None else np.zeros(2)
+        return base + c.own
+
+    def model_shifts(self, angles: Any) -> np.ndarray:
+        """[n, 2] the solver's projector shifts of the HAADF tilts at `angles` (each tilt's
+        shift less the whole pixels moved in its image)."""
+        return self._fractions([(self._tilt(a), f"the HAADF tilt at {a} degrees")
+                                for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
+
+    def chem_model_shifts(self, angles: Any) -> np.ndarray:
+        """[m, 2] the solver's projector shifts of the spectrum images at `angles`."""
+        return self._fractions([(self._chem_at(a), f"the spectrum image at {a} degrees")
+                                for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
+
+    def set_solver_shifts(self, solver: Any) -> None:
+        """Give `solver` the current fractions of all its HAADF and chemical tilts."""
+        solver.set_shifts(haadf=self.model_shifts(solver.haadf_proj.angles),
+                          chem=self.chem_model_shifts(solver.chem_proj.angles)
+                          if solver.n_chem else None)
+
+    def _fractions(self, items: list[tuple[_Tilt | _Chem, str]]) -> np.ndarray:
+        out = []
+        for obj, what in items:
+            if obj.whole is None:
+                raise AlignmentError(f"{what} has not been given to the solver "
+                                     "(solver_haadf / solver_chem)")
+            total = obj.shift if isinstance(obj, _Tilt) else self._chem_shift(obj)
+            out.append(total - obj.whole)
+        return np.array(out).reshape(-1, 2)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the last model step was below `tol_px` (and so not applied)."""
+        return self.last_update_px < self.params.tol_px
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for the status publisher and the viewer's alignment panel."""
+        sh = np.stack([self._image_shift(t.shift) for t in self._tilts]) if self._tilts \
+            else np.zeros((0, 2))
+        return {
+            "n_tilts": len(self._tilts),
+            "angles": [float(t.angle) for t in self._tilts],
+            "shifts_px": sh.round(3).tolist(),
+            "sources": [t.source for t in self._tilts],
+            "chem_own_px": {f"{c.angle:g}": self._image_shift(c.own).round(3).tolist()
+                            for c in self._chem},
+            "rotation_deg": self.params.rotation_deg,
+            "axis_offset_px": self.axis_offset_px,
+            "refinements": self.refinements,
+            "model_refinements": self.model_refinements,
+            "last_update_px": None if math.isnan(self.last_update_px)
+            else round(self.last_update_px, 4),
+        }
+
+    def axis_frame_shifts(self) -> np.ndarray:
+        """[n, 2] shifts in the de-rotated frame, arrival order (for comparisons)."""
+        return np.stack([t.shift for t in self._tilts]) if self._tilts else np.zeros((0, 2))
+
+    def chem_axis_frame_shifts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(angles, [m, 2] total shifts in the de-rotated frame) of the spectrum images."""
+        return (np.array([c.angle for c in self._chem]),
+                np.array([self._chem_shift(c) for c in self._chem]).reshape(-1, 2))
+
+
+class LiveAligner(AlignedTilts):
+    """Per-tilt alignment of a tilt series that arrives one tilt at a time (see module doc)."""
+
     def _clean(self, image: np.ndarray) -> np.ndarray:
         p = self.params
         img = np.asarray(image, dtype=np.float32)
@@ -295,7 +364,6 @@ class LiveAligner:
         t.whole, frac = split_shifts(t.shift)
         return move_integer(t.clean, t.whole), frac[0]
 
-    # -- chemical maps ----------------------------------------------------------------------
     def shift_for_chem(self, angle: float) -> np.ndarray:
         """The shift of the HAADF image acquired with the spectrum image at `angle`."""
         return self._image_shift(self._tilt(angle, "HAADF tilt for the spectrum image").shift)
@@ -332,12 +400,6 @@ class LiveAligner:
         return {e: apply_alignment(m, self._image_shift(axis_shift), p.rotation_deg,
                                    order=p.order, counts=True) for e, m in raw.items()}
 
-    def _chem_shift(self, c: _Chem) -> np.ndarray:
-        """A spectrum image's total shift (axis frame): its HAADF image's plus its own."""
-        i = self._index(c.angle)
-        base = self._tilts[i].shift if i is not None else np.zeros(2)
-        return base + c.own
-
     def solver_chem(self, angle: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(maps, fraction) for the solver: the maps de-rotated (counts clipped at 0) and
         moved back by the whole pixels of their total shift, and the rest [2] (axis frame)."""
@@ -351,35 +413,6 @@ class LiveAligner:
             out[e] = move_integer(r, c.whole).astype(np.float32)
         return out, frac[0]
 
-    # -- the solver's shifts ------------------------------------------------------------------
-    def model_shifts(self, angles: Any) -> np.ndarray:
-        """[n, 2] the solver's projector shifts of the HAADF tilts at `angles` (each tilt's
-        shift less the whole pixels moved in its image)."""
-        return self._fractions([(self._tilt(a), f"the HAADF tilt at {a} degrees")
-                                for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
-
-    def chem_model_shifts(self, angles: Any) -> np.ndarray:
-        """[m, 2] the solver's projector shifts of the spectrum images at `angles`."""
-        return self._fractions([(self._chem_at(a), f"the spectrum image at {a} degrees")
-                                for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))])
-
-    def set_solver_shifts(self, solver: Any) -> None:
-        """Give `solver` the current fractions of all its HAADF and chemical tilts."""
-        solver.set_shifts(haadf=self.model_shifts(solver.haadf_proj.angles),
-                          chem=self.chem_model_shifts(solver.chem_proj.angles)
-                          if solver.n_chem else None)
-
-    def _fractions(self, items: list[tuple[_Tilt | _Chem, str]]) -> np.ndarray:
-        out = []
-        for obj, what in items:
-            if obj.whole is None:
-                raise AlignmentError(f"{what} has not been given to the solver "
-                                     "(solver_haadf / solver_chem)")
-            total = obj.shift if isinstance(obj, _Tilt) else self._chem_shift(obj)
-            out.append(total - obj.whole)
-        return np.array(out).reshape(-1, 2)
-
-    # -- idle-time refinement ---------------------------------------------------------------
     def refine(self, solver: Any = None) -> dict[float, np.ndarray]:
         """Refine the alignment (module doc): the axis offset from the centre of mass while
         the model is not trusted yet (or without a solver), else one Gauss-Newton step of
@@ -409,11 +442,6 @@ class LiveAligner:
             self.set_solver_shifts(solver)
         return {t.angle: self._image_shift(t.shift)
                 for t, m in zip(self._tilts, moved, strict=True) if m}
-
-    @property
-    def converged(self) -> bool:
-        """Whether the last model step was below `tol_px` (and so not applied)."""
-        return self.last_update_px < self.params.tol_px
 
     def _model_step(self, solver: Any) -> None:
         p = self.params
@@ -453,32 +481,3 @@ class LiveAligner:
         for t in self._tilts:
             t.shift = t.shift + np.array([0.0, c_com - c_cur])
         self.axis_offset_px = float(c_com)
-
-    # -- reporting --------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """A JSON-able summary for the status publisher and the viewer's alignment panel."""
-        sh = np.stack([self._image_shift(t.shift) for t in self._tilts]) if self._tilts \
-            else np.zeros((0, 2))
-        return {
-            "n_tilts": len(self._tilts),
-            "angles": [float(t.angle) for t in self._tilts],
-            "shifts_px": sh.round(3).tolist(),
-            "sources": [t.source for t in self._tilts],
-            "chem_own_px": {f"{c.angle:g}": self._image_shift(c.own).round(3).tolist()
-                            for c in self._chem},
-            "rotation_deg": self.params.rotation_deg,
-            "axis_offset_px": self.axis_offset_px,
-            "refinements": self.refinements,
-            "model_refinements": self.model_refinements,
-            "last_update_px": None if math.isnan(self.last_update_px)
-            else round(self.last_update_px, 4),
-        }
-
-    def axis_frame_shifts(self) -> np.ndarray:
-        """[n, 2] shifts in the de-rotated frame, arrival order (for comparisons)."""
-        return np.stack([t.shift for t in self._tilts]) if self._tilts else np.zeros((0, 2))
-
-    def chem_axis_frame_shifts(self) -> tuple[np.ndarray, np.ndarray]:
-        """(angles, [m, 2] total shifts in the de-rotated frame) of the spectrum images."""
-        return (np.array([c.angle for c in self._chem]),
-                np.array([self._chem_shift(c) for c in self._chem]).reshape(-1, 2))

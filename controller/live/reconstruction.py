@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from fusetomo.adapters.protocol import Message, ProtocolError, SeriesStart, typed
+from fusetomo.adapters.protocol import (
+    ChemTilt,
+    HaadfTilt,
+    Message,
+    ProtocolError,
+    SeriesStart,
+    Tilt,
+    typed,
+)
 from fusetomo.adapters.runfile import RunRecord
 from fusetomo.controller.live.params import (
     PHASE_FINAL,
@@ -42,6 +50,17 @@ class TiltIn:
     maps: dict[str, np.ndarray] | None = None
     shifts: np.ndarray | None = None
     advise: bool = False  # a HAADF tilt without a spectrum image: ask the advisor
+
+
+def tilt_in(tilt: Tilt, elements: list[str]) -> TiltIn:
+    """A received tilt as the solver takes it (float32; maps in the solver's order)."""
+    if isinstance(tilt, HaadfTilt):
+        return TiltIn(tilt.seq, "haadf", tilt.angle,
+                      image=np.asarray(tilt.image, dtype=np.float32),
+                      advise=not bool(tilt.header.get("with_spectrum", False)))
+    assert isinstance(tilt, ChemTilt)
+    maps = {e: np.asarray(tilt.maps[e], dtype=np.float32) for e in elements}
+    return TiltIn(tilt.seq, "chem", tilt.angle, maps=maps)
 
 
 @dataclass

@@ -25,8 +25,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fusetomo.adapters.protocol import (
     ACK,
     COMMAND,
@@ -47,12 +45,12 @@ from fusetomo.adapters.protocol import (
     make,
 )
 from fusetomo.adapters.runfile import RunFile, RunFileError
-from fusetomo.controller.live import startup
+from fusetomo.controller.live import iterating, startup
 from fusetomo.controller.live.hooks import ErrorMaps, LiveHook
 from fusetomo.controller.live.operator import operate
 from fusetomo.controller.live.params import PHASE_FINAL, PHASE_IDLE, LiveError, LiveParams
-from fusetomo.controller.live.publish import Outputs, orthoslices
-from fusetomo.controller.live.reconstruction import LiveReconstruction, Pending, TiltIn
+from fusetomo.controller.live.publish import Outputs
+from fusetomo.controller.live.reconstruction import LiveReconstruction, tilt_in
 from fusetomo.controller.live.recorder import Recorder
 from fusetomo.solver.fusion import FusedSolver
 
@@ -200,7 +198,7 @@ class LiveSession:
                 for h in self.hooks:
                     h.final_iteration(n - recon.final_left, n, self)
             if phase is not None:
-                self._iterate(phase)
+                iterating.iterate(self, phase)
             elif self.ended and not self.finished:
                 startup.finish(self)
         return out
@@ -227,7 +225,7 @@ class LiveSession:
         elif isinstance(msg, HaadfTilt | ChemTilt):
             self._on_tilt(msg, t_arrival)
         elif isinstance(msg, SeriesEnd):
-            self._on_end(msg)
+            startup.on_end(self, msg)
         elif isinstance(msg, ErrorReply):  # logged, never answered (no error ping-pong)
             log.warning("instrument reports [%s] %s", msg.code, msg.message[:500])
             self.recorder.record_peer_event("instrument_error", code=msg.code[:64],
@@ -275,7 +273,7 @@ class LiveSession:
             self.event("tilt_received", tilt_seq=tilt.seq, modality=tilt.modality,
                        angle=tilt.angle)
             return
-        t = self._tilt_in(tilt)
+        t = tilt_in(tilt, recon.solver.elements)
         for h in self.hooks:
             t = h.prepare(t, self)
         recon.add(t, t_arrival)
@@ -286,88 +284,8 @@ class LiveSession:
         self.status("recording")
         if not self.params.interleave:
             while recon.owed > 0:
-                self._iterate(recon.due())
-        self._settle(recon.take_settled())
-
-    def _tilt_in(self, tilt: Tilt) -> TiltIn:
-        if isinstance(tilt, HaadfTilt):
-            return TiltIn(tilt.seq, "haadf", tilt.angle,
-                          image=np.asarray(tilt.image, dtype=np.float32),
-                          advise=not bool(tilt.header.get("with_spectrum", False)))
-        assert isinstance(tilt, ChemTilt) and self.solver is not None
-        maps = {e: np.asarray(tilt.maps[e], dtype=np.float32) for e in self.solver.elements}
-        return TiltIn(tilt.seq, "chem", tilt.angle, maps=maps)
-
-    def _on_end(self, end: SeriesEnd) -> None:
-        rec = self.recorder
-        if not rec.is_new(end):
-            self.send(ACK, end.seq, ack_seq=end.seq, status="duplicate")
-            return
-        rec.check_end(end)
-        run = rec.require_run(end)
-        run.mark_complete(end)
-        rec.end_seq = end.seq
-        self.send(ACK, end.seq, ack_seq=end.seq, status="recorded")
-        log.info("series end recorded: %d HAADF + %d chemical tilts", run.haadf_count,
-                 run.chem_count)
-        self.event("series_end", haadf_tilts=run.haadf_count, chem_tilts=run.chem_count)
-        self.ended = True
-        if self.recon is not None:
-            self.recon.finish()
-
-    # -- iterating --------------------------------------------------------------------------
-    def _iterate(self, phase: int | None) -> None:
-        recon, run = self.recon, self.run
-        assert recon is not None and run is not None
-        step = recon.update(phase)
-        if step is None:
-            return
-        run.record_costs(step.iteration, step.costs)
-        p = self.params
-        if p.snapshot_every and step.iteration % p.snapshot_every == 0:
-            run.record_snapshot(step.iteration, recon.solver.volumes())
-        if step.settled:
-            self._settle(step.settled)
-            return
-        if step.iteration % p.publish_every == 0:
-            self.status("iterating")
-        if step.iteration % p.slices_every == 0:
-            self.publish_slices()
-
-    def _settle(self, done: tuple[Pending, ...]) -> None:
-        """Publish the reconstruction for tilts whose k iterations are done; record their
-        latency (arrival -> published) and a snapshot after a chemical tilt."""
-        recon, run = self.recon, self.run
-        if not done or recon is None or run is None:
-            return
-        self.status("iterating")
-        self.publish_slices()
-        t = time.time()
-        lats = [t - q.t_arrival for q in done]
-        self.event("reconstruction_updated", iteration=recon.iteration,
-                   tilt_seqs=[q.seq for q in done], latency_s=lats)
-        for q, lat in zip(done, lats, strict=True):
-            self.latencies.append(lat)
-            run.record_event("latency", seq=q.seq, latency_s=lat, iteration=recon.iteration)
-        for h in self.hooks:
-            h.settled(done, self)
-        if self.params.snapshot_chem and any(q.chem for q in done):
-            run.record_snapshot(recon.iteration, recon.solver.volumes())
-            for h in self.hooks:
-                h.snapshot(recon.iteration, self)
-
-    def publish_slices(self) -> None:
-        solver = self.solver
-        if solver is None or solver.x is None:
-            return
-        extra: dict[str, Any] = {}
-        if self.std.maps is not None:
-            std = np.stack([self.std.maps[e] for e in solver.elements])
-            extra = {"std_slices": orthoslices(std, solver.elements, self.params.slice_size),
-                     "std_iteration": self.std.iteration}
-        self.publish("slices", STATUS, iteration=solver.iteration,
-                     slices=orthoslices(solver.x, solver.elements, self.params.slice_size),
-                     **extra)
+                iterating.iterate(self, recon.due())
+        iterating.settle(self, recon.take_settled())
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager

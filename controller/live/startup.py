@@ -8,8 +8,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from fusetomo.adapters.protocol import ACK, ProtocolError, SeriesStart
+from fusetomo.adapters.protocol import ACK, ProtocolError, SeriesEnd, SeriesStart
 from fusetomo.adapters.runfile import RunFileError, read_run
+from fusetomo.controller.live import iterating
 from fusetomo.controller.live.advice import AdviceHook, ReleaseHook
 from fusetomo.controller.live.alignment import AlignmentHook
 from fusetomo.controller.live.hooks import LiveHook
@@ -87,6 +88,25 @@ def on_start(s: LiveSession, start: SeriesStart) -> None:
     s.status("recording")
 
 
+def on_end(s: LiveSession, end: SeriesEnd) -> None:
+    """Record the series end (its counts checked), acknowledge it, and start finishing."""
+    rec = s.recorder
+    if not rec.is_new(end):
+        s.send(ACK, end.seq, ack_seq=end.seq, status="duplicate")
+        return
+    rec.check_end(end)
+    run = rec.require_run(end)
+    run.mark_complete(end)
+    rec.end_seq = end.seq
+    s.send(ACK, end.seq, ack_seq=end.seq, status="recorded")
+    log.info("series end recorded: %d HAADF + %d chemical tilts", run.haadf_count,
+             run.chem_count)
+    s.event("series_end", haadf_tilts=run.haadf_count, chem_tilts=run.chem_count)
+    s.ended = True
+    if s.recon is not None:
+        s.recon.finish()
+
+
 def resume(s: LiveSession) -> None:
     """Continue the run file: rebuild the reconstruction by replaying its recorded iteration
     schedule, and carry on from its last seq. A run whose series end is recorded but whose
@@ -140,7 +160,7 @@ def finish(s: LiveSession) -> None:
     recon, run = s.recon, s.run
     assert run is not None
     if recon is not None and recon.ready:
-        s._settle(recon.take_settled())
+        iterating.settle(s, recon.take_settled())
         run.record_snapshot(recon.iteration, recon.solver.volumes())
         for h in s.hooks:
             h.finished(s)

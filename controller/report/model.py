@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
+
 MODALITIES = ("haadf", "chem")
 PLANES = ("s", "u", "v")
 PLANE_TITLES = {"s": "s (normal to the tilt axis)", "u": "u", "v": "v"}
@@ -15,7 +17,7 @@ PALETTE = ((1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.2, 0.45, 1.0), (1.0, 0.85, 0.0),
            (1.0, 0.1, 1.0), (0.0, 1.0, 1.0), (1.0, 0.55, 0.0), (0.7, 0.7, 0.7))
 
 
-class ReportError(ValueError):
+class ReportError(FusetomoError, ValueError):
     """Input a report cannot be made from; the message names the file and what is wrong."""
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.fusion import FusionParams
 
 FORMAT = "fusetomo-sweep"
@@ -29,15 +30,15 @@ _TOP_KEYS = {"name", "method", "iterations", "seeds", "retries", "device", "spec
 Log = Callable[[str], None]
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(FusetomoError, ValueError):
     """A sweep file or value that cannot be used; the message names it."""
 
 
-class SweepFailedError(RuntimeError):
+class SweepFailedError(FusetomoError, RuntimeError):
     """Tasks that still failed after their retries (they are in the results table)."""
 
 
-class TaskError(RuntimeError):
+class TaskError(FusetomoError, RuntimeError):
     """A task that ran but produced an unusable result (e.g. a non-finite NRMSE)."""
 
 

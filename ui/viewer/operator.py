@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from fusetomo.core.errors import FusetomoError
+
 ACTIONS = ("accept", "skip", "force", "pause", "resume", "abort", "auto", "manual")
 NEEDS_ADVICE = ("accept", "skip")
 
@@ -20,7 +22,7 @@ NEEDS_ADVICE = ("accept", "skip")
 DoneCallback = Callable[[str, dict[str, Any] | None, str | None], None]
 
 
-class OperatorUnavailableError(RuntimeError):
+class OperatorUnavailableError(FusetomoError, RuntimeError):
     """This fusetomo has no operator client (adapters.transport.OperatorClient)."""
 
 

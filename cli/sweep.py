@@ -1,8 +1,6 @@
-"""`fusetomo sweep` (parameter sweeps on Dask) and `fusetomo reconstruct-slabs` (one volume
-split in slabs across MPI ranks / GPUs); registered by cli.py.
+"""`fusetomo sweep`: parameter sweeps of the fused solver on Dask (docs/scaling.md).
 
     fusetomo sweep CONFIG.toml [--out DIR] [--scheduler tcp://HOST:PORT] [--workers N]
-    mpiexec -n 4 fusetomo reconstruct-slabs SERIES.h5 --out RECON.h5 [--iterations N]
 
 `sweep` exit status: 0 when every task succeeded, 1 when some still failed after their
 retries (they are in DIR/results.csv; running the same command again retries them and
@@ -18,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusetomo.controller.argtypes import positive_int
+from fusetomo.cli.argtypes import positive_int
 
 
 def _error(text: str) -> int:
@@ -70,45 +68,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reconstruct_slabs(args: argparse.Namespace) -> int:
-    from fusetomo.adapters.seriesfile import read_series, read_truth
-    from fusetomo.controller.reconstruct import ReconResult
-    from fusetomo.solver.fusion import DEFAULT_ITERATIONS, FusionParams
-    from fusetomo.solver.metrics import nrmse_per_element
-    from fusetomo.solver.slabs import SlabFusedSolver, mpi_comm, rank_device
-
-    comm = mpi_comm()
-    series = read_series(args.series)
-    params = FusionParams(gamma=series.gamma) if series.gamma is not None else FusionParams()
-    device: Any = rank_device(comm, args.device)
-    els = series.elements
-    solver = SlabFusedSolver(series.shape[1], series.shape[0], els,
-                             [series.Z[e] for e in els], params, comm=comm, device=device,
-                             background=[series.background[e] for e in els])
-    solver.add_haadf(series.haadf_angles, series.haadf)
-    solver.add_chem(series.common_chem_angles, series.chem)
-    k = args.iterations or DEFAULT_ITERATIONS
-    t0 = time.perf_counter()
-    solver.run(k)
-    vols = solver.gather_volumes(root=0)
-    elapsed = time.perf_counter() - t0
-    if comm.rank != 0:
-        return 0
-    assert vols is not None
-    res = ReconResult(vols, solver.local.history,
-                      {"method": "fused-slabs", "ranks": comm.size, "iterations": k,
-                       "device": str(device)}, elapsed)
-    res.save(args.out, source=args.series)
-    print(f"wrote {args.out}: fused in {comm.size} slabs, {k} iterations in {elapsed:.1f} s")
-    truth = read_truth(args.series)
-    if truth:
-        scores = nrmse_per_element({e: truth[e] for e in els if e in truth}, vols)
-        mean = sum(scores.values()) / len(scores)
-        print(f"<NRMSE> = {mean:.3f}  ("
-              + ", ".join(f"{e} {v:.3f}" for e, v in scores.items()) + ")")
-    return 0
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sweep", help="parameter sweep of the fused solver on Dask")
     p.add_argument("config", help="sweep file (.toml; see docs/scaling.md)")
@@ -122,13 +81,3 @@ def register(subparsers: Any) -> None:
                         "per GPU with dask-cuda, else one per CPU core)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_sweep)
-
-    p = subparsers.add_parser(
-        "reconstruct-slabs",
-        help="fused reconstruction split in slabs across MPI ranks (run under mpiexec)")
-    p.add_argument("series", help="series file (.h5)")
-    p.add_argument("--out", required=True, help="reconstruction file to write (.h5)")
-    p.add_argument("--iterations", type=positive_int, default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="gpu: rank r uses GPU (local rank mod GPUs on its node)")
-    p.set_defaults(func=cmd_reconstruct_slabs)

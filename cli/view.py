@@ -1,4 +1,4 @@
-"""`fusetomo view`: the live viewer (registered by cli.py).
+"""`fusetomo view`: the live viewer.
 
     fusetomo view --connect tcp://HOST:PORT [--operator tcp://HOST:PORT] [--element El ...]
     fusetomo view --run RUN.h5 [--tilt N] [--element El ...]
@@ -23,14 +23,15 @@ import sys
 import time
 from typing import Any
 
-from fusetomo.controller.argtypes import non_negative_int, positive_float, positive_int
+from fusetomo.cli.argtypes import non_negative_int, positive_float, positive_int
+from fusetomo.core.errors import FusetomoError
 
 ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 DEFAULT_SIZE = (1280, 800)
 QT_MODULES = ("PySide6.QtWidgets", "pyqtgraph")
 
 
-class ViewerUnavailableError(RuntimeError):
+class ViewerUnavailableError(FusetomoError, RuntimeError):
     """The viewer extra is not installed, or Qt cannot open a display."""
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from fusetomo.adapters.instrument.plans import ORDERS, SEQUENTIAL, SchemeError
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
-from fusetomo.controller.argtypes import positive_float as _positive_float
-from fusetomo.controller.argtypes import positive_int as _positive_int
+from fusetomo.cli.argtypes import positive_float as _positive_float
+from fusetomo.cli.argtypes import positive_int as _positive_int
 from fusetomo.simulators.forward import AcquisitionParams
 from fusetomo.simulators.instrument import InstrumentError, InstrumentParams, SimulatedInstrument
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from fusetomo.adapters.instrument.plans import ORDERS, SEQUENTIAL
 from fusetomo.adapters.transport import DEFAULT_BIND
-from fusetomo.controller.argtypes import positive_float as _positive_float
-from fusetomo.controller.argtypes import positive_int as _positive_int
+from fusetomo.cli.argtypes import positive_float as _positive_float
+from fusetomo.cli.argtypes import positive_int as _positive_int
 
 
 def register(subparsers: Any) -> None:

@@ -1,4 +1,4 @@
-"""`fusetomo report FILE.h5 --out DIR` (registered by cli.py): figures, report.json and
+"""`fusetomo report FILE.h5 --out DIR`: figures, report.json and
 index.html for a run, reconstruction or series file (controller/report.py).
 
 Prints one line per figure written or skipped, then `wrote DIR/index.html` and, when the
@@ -18,7 +18,7 @@ import numpy as np
 from fusetomo.adapters.reconfile import ReconFileError
 from fusetomo.adapters.runfile import RunFileError
 from fusetomo.adapters.series import SeriesError
-from fusetomo.controller.argtypes import positive_int
+from fusetomo.cli.argtypes import positive_int
 from fusetomo.controller.report import ReportError, ReportParams, make_report
 
 # Input errors that end the command with status 2 (each names the file and dataset).
