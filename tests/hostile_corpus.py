@@ -5,6 +5,7 @@ they are spread through (core-shell, 16^3, 11 HAADF + 3 chemical tilts). Each en
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -65,22 +66,18 @@ def tamper(frames: list[bytes], drop: tuple[str, ...] = (), **changes) -> list[b
     return [json.dumps(h).encode(), *frames[1:]]
 
 
-# Refusals of a tilt that was next in sequence but whose content cannot be recorded: the
-# controller spends its seq (the series goes on), so the sender moves to the next one.
-SEQ_CONSUMING = ("shape_mismatch", "element_mismatch", "duplicate_tilt")
-
-
-def shifted(frames: list[bytes], by: int) -> list[bytes]:
-    """The message with its seq moved by `by` (unparseable headers are left as they are)."""
-    if by == 0:
+def shifted(frames: list[bytes], base: int, seq: int) -> list[bytes]:
+    """The message built for next seq `base`, for next seq `seq`: a header whose "seq" is
+    `base` (or `base` + 5, a gap) gets the same offset from `seq`, by editing the bytes
+    (re-encoding would change what is hostile in them); other seqs and headers are left."""
+    if seq == base or not frames:
         return frames
-    try:
-        h = json.loads(frames[0])
-    except (UnicodeDecodeError, ValueError):
+    m = re.search(rb'"seq":\s*(\d+)[,}]', frames[0])
+    if m is None or int(m.group(1)) not in (base, base + 5):
         return frames
-    if not isinstance(h, dict) or not isinstance(h.get("seq"), int):
-        return frames
-    return tamper(frames, seq=h["seq"] + by)
+    new = str(int(m.group(1)) - base + seq).encode()
+    head = frames[0][:m.start(1)] + new + frames[0][m.end(1):]
+    return [head, *frames[1:]]
 
 
 def hostile(s, n: int, st: dict) -> list[tuple[str, list[bytes], str]]:
@@ -92,6 +89,12 @@ def hostile(s, n: int, st: dict) -> list[tuple[str, list[bytes], str]]:
     nan_img[3, 4], inf_img[5, 6], neg[1, 1] = np.nan, np.inf, -1.0
     flipped = bytearray(H[1])
     flipped[10] ^= 0xFF
+    return _basic(s, n, st, H, img, el0, el1, nan_img, inf_img, neg, flipped) + \
+        _numbers_and_nesting(s, n, st, H) + _fields(s, n, st, H) + _start_fields(s, n) + \
+        _other_types(s, n)
+
+
+def _basic(s, n, st, H, img, el0, el1, nan_img, inf_img, neg, flipped):
     return [
         ("bad json", [b"{not json"], "bad_json"),
         ("not utf-8", [b"\xff\xfe{}"], "bad_json"),
@@ -176,3 +179,216 @@ def hostile(s, n: int, st: dict) -> list[tuple[str, list[bytes], str]]:
     ]
 
 
+
+
+BIG = 10**400  # a JSON integer no float can hold
+START_OK = None
+
+
+def _header(frames: list[bytes]) -> dict:
+    return json.loads(frames[0])
+
+
+def _raw(h: dict, extra: bytes = b"") -> bytes:
+    """A header as bytes with `extra` spliced in before the closing brace."""
+    text = json.dumps(h).encode()
+    return text[:-1] + extra + b"}" if extra else text
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _numbers_and_nesting(s, n: int, st: dict, H: list[bytes]):
+    """The inputs that killed the controller before issue 18: numbers too large for a
+    float, nesting that exhausts the recursion limit, unhashable types."""
+    h = _header(H)
+    start = _header(start_frames(s, n))
+    return [
+        ("angle 10**400", tamper(H, angle=BIG), "bad_field"),
+        ("dose 10**400", tamper(H, dose_e_per_A2=BIG), "bad_field"),
+        ("t_sent 10**400", tamper(H, t_sent=BIG), "bad_field"),
+        ("t_acquired 10**400", tamper(H, t_acquired=BIG), "bad_field"),
+        ("seq 10**400", tamper(H, seq=BIG), "bad_field"),
+        ("series_start background 10**400",
+         [_raw({**start, "background": {e: BIG for e in s.elements}})], "bad_field"),
+        ("series_start pixel_size_nm 10**400",
+         [_raw({**start, "pixel_size_nm": BIG})], "bad_field"),
+        ("series_start dose budget 10**400",
+         [_raw({**start, "dose_budget_e_per_A2": BIG})], "bad_field"),
+        ("series_start Z 10**400", [_raw({**start, "Z": {e: BIG for e in s.elements}})],
+         "bad_field"),
+        ("series_end n_haadf 10**400",
+         encode(make(SERIES_END, SID, n, n_haadf=BIG, n_chem=0)), "bad_field"),
+        ("angle 1e400 (infinite)", [_raw({k: v for k, v in h.items() if k != "angle"},
+                                         b', "angle": 1e400'), *H[1:]], "bad_field"),
+        ("an unknown field 1e400", [_raw(h, b', "x": 1e400'), *H[1:]], "bad_field"),
+        ("an unknown field -Infinity", [_raw(h, b', "x": -Infinity'), *H[1:]], "bad_json"),
+        ("integer of 5000 digits", [_raw(h, b', "x": 1' + b"0" * 5000), *H[1:]],
+         "bad_json"),
+        ("nested 5000 deep", [_nested(5000)], "bad_json"),
+        ("a field nested 3000 deep", [_raw(h, b', "x": ' + _nested(3000)), *H[1:]],
+         "bad_json"),
+        ("a field nested 40 deep", [_raw(h, b', "x": ' + _nested(40)), *H[1:]], "bad_json"),
+        ("type a list", tamper(H, type=["haadf_tilt"]), "unknown_type"),
+        ("type an object", tamper(H, type={"haadf_tilt": 1}), "unknown_type"),
+        ("type a number", tamper(H, type=3), "unknown_type"),
+        ("type null", tamper(H, type=None), "unknown_type"),
+        ("type empty", tamper(H, type=""), "unknown_type"),
+        ("type upper case", tamper(H, type="HAADF_TILT"), "unknown_type"),
+        ("series_start seq 2**63-1", start_frames(s, 2**63 - 1), "bad_field"),
+        ("seq 2**53", tamper(H, seq=2**53), "bad_field"),
+        ("seq null", tamper(H, seq=None), "bad_field"),
+        ("seq a list", tamper(H, seq=[n]), "bad_field"),
+        ("version 0", tamper(H, v=0), "bad_version"),
+        ("version 1.0", tamper(H, v=1.0), "bad_version"),
+        ("version null", tamper(H, v=None), "bad_version"),
+        ("version a list", tamper(H, v=[1]), "bad_version"),
+        ("BOM before the header", [b"\xef\xbb\xbf" + H[0], *H[1:]], "bad_json"),
+        ("NUL in a string", [_raw(h, b', "x": "a\x00b"'), *H[1:]], "bad_json"),
+        ("Infinity in the header", [b'{"type":"haadf_tilt","v":1,"x":Infinity}'], "bad_json"),
+        ("no frames at all", [], "empty"),
+        ("101 frames", [H[0]] * 101, "too_many_frames"),
+    ]
+
+
+def _fields(s, n: int, st: dict, H: list[bytes]):
+    """Every field of a tilt, of the wrong type or out of range."""
+    C = chem_frames(s, n, st["free_chem"])
+    big_shape = [2**40, 2]
+    return [
+        ("series null", tamper(H, series=None), "bad_field"),
+        ("series a list", tamper(H, series=[SID]), "bad_field"),
+        ("no series", tamper(H, drop=("series",)), "missing_field"),
+        ("t_sent as text", tamper(H, t_sent="now"), "bad_field"),
+        ("t_sent null", tamper(H, t_sent=None), "bad_field"),
+        ("t_sent a list", tamper(H, t_sent=[1.0]), "bad_field"),
+        ("angle null", tamper(H, angle=None), "bad_field"),
+        ("angle a list", tamper(H, angle=[1.0]), "bad_field"),
+        ("angle true", tamper(H, angle=True), "bad_field"),
+        ("angle -90.0001", tamper(H, angle=-90.0001), "bad_angle"),
+        ("angle 1e300", tamper(H, angle=1e300), "bad_angle"),
+        ("angle 'nan'", tamper(H, angle="nan"), "bad_field"),
+        ("dose as text", tamper(H, dose_e_per_A2="1"), "bad_field"),
+        ("dose null", tamper(H, dose_e_per_A2=None), "bad_field"),
+        ("dose 1e10", tamper(H, dose_e_per_A2=1e10), "bad_dose"),
+        ("dose -1e-9", tamper(H, dose_e_per_A2=-1e-9), "bad_dose"),
+        ("t_acquired as text", tamper(H, t_acquired="today"), "bad_field"),
+        ("t_acquired a dict", tamper(H, t_acquired={"s": 1}), "bad_field"),
+        ("dtype float16", tamper(H, dtype="float16"), "bad_dtype"),
+        ("dtype int64", tamper(H, dtype="int64"), "bad_dtype"),
+        ("dtype <f4", tamper(H, dtype="<f4"), "bad_dtype"),
+        ("dtype empty", tamper(H, dtype=""), "bad_dtype"),
+        ("dtype null", tamper(H, dtype=None), "bad_dtype"),
+        ("dtype a number", tamper(H, dtype=4), "bad_dtype"),
+        ("dtype a list", tamper(H, dtype=["float32"]), "bad_dtype"),
+        ("shape of one side", tamper(H, shape=[16]), "bad_shape"),
+        ("shape null", tamper(H, shape=None), "bad_shape"),
+        ("shape negative", tamper(H, shape=[16, -1]), "too_large"),
+        ("shape of booleans", tamper(H, shape=[True, 16]), "bad_shape"),
+        ("shape of floats", tamper(H, shape=[16.0, 16]), "bad_shape"),
+        ("shape an object", tamper(H, shape={"a": 1}), "bad_shape"),
+        ("shape 2**40 x 2", tamper(H, shape=big_shape), "too_large"),
+        ("shape 8192 x 8192 float32 (over the series' size)",
+         tamper(H, shape=[8192, 8192]), "too_large"),
+        ("checksum null", tamper(H, checksum=None), "checksum"),
+        ("checksum a number", tamper(H, checksum=123), "checksum"),
+        ("checksum empty", tamper(H, checksum=""), "checksum"),
+        ("empty data frame", [H[0], b""], "frame_size"),
+        ("one byte short", [H[0], H[1][:-1]], "frame_size"),
+        ("chem elements a string", tamper(C, elements=s.elements[0]), "frame_count"),
+        ("chem elements an object", tamper(C, elements={e: 1 for e in s.elements}),
+         "frame_count"),
+        ("chem elements of numbers", tamper(C, elements=[1, 2, 3]), "bad_field"),
+        ("chem elements null", tamper(C, elements=None), "frame_count"),
+        ("chem elements 93 long", tamper(C, elements=list(s.elements) * 31), "frame_count"),
+        ("chem haadf_seq as text", tamper(C, haadf_seq="1"), "bad_field"),
+        ("chem haadf_seq negative", tamper(C, haadf_seq=-1), "bad_field"),
+        ("chem haadf_seq 2**60", tamper(C, haadf_seq=2**60), "bad_field"),
+        ("chem dose 1e10", tamper(C, dose_e_per_A2=1e10), "bad_dose"),
+        ("chem no angle", tamper(C, drop=("angle",)), "missing_field"),
+        ("chem angle 91", tamper(C, angle=91.0), "bad_angle"),
+        ("chem lower-case element", tamper(C, elements=[e.lower() for e in s.elements]),
+         "unknown_element"),
+    ]
+
+
+def _start_fields(s, n: int):
+    """series_start with each field wrong (refused before the run's state is looked at)."""
+    def st(**over):
+        return start_frames(s, n, **over)
+
+    els = list(s.elements)
+    z = {e: int(s.Z[e]) for e in els}
+    return [
+        ("start elements a string", st(elements="Co"), "bad_field"),
+        ("start elements null", st(elements=None), "bad_field"),
+        ("start elements of numbers", st(elements=[27, 8]), "bad_field"),
+        ("start elements repeated", st(elements=[els[0], els[0]], Z={els[0]: 27}),
+         "bad_field"),
+        ("start Z missing an element", st(Z={els[0]: z[els[0]]}), "bad_series"),
+        ("start Z zero", st(Z={e: 0 for e in els}), "bad_series"),
+        ("start Z 200", st(Z={e: 200 for e in els}), "bad_series"),
+        ("start Z as text", st(Z={e: "cobalt" for e in els}), "bad_series"),
+        ("start Z a list", st(Z=[27, 16, 8]), "bad_field"),
+        ("start no Z", start_frames(s, n, **{"Z": None}), "bad_field"),
+        ("start shape null", st(shape=None), "bad_shape"),
+        ("start shape 0 x 16", st(shape=[0, 16]), "bad_shape"),
+        ("start shape 9000 x 16", st(shape=[9000, 16]), "bad_shape"),
+        ("start shape of text", st(shape=["16", "16"]), "bad_shape"),
+        ("start scheme a list", st(scheme=[1, 2]), "bad_field"),
+        ("start scheme angles as text", st(scheme={"haadf_angles": "all"}), "bad_series"),
+        ("start scheme angle 100", st(scheme={"haadf_angles": [0.0, 100.0]}), "bad_series"),
+        ("start scheme angle of text", st(scheme={"chem_angles": ["0"]}), "bad_series"),
+        ("start dose budget negative", st(dose_budget_e_per_A2=-5.0), "bad_field"),
+        ("start dose budget as text", st(dose_budget_e_per_A2="lots"), "bad_field"),
+        ("start pixel size 0", st(pixel_size_nm=0.0), "bad_field"),
+        ("start pixel size negative", st(pixel_size_nm=-0.5), "bad_field"),
+        ("start gamma 0.5", st(gamma=0.5), "bad_series"),
+        ("start gamma as text", st(gamma="1.7"), "bad_series"),
+        ("start background a list", st(background=[0.0, 0.0, 0.0]), "bad_field"),
+        ("start background of an unknown element", st(background={"Au": 1.0}),
+         "bad_series"),
+        ("start background as text", st(background={e: "low" for e in els}), "bad_series"),
+        ("start holds_for_advice as text", st(holds_for_advice="yes"), "bad_field"),
+        ("start chem dose negative", st(chem_dose_e_per_A2=-1.0), "bad_field"),
+    ]
+
+
+def _other_types(s, n: int):
+    """Messages an instrument does not send, and replies that are malformed."""
+    def raw(mtype: str, **fields):
+        return encode(make(mtype, SID, n, **fields))
+
+    return [
+        ("operator message from the instrument", raw("operator", action="accept", id=1,
+                                                     advice_id=1), "unexpected_type"),
+        ("event from the instrument", raw("event", event="x"), "unexpected_type"),
+        ("event without its name", raw("event"), "missing_field"),
+        ("hello without last_seq", raw(HELLO), "missing_field"),
+        ("hello last_seq -2", raw(HELLO, last_seq=-2), "bad_field"),
+        ("command of no known kind", raw(COMMAND, cmd="explode", id=1), "unknown_command"),
+        ("command without id", raw(COMMAND, cmd="pause"), "missing_field"),
+        ("operator of no known action", raw("operator", action="reboot", id=1),
+         "unknown_action"),
+        ("operator accept without advice_id", raw("operator", action="accept", id=1),
+         "missing_field"),
+        ("error reply without message", raw("error", code="x"), "missing_field"),
+        ("error reply with a numeric code", raw("error", code=5, message="m"), "bad_field"),
+        ("error reply with bad_seq as text", raw("error", code="x", message="m",
+                                                 bad_seq="3"), "bad_field"),
+        ("error reply of 70000 characters", raw("error", code="x", message="m" * 70_000),
+         "header_too_large"),
+        ("ack with ack_seq as text", raw("ack", ack_seq="1", status="done"), "bad_field"),
+        ("ack with a negative ack_seq", raw("ack", ack_seq=-1, status="done"), "bad_field"),
+        ("ack without status", raw("ack", ack_seq=1), "missing_field"),
+        ("series_end with a negative count", raw(SERIES_END, n_haadf=-1, n_chem=0),
+         "bad_field"),
+        ("series_end with a fractional count", raw(SERIES_END, n_haadf=1.5, n_chem=0),
+         "bad_field"),
+        ("series_end with null counts", raw(SERIES_END, n_haadf=None, n_chem=None),
+         "bad_field"),
+        ("series_end with a reason of 500 characters",
+         raw(SERIES_END, n_haadf=0, n_chem=0, reason="x" * 500), "bad_field"),
+        ("status with a frame", [*raw(STATUS), b"x"], "bad_payload"),
+    ]

@@ -39,7 +39,9 @@ def silent_endpoint() -> Iterator[str]:
 
 class Driver:
     """A fake instrument driven by the test: a ROUTER that learns the controller from its
-    hello, then sends raw frames one message at a time and returns the reply."""
+    hello, then sends raw frames one message at a time and returns the reply. As an
+    instrument does, it sends the message again when the controller says hello before
+    replying (the controller reconnects once it knows the series' image size)."""
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
@@ -55,7 +57,8 @@ class Driver:
         assert msg.type == HELLO, msg.header
         return msg
 
-    def _next(self, timeout: float, *, skip_hello: bool) -> Message:
+    def _next(self, timeout: float, *, skip_hello: bool,
+              resend: list[bytes] | None = None) -> Message:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -65,14 +68,17 @@ class Driver:
             self.peer = peer
             msg = decode(frames)
             if skip_hello and msg.type == HELLO:
+                if resend is not None:
+                    self.sock.send_multipart([peer, *resend])
                 continue
             return msg
 
     def exchange(self, frames: list[bytes], timeout: float = 10.0) -> Message:
-        """Send one message's frames; the controller's reply (hellos skipped)."""
+        """Send one message's frames; the controller's reply (hellos skipped; the message
+        is sent again after one, as it may have been lost with a connection)."""
         assert self.peer is not None, "wait_hello first"
         self.sock.send_multipart([self.peer, *frames])
-        return self._next(timeout, skip_hello=True)
+        return self._next(timeout, skip_hello=True, resend=frames)
 
     def close(self) -> None:
         self.sock.close(0)

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_corpus import SID, haadf_frames, hostile, small_series_sim, start_frames
+from hostile_corpus import (
+    SID,
+    haadf_frames,
+    hostile,
+    shifted,
+    small_series_sim,
+    start_frames,
+)
 from live_fixtures import (
     SMALL,
     STRICT,
@@ -241,6 +248,32 @@ def test_instrument_killed_and_restarted_the_series_continues(tmp_path):
 
 
 # -- (c) hostile messages over a real socket ------------------------------------------------
+# The kinds that killed the controller before (issue 18): exit 1 and a traceback, and again
+# on every --resume, since the instrument resends what was not acknowledged.
+KILLERS = ("angle 10**400", "dose 10**400", "t_sent 10**400", "t_acquired 10**400",
+           "seq 10**400", "series_start background 10**400",
+           "series_start pixel_size_nm 10**400", "series_start dose budget 10**400",
+           "series_end n_haadf 10**400", "nested 5000 deep", "a field nested 3000 deep",
+           "type a list", "type an object", "series_start seq 2**63-1",
+           "integer of 5000 digits", "an unknown field 1e400", "101 frames",
+           "header > 64 KiB", "shape 2**40 x 2")
+
+
+def _send_corpus(drv: Driver, entries: list, seq: int,
+                 sent: list | None = None) -> int:
+    """Each entry (built for next seq 2) gets its error reply; returns the next seq (one
+    more per spent seq). `sent` collects (name, frames as sent, code, spent)."""
+    for name, frames, code in entries:
+        frames = shifted(frames, 2, seq)
+        reply = drv.exchange(frames)
+        assert (reply.type, reply.header["code"]) == (ERROR, code), (name, reply.header)
+        spent = bool(reply.header.get("spent"))
+        if sent is not None:
+            sent.append((name, frames, code, spent))
+        seq += spent
+    return seq
+
+
 def test_hostile_messages_over_the_socket_get_errors_and_the_series_completes(tmp_path,
                                                                               small_series):
     """A sample of the corpus (test_live_session.py has all of it) through the controller's
@@ -248,26 +281,71 @@ def test_hostile_messages_over_the_socket_get_errors_and_the_series_completes(tm
     s = small_series
     run = tmp_path / "run.h5"
     drv = Driver()
+    corpus = hostile(s, 2, {"recorded_haadf": 0, "free_haadf": 1, "free_chem": 0})
+    sample = [h for h in corpus if h[0] in KILLERS or corpus.index(h) % 8 == 0]
     try:
         with controller_thread(drv.endpoint, run, STRICT) as (ctrl, result):
             assert drv.wait_hello().header["last_seq"] == -1
             assert drv.exchange(start_frames(s)).type == ACK
             assert drv.exchange(haadf_frames(s, 1, 0)).header["status"] == "recorded"
-            sample = [h for h in hostile(s, 2, {"recorded_haadf": 0, "free_haadf": 1,
-                                                "free_chem": 0})
-                      if h[2] not in ("shape_mismatch", "element_mismatch", "duplicate_tilt")]
-            for name, frames, code in sample[::4]:
-                reply = drv.exchange(frames)
-                assert (reply.type, reply.header["code"]) == (ERROR, code), name
-            assert drv.exchange(haadf_frames(s, 2, 1)).header["status"] == "recorded"
-            drv.sock.send_multipart([drv.peer, *encode(make(SERIES_END, SID, 3, n_haadf=2,
-                                                            n_chem=0))])
+            seq = _send_corpus(drv, sample, 2)
+            assert drv.exchange(haadf_frames(s, seq, 1)).header["status"] == "recorded"
+            drv.sock.send_multipart([drv.peer, *encode(make(
+                SERIES_END, SID, seq + 1, n_haadf=2, n_chem=0))])
             wait_for(lambda: "code" in result or "error" in result, 30, "the controller")
         assert result.get("code") == 0, result
-        assert len(ctrl.rejected) == len(sample[::4])
+        assert len(ctrl.rejected) == len(sample)
     finally:
         drv.close()
-    assert read_run(run).seq["haadf"].tolist() == [1, 2]
+    assert read_run(run).seq["haadf"].tolist() == [1, seq]
+
+
+def test_a_resumed_controller_process_survives_what_would_have_killed_it(tmp_path,
+                                                                          small_series):
+    """`fusetomo control` as a process gets the messages that used to kill it, is killed
+    (-9), resumed, and gets them again (an instrument resends what was not acknowledged):
+    it answers each with an error both times and completes the series."""
+    s = small_series
+    run = tmp_path / "run.h5"
+    corpus = hostile(s, 2, {"recorded_haadf": 0, "free_haadf": 1, "free_chem": 0})
+    killers = [h for h in corpus if h[0] in KILLERS]
+    assert len(killers) == len(KILLERS)
+    drv = Driver()
+    argv = fusetomo_argv("control", "--instrument", drv.endpoint, "--record", str(run),
+                         "--timeout", "60", "--log-level", "ERROR", *CLI_STRICT)
+    procs = []
+    try:
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE))
+        assert drv.wait_hello(30).header["last_seq"] == -1
+        assert drv.exchange(start_frames(s)).type == ACK
+        assert drv.exchange(haadf_frames(s, 1, 0)).header["status"] == "recorded"
+        sent: list = []
+        seq = _send_corpus(drv, killers, 2, sent)
+        assert procs[0].poll() is None
+        procs[0].kill()
+        procs[0].wait()
+        procs.append(subprocess.Popen([*argv, "--resume"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        assert drv.wait_hello(30).header["last_seq"] == seq - 1  # spent seqs included
+        for name, frames, code, spent in sent:  # resent as they were: refused again
+            reply = drv.exchange(frames)
+            assert (reply.type, reply.header["code"]) == (ERROR, code), name
+            assert bool(reply.header.get("spent")) == spent, name
+        assert drv.exchange(haadf_frames(s, seq, 1)).header["status"] == "recorded"
+        drv.sock.send_multipart([drv.peer, *encode(make(SERIES_END, SID, seq + 1,
+                                                        n_haadf=2, n_chem=0))])
+        out, err = procs[1].communicate(timeout=60)
+        assert procs[1].returncode == 0, err[-2000:]
+        assert "run complete" in out
+    finally:
+        drv.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    rec = read_run(run)
+    assert rec.complete and rec.seq["haadf"].tolist() == [1, seq]
 
 
 # -- the commands ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import logging
 import numpy as np
 import pytest
 from hostile_corpus import (
-    SEQ_CONSUMING,
     SID,
     chem_frames,
     haadf_frames,
@@ -26,6 +25,7 @@ from fusetomo.adapters.protocol import (
     ACK,
     CHEM_TILT,
     ERROR,
+    HAADF_TILT,
     SERIES_END,
     Message,
     encode,
@@ -38,6 +38,25 @@ from fusetomo.controller.live import LiveSession, Outputs
 @pytest.fixture(scope="module")
 def small_series():
     return small_series_sim()
+
+
+def spends(frames: list[bytes], code: str, next_seq: int) -> bool:
+    """Whether refusing `frames` with `code` spends its seq (docs/protocol.md §3)."""
+    def no_constants(name: str) -> None:
+        raise ValueError(name)  # NaN, Infinity: not JSON, the header cannot be read
+
+    try:
+        text = bytes(frames[0]).decode("utf-8") if frames else "null"
+        h = json.loads(text, parse_constant=no_constants)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    if not isinstance(h, dict):
+        return False
+    seq = h.get("seq")
+    return (h.get("type") in (HAADF_TILT, CHEM_TILT) and h.get("series") == SID
+            and isinstance(seq, int) and not isinstance(seq, bool) and seq == next_seq
+            and code not in ("out_of_order", "wrong_series", "no_series",
+                             "series_complete"))
 
 
 def one_reply(out: Outputs) -> Message:
@@ -64,11 +83,16 @@ def test_hostile_messages_get_specific_errors_and_change_nothing(tmp_path, small
     ses.start()
     errors: list[tuple[str, str]] = []
 
-    def expect_error(name: str, frames: list[bytes], code: str) -> None:
+    def expect_error(name: str, frames: list[bytes], code: str, next_seq: int = -1) -> bool:
+        """The error reply; whether it spent the message's seq (checked against the rule:
+        a tilt of this series, next in sequence, refused for its content)."""
         reply = one_reply(ses.receive(frames))
         assert reply.type == ERROR, (name, reply.header)
         assert reply.header["code"] == code, (name, reply.header)
         errors.append((name, code))
+        spent = bool(reply.header.get("spent"))
+        assert spent == spends(frames, code, next_seq), (name, reply.header)
+        return spent
 
     def expect_ack(frames: list[bytes], status: str, seq: int) -> None:
         reply = one_reply(ses.receive(frames))
@@ -118,16 +142,17 @@ def test_hostile_messages_get_specific_errors_and_change_nothing(tmp_path, small
         corpus_size = len(corpus)
         batch = corpus[corpus_done:corpus_done + 6] if valid else corpus[corpus_done:]
         for name, bad, code in batch:
-            expect_error(name, shifted(bad, seq - base), code)
-            if code in SEQ_CONSUMING:  # next in sequence, refused for its content:
-                seq += 1               # its seq is spent and the series goes on
+            # A tilt next in sequence refused for its content spends its seq: the
+            # sender drops it and moves on, and so does the series.
+            if expect_error(name, shifted(bad, base, seq), code, seq):
+                seq += 1
         corpus_done += len(batch)
     assert corpus_done == corpus_size
     expect_ack(encode(make(SERIES_END, SID, seq, n_haadf=n_h, n_chem=n_c)),
                "recorded", seq)
     finish(ses)
 
-    assert len(errors) >= 50 + 8
+    assert len(errors) >= 150 + 8
     # One log line per rejection, naming its code.
     logged = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(logged) == len(errors)
@@ -169,3 +194,30 @@ def test_a_refused_tilt_does_not_stall_the_series(tmp_path, small_series):
     rec = read_run(run)
     assert rec.seq["haadf"].tolist() == [1, 3]
     assert [ev["tilt_seq"] for ev in rec.events if ev["kind"] == "seq_consumed"] == [2]
+
+
+# -- every hostile kind, one at a time, against a fresh session ------------------------------
+CORPUS_STATE = {"recorded_haadf": 0, "free_haadf": 1, "free_chem": 0}
+CORPUS = hostile(small_series_sim(), 2, CORPUS_STATE)
+
+
+@pytest.mark.parametrize(("name", "frames", "code"), CORPUS, ids=[c[0] for c in CORPUS])
+def test_each_hostile_kind_is_refused_and_the_series_goes_on(tmp_path, small_series, name,
+                                                             frames, code):
+    """Refused with its code (nothing else escapes), its seq spent exactly when it is a
+    tilt of this series next in sequence, nothing recorded changed, and the next tilt is
+    recorded."""
+    s = small_series
+    ses = LiveSession(tmp_path / "run.h5", STRICT)
+    ses.start()
+    assert one_reply(ses.receive(start_frames(s))).header["status"] == "recorded"
+    assert one_reply(ses.receive(haadf_frames(s, 1, 0))).header["status"] == "recorded"
+    reply = one_reply(ses.receive(frames))
+    assert (reply.type, reply.header["code"]) == (ERROR, code), reply.header
+    spent = bool(reply.header.get("spent"))
+    assert spent == spends(frames, code, 2)
+    assert (ses.run.haadf_count, ses.run.chem_count) == (1, 0)
+    nxt = 3 if spent else 2
+    ok = one_reply(ses.receive(haadf_frames(s, nxt, 1)))
+    assert (ok.type, ok.header["status"], ok.header["ack_seq"]) == (ACK, "recorded", nxt)
+    assert one_reply(ses.hello()).header["last_seq"] == nxt

@@ -39,7 +39,7 @@ log = logging.getLogger("fusetomo.instrument")
 
 MANUAL_COMMANDS = ("go_to_tilt", "acquire_haadf", "acquire_spectrum")
 LOCAL_PEER = b""  # commands given in-process: their acks go nowhere
-CONTROLLER_FRAME_LIMIT = 64 * 1024  # a controller sends headers only
+CONTROLLER_FRAME_LIMIT = 2 * 64 * 1024  # headers only (transport.HEADER_LIMIT)
 
 
 @dataclass

@@ -83,12 +83,12 @@ def decode(frames: Sequence[bytes | memoryview | Any],
     geometry refuses larger frames before reading them)."""
     if not frames:
         raise ProtocolError("empty", "empty message (no frames)")
-    if len(frames) > MAX_FRAMES:
-        raise ProtocolError("too_many_frames", f"{len(frames)} frames; no message has more "
-                            f"than {MAX_FRAMES}")
     header = _header(frames[0])
     check_common(header)
     mtype = header["type"]
+    if len(frames) > MAX_FRAMES:
+        raise _fail("too_many_frames", f"{mtype}: {len(frames)} frames; no message has more "
+                    f"than {MAX_FRAMES}", header)
     if mtype in WITH_ARRAYS:
         arrays = _payload(header, frames[1:], max_frame_bytes)
     elif len(frames) > 1:
@@ -148,8 +148,10 @@ def _fail(code: str, text: str, header: dict | None = None) -> ProtocolError:
     seq = header.get("seq") if isinstance(header, dict) else None
     ok = isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_SEQ
     mtype = header.get("type") if isinstance(header, dict) else None
+    series = header.get("series") if isinstance(header, dict) else None
     return ProtocolError(code, text, seq=seq if ok else None,
-                         mtype=mtype if isinstance(mtype, str) else None)
+                         mtype=mtype if isinstance(mtype, str) else None,
+                         series=series if isinstance(series, str) else None)
 
 
 def check_common(h: dict[str, Any]) -> None:
@@ -163,7 +165,8 @@ def check_common(h: dict[str, Any]) -> None:
                     f"(this side speaks {PROTOCOL_VERSION})", h)
     if not isinstance(mtype, str) or mtype not in TYPES:
         raise _fail("unknown_type", f"unknown message type {show(mtype)}", h)
-    f = Fields(h, mtype)
+    seq = h.get("seq")
+    f = Fields(h, mtype, seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
     f.text("series", SERIES_ID_MAX, min_len=1)
     f.integer("seq", 0, MAX_SEQ)
     f.number("t_sent")

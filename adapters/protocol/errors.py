@@ -52,11 +52,13 @@ STATE_CODES: dict[str, str] = {
 class ProtocolError(FusetomoError, ValueError):
     """A message that breaks the protocol. `code` is a stable machine-readable name (it is
     sent back in the error reply); the message names the field and the offending value.
-    `seq` is the message's sequence number when it could be read (and `mtype` its type)."""
+    `seq` is the message's sequence number when it could be read (and `mtype`, `series` its
+    type and series id)."""
 
     def __init__(self, code: str, message: str, *, seq: int | None = None,
-                 mtype: str | None = None) -> None:
+                 mtype: str | None = None, series: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.seq = seq
-        self.mtype = mtype  # the message's type, when it could be read
+        self.mtype = mtype  # the message's type and series id, when they could be read
+        self.series = series

@@ -49,7 +49,9 @@ class Fields:
 
     def fail(self, code: str, text: str) -> ProtocolError:
         seq = self.seq if self.seq is not None and 0 <= self.seq <= MAX_SEQ else None
-        return ProtocolError(code, f"{self.mtype}: {text}", seq=seq, mtype=self.mtype)
+        series = self.h.get("series")
+        return ProtocolError(code, f"{self.mtype}: {text}", seq=seq, mtype=self.mtype,
+                             series=series if isinstance(series, str) else None)
 
     def _get(self, name: str, required: bool) -> Any:
         v = self.h.get(name, _MISSING)

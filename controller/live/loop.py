@@ -34,6 +34,7 @@ from fusetomo.controller.live.session import LiveSession
 from fusetomo.solver.fusion import FusedSolver
 
 log = logging.getLogger("fusetomo.live")
+RECONNECT_S = 0.2  # after a disconnection, connect again this much later
 
 
 class LiveController:
@@ -45,13 +46,18 @@ class LiveController:
     def __init__(self, instrument_address: str, run_path: str | Path,
                  params: LiveParams | None = None, *, resume: bool = False,
                  publish_bind: str = "tcp://127.0.0.1:0", curve: CurveKeys | None = None,
-                 identity: bytes = b"fusetomo-controller") -> None:
+                 identity: bytes = b"fusetomo-controller",
+                 server_curve: CurveKeys | None = None) -> None:
+        """`curve`: this controller's keys as a CURVE client of the instrument;
+        `server_curve`: as a CURVE server of its status PUB and operator ROUTER (the viewers
+        and panels whose public keys it accepts)."""
         self.session = LiveSession(run_path, params, resume=resume)
         self.address = instrument_address
         self.run_path = self.session.run_path
         self.params = self.session.params
         self.identity = identity
         self._curve = curve
+        self._server_curve = server_curve
         self._publish_bind = publish_bind
         self._ctx: zmq.Context | None = None
         self._client: ControllerClient | None = None
@@ -60,6 +66,7 @@ class LiveController:
         self.operator: OperatorServer | None = None
         self._last_rx = time.monotonic()
         self._last_hello = 0.0
+        self._reconnect_at: float | None = None
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -109,11 +116,14 @@ class LiveController:
     def _open(self) -> None:
         self._ctx = zmq.Context()
         try:
-            self.publisher = StatusPublisher(self._publish_bind, ctx=self._ctx)
+            self.publisher = StatusPublisher(self._publish_bind, ctx=self._ctx,
+                                             curve=self._server_curve)
             self._client = ControllerClient(self.address, identity=self.identity,
-                                            ctx=self._ctx, curve=self._curve)
+                                            ctx=self._ctx, curve=self._curve,
+                                            max_frame=self.session.frame_limit)
             if self.params.operator_bind is not None:
-                self.operator = OperatorServer(self.params.operator_bind, ctx=self._ctx)
+                self.operator = OperatorServer(self.params.operator_bind, ctx=self._ctx,
+                                               curve=self._server_curve)
         except (zmq.ZMQError, ValueError, OSError) as e:  # bad address, port or key file
             self._close()
             raise LiveError(f"cannot open the sockets (instrument {self.address!r}, status "
@@ -150,6 +160,9 @@ class LiveController:
         if self.publisher is not None:
             for topic, msg in out.events:
                 self.publisher.publish(topic, msg)
+        # Frames up to the series' image size from now on (a reconnect when it changes:
+        # the new connection's hello tells the instrument what is recorded).
+        self._client.set_max_frame(self.session.frame_limit)
 
     # -- the loop -------------------------------------------------------------------------
     def _loop(self, stop_event: threading.Event | None) -> int:
@@ -189,6 +202,7 @@ class LiveController:
             elif ev["event"] == zmq.EVENT_DISCONNECTED:
                 log.warning("instrument at %s disconnected; waiting for it", self.address)
                 self._send(self.session.disconnected())
+                self._reconnect_at = time.monotonic() + RECONNECT_S
 
     def _on_operator(self) -> None:
         assert self.operator is not None
@@ -224,3 +238,7 @@ class LiveController:
             self._hello("heartbeat")
         if now - s.last_status > 1.0:
             self._send(s.tick())
+        if self._reconnect_at is not None and now >= self._reconnect_at:
+            self._reconnect_at = None
+            assert self._client is not None
+            self._client.reconnect()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fusetomo.live")
 INSTRUMENT_ACTIONS = ("pause", "resume", "abort")
-OPERATOR_FRAME_LIMIT = 64 * 1024
+OPERATOR_FRAME_LIMIT = 2 * 64 * 1024  # as the operator socket (transport.HEADER_LIMIT)
 
 
 def operate(s: LiveSession, frames: Sequence[Any]) -> Message:

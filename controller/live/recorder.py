@@ -30,8 +30,9 @@ from fusetomo.adapters.protocol import (
 from fusetomo.adapters.runfile import RecordRefusedError, RunFile, RunFileError, RunRecord
 from fusetomo.controller.live.params import RUN_COST_TERMS, LiveError
 
-# Refusals that spend the seq of a tilt that was next in sequence.
-SPENDING_CODES = ("shape_mismatch", "element_mismatch", "duplicate_tilt")
+# Refusals that are about a message's place in the sequence, not its content: they never
+# spend its seq (the instrument resends, in order, or it is another series' message).
+PLACE_CODES = ("out_of_order", "wrong_series", "no_series", "series_complete")
 PEER_EVENT_KINDS = ("rejected", "instrument_error", "command_ack", "operator")
 
 
@@ -148,17 +149,24 @@ class Recorder:
         try:
             self.run.record_tilt(tilt)
         except RecordRefusedError as e:
-            self.spend(tilt.seq)
+            if e.code not in PLACE_CODES:
+                self.spend(tilt.seq)
             raise ProtocolError(e.code, str(e).removeprefix(f"{self.run.path}: "),
-                                seq=tilt.seq) from None
+                                seq=tilt.seq, mtype=tilt.type, series=tilt.series) from None
         # Any other RunFileError is a failed write: the caller stops.
 
     def can_spend(self, e: ProtocolError) -> bool:
-        """Whether a refused message's seq is spent: the next data seq of a tilt (its
-        content, not its place in the sequence, was refused)."""
-        return (self.run is not None and not self.run.complete and e.seq is not None
-                and (e.seq == self.last_seq() + 1 or e.seq in self.consumed)
-                and e.mtype in (HAADF_TILT, CHEM_TILT) and e.code in SPENDING_CODES)
+        """Whether a refused message's seq is spent: a tilt of this series, next in
+        sequence (or already spent), refused for its content (what is in it, however
+        malformed) rather than its place. Its sender is told (`spent` in the error reply)
+        and drops it: no message can make the instrument resend it for ever, and no
+        message can stall the series. Spending trusts the peer to be the instrument: on
+        an untrusted network use CURVE (docs/protocol.md)."""
+        run = self.run
+        return (run is not None and not run.complete and e.seq is not None
+                and e.series == run.series_id and e.mtype in (HAADF_TILT, CHEM_TILT)
+                and e.code not in PLACE_CODES
+                and (e.seq == self.last_seq() + 1 or e.seq in self.consumed))
 
     def spend(self, seq: int) -> None:
         assert self.run is not None

@@ -31,6 +31,7 @@ from fusetomo.adapters.protocol import (
     ERROR,
     EVENT,
     HELLO,
+    MAX_HEADER_BYTES,
     STATUS,
     Ack,
     ChemTilt,
@@ -214,9 +215,11 @@ class LiveSession:
 
     @property
     def frame_limit(self) -> int:
-        """Largest frame accepted: a float64 image of the series (64 KiB before one)."""
+        """Largest frame accepted: a float64 image of the series, or twice the header
+        limit (so that a header a little too large still gets its error reply)."""
         run = self.run
-        return 64 * 1024 if run is None else max(64 * 1024, 8 * run.shape[0] * run.shape[1])
+        least = 2 * MAX_HEADER_BYTES
+        return least if run is None else max(least, 8 * run.shape[0] * run.shape[1])
 
     # -- messages ---------------------------------------------------------------------------
     def _dispatch(self, msg: Message, t_arrival: float) -> None:
