@@ -121,10 +121,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
           f"{res.params['device']} in {res.elapsed:.1f} s")
     if args.align:
         pr = res.params
+        joint = (f", joint refinement {pr['align_joint_rounds']} rounds (last update "
+                 f"{pr['align_joint_last_update_px']:.4f} px RMS)"
+                 if "align_joint_rounds" in pr else ", images resampled")
         print(f"aligned: rotation {pr['align_rotation_deg']:.3f} deg, axis offset "
-              f"{pr['align_axis_offset_px']:.2f} px, joint refinement "
-              f"{pr['align_joint_rounds']} rounds (last update "
-              f"{pr['align_joint_last_update_px']:.4f} px RMS)")
+              f"{pr['align_axis_offset_px']:.2f} px{joint}")
     scores = _nrmse(truth, res)
     if scores:
         print(_nrmse_line(scores))
@@ -230,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--align", action="store_true",
-                   help="fused only: align the series first (drift, tilt-axis offset and "
-                        "rotation; docs/alignment.md) and record the shifts")
+                   help="align the series first (drift, tilt-axis offset and rotation; "
+                        "docs/alignment.md) and record the shifts: fused keeps them in the "
+                        "model, haadf and sirt reconstruct the resampled images")
     p.add_argument("--align-rotation", type=float, default=None, metavar="DEG",
                    help="with --align: the tilt axis' in-plane rotation if known "
                         "(default: estimated)")
