@@ -133,8 +133,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    export_emd(args.recon, args.emd)
-    print(f"wrote {args.emd}")
+    if args.emd:
+        export_emd(args.recon, args.emd)
+        print(f"wrote {args.emd}")
+        return 0
+    from fusetomo.controller.export_volume import export_mrc, export_tiff
+
+    for path in (export_mrc(args.recon, args.mrc) if args.mrc
+                 else export_tiff(args.recon, args.tiff)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -241,9 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("export", help="export a reconstruction to Berkeley EMD")
+    p = sub.add_parser("export", help="export a reconstruction to EMD, MRC or TIFF stacks")
     p.add_argument("recon", help="reconstruction file (.h5)")
-    p.add_argument("--emd", required=True, help="EMD file to write (.emd)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--emd", help="Berkeley EMD file to write (.emd; tomviz)")
+    g.add_argument("--mrc", help="MRC file(s) to write, voxel size set (IMOD, tomviz, "
+                   "Avizo); OUT_<name>.mrc per volume when there are several")
+    g.add_argument("--tiff", help="TIFF stack(s) to write, voxel size set (Fiji)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("offline-demo",
@@ -280,6 +291,7 @@ _COMMAND_MODULES = (
     "fusetomo.controller.cli_report",
     "fusetomo.controller.cli_view",
     "fusetomo.controller.cli_import",
+    "fusetomo.controller.cli_align",
     "fusetomo.controller.cli_sweep",
     "fusetomo.controller.cli_nion",
 )
