@@ -128,6 +128,7 @@ class ReportInput:
     snapshots: int = 0
     std_errors: int = 0
     costs: dict[str, np.ndarray] = field(default_factory=dict)
+    series: Any = None  # the TiltSeries of a series file (raw tilts figure)
 
 
 # -- reading the input ------------------------------------------------------------------------
@@ -424,7 +425,8 @@ def _series_dose(series: Any, inp: ReportInput) -> None:
 def _load_series(path: Path) -> ReportInput:
     series = read_series(path)
     truth = read_truth(path)
-    inp = ReportInput(path, "series", list(series.elements), pixel_size_nm=series.pixel_size_nm)
+    inp = ReportInput(path, "series", list(series.elements), pixel_size_nm=series.pixel_size_nm,
+                      series=series)
     if truth:
         inp.volumes, inp.volumes_label = truth, "the series' /truth (simulated specimen)"
         inp.truth_note = "the volumes shown are the truth itself"
@@ -792,8 +794,17 @@ def _entries(inp: ReportInput, p: ReportParams) -> list[tuple[FigureEntry, Calla
         (FigureEntry("stoichiometry", "Stoichiometry histograms"),
          lambda: fig_stoichiometry(inp, p)),
         (FigureEntry("advice", "Spectroscopy advice"), lambda: fig_advice(inp)),
+        (FigureEntry("tilts", "Raw tilts and maps"), lambda: _fig_tilts(inp)),
     ]
     return out
+
+
+def _fig_tilts(inp: ReportInput) -> Figure:
+    if inp.series is None:
+        raise Skip("only a series file's raw tilts are drawn (report on the series file)")
+    from fusetomo.controller.report_tilts import fig_tilts
+
+    return fig_tilts(inp.series)
 
 
 def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:
