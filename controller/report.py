@@ -794,17 +794,13 @@ def _entries(inp: ReportInput, p: ReportParams) -> list[tuple[FigureEntry, Calla
         (FigureEntry("stoichiometry", "Stoichiometry histograms"),
          lambda: fig_stoichiometry(inp, p)),
         (FigureEntry("advice", "Spectroscopy advice"), lambda: fig_advice(inp)),
-        (FigureEntry("tilts", "Raw tilts and maps"), lambda: _fig_tilts(inp)),
     ]
+    if inp.series is not None:  # a series file: its raw tilts (controller/report_tilts.py)
+        from fusetomo.controller.report_tilts import fig_tilts
+
+        out.insert(0, (FigureEntry("tilts", "Raw tilts and maps"),
+                       lambda: fig_tilts(inp.series)))
     return out
-
-
-def _fig_tilts(inp: ReportInput) -> Figure:
-    if inp.series is None:
-        raise Skip("only a series file's raw tilts are drawn (report on the series file)")
-    from fusetomo.controller.report_tilts import fig_tilts
-
-    return fig_tilts(inp.series)
 
 
 def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:

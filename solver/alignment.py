@@ -101,12 +101,11 @@ class AlignmentParams:
     # 'com': the rows' centres of mass (solver/rotation.py; no bounded search, for any
     # specimen that stays in view); 'profile': the slice-mass profiles (compact specimens
     # wholly inside the field), searched in [-rotation_range_deg, rotation_range_deg];
-    # 'auto': 'com', then 'profile' within ±rotation_refine_deg of it, kept only when its
-    # minimum lies inside that window (sharper for compact specimens; flat, and so ignored,
-    # for one that leaves the field, as a needle does)
+    # 'auto': 'profile', and where its minimum sits at the edge of that range (the
+    # rotation is larger, or the profiles cannot tell it, as for a needle that leaves the
+    # field), 'com'
     rotation_method: Literal["auto", "com", "profile"] = "auto"
     rotation_range_deg: float = 5.0
-    rotation_refine_deg: float = 1.0
     scales: tuple[int, ...] = (4, 2, 1)  # projection-matching binnings, coarse to fine
     max_iterations: int = 6  # projection-matching iterations per scale
     tol_px: float = 0.05  # stop a scale when the RMS shift update falls below this
@@ -571,49 +570,32 @@ ROTATION_MAX_PX = 128
 
 def _estimate_rotation(clean: np.ndarray, ang: np.ndarray, p: AlignmentParams
                        ) -> tuple[float, dict[str, Any]]:
-    """(rotation, how it was found) for `align_series`."""
+    """(rotation, how it was found) for `align_series` (AlignmentParams.rotation_method)."""
     if not p.rotation or clean.shape[0] < 3:
         return 0.0, {"rotation_source": "not estimated"}
-    if p.rotation_method == "profile":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rot = estimate_rotation(clean, range_deg=p.rotation_range_deg)
-        for w in caught:  # pass them on, and record them
-            warnings.warn(w.message, w.category, stacklevel=3)
-        return rot, {"rotation_source": "estimated", "rotation_method": "slice-mass profiles",
-                     "rotation_range_deg": p.rotation_range_deg,
-                     "rotation_warnings": "; ".join(str(w.message) for w in caught)}
-    from fusetomo.solver.rotation import estimate_rotation_com
-
     f = max(1, min(clean.shape[1:]) // ROTATION_MAX_PX)
     small = bin_images(clean, f) if f > 1 else clean
+    info: dict[str, Any] = {"rotation_source": "estimated", "rotation_binning": f}
+    if p.rotation_method in ("auto", "profile"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rot = estimate_rotation(small, range_deg=p.rotation_range_deg)
+        at_edge = bool(caught)
+        info.update(rotation_profile_deg=rot, rotation_range_deg=p.rotation_range_deg)
+        if p.rotation_method == "profile" or not at_edge:
+            for w in caught:  # pass them on, and record them
+                warnings.warn(w.message, w.category, stacklevel=3)
+            info.update(rotation_method="slice-mass profiles",
+                        rotation_warnings="; ".join(str(w.message) for w in caught))
+            return rot, info
+        info["rotation_note"] = (f"the slice-mass profiles' minimum sat at the edge of "
+                                 f"±{p.rotation_range_deg:g} deg ({rot:.3f}): rows' centres "
+                                 "of mass used instead")
+    from fusetomo.solver.rotation import estimate_rotation_com
+
     est = estimate_rotation_com(small, ang)
-    info = {"rotation_source": "estimated", "rotation_binning": f, **est.attrs()}
-    if p.rotation_method == "com":
-        return est.rotation_deg, info
-    rot, interior = refine_rotation_profile(small, est.rotation_deg, p.rotation_refine_deg)
-    info.update(rotation_com_deg=est.rotation_deg, rotation_profile_deg=rot,
-                rotation_method="centre-of-mass rows, refined by slice-mass profiles"
-                if interior else "centre-of-mass rows (the profiles' minimum fell at the "
-                "edge of the window: not used)")
-    if interior:
-        info["rotation_deg"] = rot
-        return rot, info
+    info.update(est.attrs())
     return est.rotation_deg, info
-
-
-def refine_rotation_profile(images: np.ndarray, centre_deg: float, half_deg: float,
-                            xtol_deg: float = 0.01) -> tuple[float, bool]:
-    """The slice-mass profile criterion's minimum within centre ± half (bounded Brent on an
-    11-point grid's best cell): (rotation, whether it lies inside the window)."""
-    grid = np.linspace(centre_deg - half_deg, centre_deg + half_deg, 11)
-    vals = [_profile_spread(images, g) for g in grid]
-    k = int(np.argmin(vals))
-    if k in (0, grid.size - 1):
-        return float(grid[k]), False
-    res = minimize_scalar(lambda r: _profile_spread(images, r), bounds=(grid[k - 1],
-                          grid[k + 1]), method="bounded", options={"xatol": xtol_deg})
-    return float(res.x), True
 
 
 # -- chemical maps --------------------------------------------------------------------------
