@@ -22,12 +22,14 @@ images). Nothing is clipped.
 
 Tilt angles, in this order of precedence: the explicit lists (`angles` for HAADF frames,
 `chem_angles` for spectrum images, in file order); an angle file (`angle_file`, one angle
-per HAADF frame in file order); an IMOD `.tlt`/`.rawtlt` beside a stack (adapters/sidecar.py,
-for that file's images); a navigation axis in degrees (stacks); the stage tilt in the
-metadata (`Acquisition_instrument.TEM.Stage.tilt_alpha`, which RosettaSciIO fills from DM,
-Velox and HyperSpy files, else DM's `Stage Alpha` tag in the original metadata); a regular
-expression on the file name (`angle_regex`, its group 'angle' or its first group). A frame
-left without an angle is an error naming the file.
+per HAADF frame in file order); the file's own angles: a navigation axis in degrees
+(stacks) or the stage tilt in the metadata (`Acquisition_instrument.TEM.Stage.tilt_alpha`,
+which RosettaSciIO fills from DM, Velox and HyperSpy files, else DM's `Stage Alpha` tag in
+the original metadata); an IMOD `.tlt`/`.rawtlt` beside a stack that holds no angle of its
+own (adapters/sidecar.py; MRC stacks hold none; when the file has its own, they are used
+and the series' `angle_source` says the angle file beside it was not); a regular expression
+on the file name (`angle_regex`, its group 'angle' or its first group). A frame left
+without an angle is an error naming the file.
 
 Images are [n_slices, n_det] with the tilt axis along image axis `tilt_axis` (0: rows run
 along it, as fusetomo keeps them; 1: transposed on import). `crop` (y0, y1, x0, x1 in the
@@ -306,7 +308,10 @@ def _read(paths: Sequence[str | Path], p: ImportParams) -> FoundFrames:
         frames = _keep_haadf(mine.frames, found)
         images = [f for f in frames if f.kind == "image"]
         side = find_sidecar(path) if p.sidecar and images and not explicit else None
-        if side is not None:
+        if side is not None and all(f.angle is not None for f in images):
+            found.angle_sources.append(f"{path.name}: its own angles ({side.name} beside it "
+                                       "not used)")
+        elif side is not None:
             _apply_list(images, tuple(read_angle_file(side)), str(side), "HAADF images of "
                         f"{path.name}")
             found.angle_sources.append(f"{path.name}: {side.name}")

@@ -32,6 +32,7 @@ RSCIIO_PLUGINS: dict[str, str] = {
     ".preali": "mrc", ".mrcs": "mrc", ".bcf": "bruker",
 }
 NCEMPY_EXTENSIONS = (".emd", ".ser", ".dm3", ".dm4", ".mrc")
+DIRECTORY_FORMATS = (".zspy",)  # a zarr store is a folder
 # Extensions RosettaSciIO's MRC reader knows by another name: read through a link named .mrc.
 MRC_ALIASES = (".ali", ".st", ".preali", ".mrcs")
 
@@ -51,7 +52,7 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        if p.is_dir() and p.suffix.lower() not in DIRECTORY_FORMATS:
             found = sorted((q for q in p.iterdir()
                             if q.is_file() and q.suffix.lower() in RSCIIO_PLUGINS),
                            key=_natural_key)
@@ -110,7 +111,7 @@ def _mrc_path(path: Path, tmpdir: Path) -> Path:
 
 def read_signals(path: Path) -> list[dict[str, Any]]:
     """Signal dicts of one file: RosettaSciIO, else ncempy (see the module docstring)."""
-    if not path.is_file():
+    if not (path.is_file() or (path.is_dir() and path.suffix.lower() in DIRECTORY_FORMATS)):
         raise VendorFileError(f"{path}: no such file")
     ext = path.suffix.lower()
     plugin = RSCIIO_PLUGINS.get(ext)
