@@ -47,7 +47,8 @@ def test_round_trip_keeps_data_and_attrs(sim, valid_file):
 def test_layout_follows_the_contract(sim, valid_file):
     n_h, ns, nd = sim.series.haadf.shape
     with h5py.File(valid_file, "r") as f:
-        assert f.attrs["format"] == FORMAT and f.attrs["version"] == 1
+        assert f.attrs["format"] == FORMAT and f.attrs["version"] == 2
+        assert f["/chem"].attrs["kind"] == "counts"
         assert f.attrs["gamma"] == pytest.approx(1.7)
         assert f["/haadf/data"].dtype == np.float32 and f["/haadf/data"].shape == (n_h, ns, nd)
         assert f["/haadf/angles"].shape == (n_h,)
@@ -59,7 +60,8 @@ def test_layout_follows_the_contract(sim, valid_file):
 
 
 def test_minimal_hand_written_file_reads(tmp_path):
-    """Z comes from the periodic table, background defaults to 0, no format attribute."""
+    """Z comes from the periodic table, no background means an unknown one (the solver
+    estimates it), no format attribute."""
     path = tmp_path / "hand.h5"
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
@@ -68,7 +70,7 @@ def test_minimal_hand_written_file_reads(tmp_path):
         f["/chem/Fe/data"] = rng.poisson(2.0, (2, 4, 5)).astype(np.uint16)
         f["/chem/Fe/angles"] = [-30.0, 30.0]
     s = read_series(path)
-    assert s.Z == {"Fe": 26} and s.background == {"Fe": 0.0}
+    assert s.Z == {"Fe": 26} and s.background == {} and s.stated_background() == [None]
     assert s.gamma is None and s.attrs == {}
     assert read_truth(path) is None
 
