@@ -33,7 +33,12 @@ from fusetomo.adapters.seriesfile import (
 )
 from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.controller.reconfile import FORMAT as RECON_FORMAT
-from fusetomo.controller.reconfile import ReconFileError, describe_recon, export_emd
+from fusetomo.controller.reconfile import (
+    ReconFileError,
+    describe_recon,
+    export_emd,
+    model_lines,
+)
 from fusetomo.controller.reconstruct import METHODS, MethodError, ReconResult, reconstruct
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
 from fusetomo.simulators.specimens import SpecimenError, check_size
@@ -119,6 +124,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     res.save(args.out, source=args.series)
     print(f"wrote {args.out}: {args.method}, {res.params['iterations']} iterations on "
           f"{res.params['device']} in {res.elapsed:.1f} s")
+    model = model_lines(res.params)
+    if model:
+        print("\n".join(model))
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.align:
         pr = res.params
         joint = (f", joint refinement {pr['align_joint_rounds']} rounds (last update "

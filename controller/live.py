@@ -947,7 +947,7 @@ class LiveController:
                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         solver, aligner = self.solver, self.aligner
         assert solver is not None and aligner is not None
-        aligner.align_chem(angle, maps, Z=list(solver.Z), gamma=solver.params.gamma,
+        aligner.align_chem(angle, maps, Z=list(solver.Z), gamma=solver.gamma,
                            background=[float(b) for b in solver.background])
         return aligner.solver_chem(angle)
 

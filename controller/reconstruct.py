@@ -38,7 +38,13 @@ from fusetomo.controller.offline_align import (
 from fusetomo.controller.reconfile import write_recon
 from fusetomo.controller.series_model import fusion_params_for, solver_for_series
 from fusetomo.solver.backend import resolve_device
-from fusetomo.solver.fusion import DEFAULT_ITERATIONS, CostHistory, FusedSolver, FusionParams
+from fusetomo.solver.fusion import (
+    DEFAULT_ITERATIONS,
+    GAMMA_START,
+    CostHistory,
+    FusedSolver,
+    FusionParams,
+)
 from fusetomo.solver.nuisance import haadf_offsets
 
 METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
@@ -59,6 +65,7 @@ class ReconResult:
     params: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
     std_error: dict[str, np.ndarray] | None = None
+    warnings: tuple[str, ...] = ()
 
     def save(self, path: str | Path, *, source: str | Path | None = None,
              attrs: Mapping[str, Any] | None = None) -> Path:
@@ -128,7 +135,7 @@ def _run_baseline(series: TiltSeries, method: str, iterations: int | None, devic
     stated = series.stated_background()
     bg = np.array([b or 0.0 for b in stated], dtype=np.float64)
     Z = np.array([series.Z[e] for e in series.elements], dtype=np.float64)
-    gamma = series.gamma if series.gamma is not None else params.gamma
+    gamma = fusion_params_for(series, params).gamma or GAMMA_START
     ang = series.common_chem_angles
     maps = _maps(series) if method != "haadf" else None
     # method -> (baseline function, positional arguments, keyword arguments to record)
@@ -222,11 +229,16 @@ def reconstruct(
     t0 = time.perf_counter()
     history = CostHistory()
     std_error = None
+    warnings: tuple[str, ...] = ()
     if method == "fused":
         k = DEFAULT_ITERATIONS if iterations is None else iterations
         solver, fparams = _fused(series, k, dev, params or FusionParams(), progress, align)
         volumes, history = solver.volumes(), solver.history
         info.update(iterations=k, **fparams)
+        info.update(solver.model_summary())
+        fit = solver.fit_check()
+        info.update(fit.as_attrs())
+        warnings = fit.warnings
         if uncertainty is not None:
             from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
 
@@ -238,4 +250,4 @@ def reconstruct(
                                            params or FusionParams())
             bar.update()
         info.update(extra)
-    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error)
+    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error, warnings)

@@ -49,6 +49,7 @@ def test_layout_follows_the_contract(sim, valid_file):
     n_h, ns, nd = sim.series.haadf.shape
     with h5py.File(valid_file, "r") as f:
         assert f.attrs["format"] == FORMAT and f.attrs["version"] == VERSION
+        assert f["/chem"].attrs["kind"] == "counts"
         assert f.attrs["gamma"] == pytest.approx(1.7)
         assert f["/haadf/data"].dtype == np.float32 and f["/haadf/data"].shape == (n_h, ns, nd)
         assert f["/haadf/angles"].shape == (n_h,)
@@ -60,8 +61,8 @@ def test_layout_follows_the_contract(sim, valid_file):
 
 
 def test_minimal_hand_written_file_reads(tmp_path):
-    """Z comes from the periodic table, no background stated (the solver estimates it), no
-    format attribute."""
+    """Z comes from the periodic table, no background means an unknown one (the solver
+    estimates it), no format attribute."""
     path = tmp_path / "hand.h5"
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
