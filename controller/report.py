@@ -48,7 +48,7 @@ from fusetomo.adapters.runfile import FORMAT as RUN_FORMAT
 from fusetomo.adapters.runfile import describe_run, read_run, read_snapshot
 from fusetomo.adapters.seriesfile import file_format, read_series, read_truth
 from fusetomo.controller.reconfile import FORMAT as RECON_FORMAT
-from fusetomo.controller.reconfile import read_recon
+from fusetomo.controller.reconfile import describe_model, model_lines, read_recon
 from fusetomo.solver.metrics import nrmse_per_element
 
 MODALITIES = ("haadf", "chem")
@@ -834,6 +834,9 @@ def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:
         out["events"] = inp.events
     if inp.advice:
         out["advice"] = inp.advice
+    model = describe_model(inp.parameters) if inp.kind == "recon" else None
+    if model is not None:
+        out["model"] = model
     out["report_params"] = {k: str(v) if isinstance(v, Path) else v
                             for k, v in asdict(p).items()}
     return out
@@ -923,6 +926,11 @@ def _html(inp: ReportInput, doc: Mapping[str, Any], figures: list[FigureEntry]) 
                               for el, s in doc[key].items()}
     if numbers:
         parts += ["<h2>Results</h2>", _table(numbers)]
+    if "model" in doc:
+        parts.append("<h2>Model of the data (stated or estimated)</h2><ul>")
+        parts += [f"<li>{e(line)}</li>" for line in model_lines(inp.parameters)]
+        parts.append("</ul>")
+        parts += [f"<p class='skip'><b>warning:</b> {e(w)}</p>" for w in doc["model"]["warnings"]]
     parts.append("<h2>Figures</h2>")
     for f in figures:
         if f.file:

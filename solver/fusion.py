@@ -45,6 +45,7 @@ from scipy.optimize import minimize_scalar
 from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
 from fusetomo.solver.fitcheck import FitCheck
+from fusetomo.solver.gamma import GammaSearch, search_gamma
 from fusetomo.solver.iterative import mlem_step, sirt_weights
 from fusetomo.solver.linop import sirt_lipschitz
 from fusetomo.solver.projector import GeometryError, ParallelProjector
@@ -126,6 +127,9 @@ class FusionParams:
     # vacuum level, kept) or "none" (0).
     haadf_offset: Literal["auto", "fit", "vacuum", "none"] = "auto"
     gamma_bounds: tuple[float, float] = (1.2, 2.5)
+    # How gamma is estimated: "consistency", the gamma whose short fused run fits the
+    # chemical maps best (solver/gamma.py); "haadf", the HAADF misfit at the initialisation.
+    gamma_method: Literal["consistency", "haadf"] = "consistency"
 
     def __post_init__(self) -> None:
         check_fusion_weights(self)
@@ -147,6 +151,9 @@ class FusionParams:
                              f"{self.haadf_inner_iterations}")
         if self.tv_iterations < 0 or self.init_iterations < 0:
             raise ValueError("iteration counts must be >= 0")
+        if self.gamma_method not in ("consistency", "haadf"):
+            raise ValueError(f"gamma_method must be 'consistency' or 'haadf', got "
+                             f"{self.gamma_method!r}")
         if self.background not in ("vacuum", "joint", "zero"):
             raise ValueError(f"background must be 'vacuum', 'joint' or 'zero', got "
                              f"{self.background!r}")
@@ -243,6 +250,8 @@ class FusedSolver:
         self._haadf_sigma: float | None = None
         self.gamma = GAMMA_START if self.params.gamma is None else float(self.params.gamma)
         self.gamma_estimated = False
+        self.gamma_search: GammaSearch | None = None  # the last consistency search
+        self._gamma_n_chem = 0  # chemical tilts at the last estimate
         self.set_gamma(self.gamma)
         self.x: Any = None
         self.scale_tv: np.ndarray | None = None
@@ -313,21 +322,30 @@ class FusedSolver:
             raise ValueError(f"{what}: contains NaN or inf")
         return data
 
+    def haadf_vacuum(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each HAADF image's starting offset and whether it is fitted, by
+        params.haadf_offset: (levels [k], fitted [k] bool)."""
+        mode = self.params.haadf_offset
+        k = images.shape[0]
+        start = np.zeros(k) if mode == "none" else nz.haadf_offsets(images)
+        fit = nz.edge_touching(images) if mode == "auto" else np.full(k, mode == "fit")
+        return start, fit
+
     def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray,
-                  shifts: Any | None = None) -> None:
+                  shifts: Any | None = None, *,
+                  vacuum: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Append HAADF projections [k, n_slices, n] (any intensity units, any offset).
         `shifts` [k, 2]: where each image sits, (ds, dd) px, relative to the projection of
         the volume (the alignment, modelled by the projector instead of resampling the
-        image)."""
+        image). `vacuum`: `haadf_vacuum` of the whole images, from a caller that passes a
+        part of them (a slab)."""
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         data = self._check_stack("HAADF", images, ang.size)
         xp = self.device.xp
         self.haadf_proj.extend(ang, shifts)
         with self.device:
             self._b_haadf = xp.concatenate([self._b_haadf, to_device(data, self.device)])
-        mode = self.params.haadf_offset
-        start = np.zeros(ang.size) if mode == "none" else nz.haadf_offsets(data)
-        fit = (nz.edge_touching(data) if mode == "auto" else np.full(ang.size, mode == "fit"))
+        start, fit = self.haadf_vacuum(data) if vacuum is None else vacuum
         self._haadf_off = np.concatenate([self._haadf_off, start])
         self._haadf_fit = np.concatenate([self._haadf_fit, fit])
         self._haadf_sigma = None
@@ -377,14 +395,17 @@ class FusedSolver:
 
     def add_chem(
         self, angles: Sequence[float] | float, maps: dict[str, np.ndarray] | np.ndarray,
-        shifts: Any | None = None,
+        shifts: Any | None = None, *, vacuum_masks: np.ndarray | None = None,
     ) -> None:
         """Append chemical maps at `angles`: a dict element -> [k, n_slices, n] or an
         array [n_elements, k, n_slices, n] in the solver's element order (counts >= 0, or
-        signed for background-subtracted maps). `shifts` [k, 2] as for `add_haadf`."""
+        signed for background-subtracted maps). `shifts` [k, 2] as for `add_haadf`.
+        `vacuum_masks` [k, n_slices, n]: where the maps see vacuum, from a caller that
+        passes a part of the images (a slab); by default from the nearest HAADF images."""
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         raw = self._chem_stack(maps, ang.size)
-        masks = self._vacuum_masks(ang)
+        masks = self._vacuum_masks(ang) if vacuum_masks is None else np.asarray(
+            vacuum_masks, dtype=bool)
         unknown_shift = np.isnan(self._sub_stated)
         if unknown_shift.any() and self.n_chem == 0:
             # The subtracted level, from the vacuum of the first maps (then kept).
@@ -440,6 +461,8 @@ class FusedSolver:
         xp = self.device.xp
         with self.device:
             self._w = xp.asarray((self.Z**self.gamma)[:, None, None, None], dtype=xp.float32)
+        self._haadf_weights = None
+        self._restart_momentum()
 
     def replace_haadf(self, images: np.ndarray) -> None:
         """New data for the HAADF tilts already added (same angles, same order), e.g.
@@ -597,7 +620,11 @@ class FusedSolver:
             xn = to_numpy(self.x)
         scale = self._tv_scale(xn)
         self.scale_tv = np.where(scale > 0, scale, 1.0)
-        self._gamma_due = self.params.gamma is None
+        # gamma is (re-)estimated at the first initialisation and, as spectrum images
+        # arrive, whenever their number has doubled since the last estimate (the search
+        # costs a few dozen iterations; its precision grows with the data).
+        self._gamma_due = self.params.gamma is None and (
+            not self.gamma_estimated or self.n_chem >= 2 * self._gamma_n_chem)
 
     def _update_background(self, Ax: Any) -> None:
         if self.params.background == "joint":
@@ -769,6 +796,7 @@ class FusedSolver:
             x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
             self.x = self._prox(x, weights)
+
         sums = self._allreduce(np.concatenate([[cost_h, cost_c], tv_terms]))
         cost_h, cost_c = float(sums[0]), float(sums[1])
         tv_now = sums[2:] / self.scale_tv
@@ -798,18 +826,22 @@ class FusedSolver:
             return float(self._allreduce(np.array([float(xp.vdot(r, r))]))[0])
 
     def estimate_gamma(self) -> float:
-        """Estimate gamma within params.gamma_bounds from the HAADF misfit at the current
-        volumes (a bounded scalar minimisation, one projection per evaluation), and use it
-        from now on. Returns it."""
-        if self.x is None or self.n_haadf == 0:
-            raise SolverNotReadyError("gamma needs HAADF tilts and volumes to fit")
-        lo, hi = self.params.gamma_bounds
-        res = minimize_scalar(self.haadf_misfit, bounds=(lo, hi), method="bounded",
-                              options={"xatol": GAMMA_TOL})
-        self.set_gamma(float(res.x))
+        """Estimate gamma within params.gamma_bounds (params.gamma_method: the gamma whose
+        short fused run fits the chemical maps best, solver/gamma.py; or the HAADF misfit at
+        the current volumes) and use it from now on. Returns it."""
+        if self.x is None or self.n_haadf == 0 or self.n_chem == 0:
+            raise SolverNotReadyError("gamma needs HAADF and chemical tilts and volumes")
+        if self.params.gamma_method == "consistency":
+            self.gamma_search = search_gamma(self)
+            gamma = self.gamma_search.gamma
+        else:
+            lo, hi = self.params.gamma_bounds
+            gamma = float(minimize_scalar(self.haadf_misfit, bounds=(lo, hi),
+                                          method="bounded", options={"xatol": GAMMA_TOL}).x)
+        self.set_gamma(gamma)
         self.gamma_estimated = True
         self._gamma_due = False
-        self._haadf_weights = None
+        self._gamma_n_chem = self.n_chem
         return self.gamma
 
     def model_summary(self) -> dict[str, Any]:
@@ -830,6 +862,11 @@ class FusedSolver:
             out["model_subtracted_estimated"] = np.isnan(self._sub_stated)
         if self.n_haadf:
             out["model_haadf_offsets"] = self.haadf_offsets
+        if self.gamma_search is not None:
+            g = self.gamma_search
+            out["model_gamma_search_s"] = g.seconds
+            out["model_gamma_search_bin"] = g.bin
+            out["model_gamma_search_curve"] = np.asarray(g.curve, dtype=np.float64)
         return out
 
     def fit_check(self) -> FitCheck:

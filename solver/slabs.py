@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import sigpy as sp
 
+from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, array_module, resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.tv import Halo, fgp, gradient
@@ -399,10 +401,19 @@ class SlabFusedSolver:
         if params is not None and params.tv_backend != "slices":
             raise SlabError(f"the slab solver implements the 'slices' TV back end, got "
                             f"{params.tv_backend!r}")
+        if params is not None and params.gamma is None and params.gamma_method != "haadf":
+            # The consistency search runs a whole solver on the binned series; a slab has a
+            # part of it, so slabs estimate gamma from the HAADF misfit (docs/model.md).
+            params = replace(params, gamma_method="haadf")
+        elif params is None:
+            params = FusionParams(gamma_method="haadf")
         self.comm = comm
         self.n_slices = int(n_slices)
         self.bounds = slab_bounds(self.n_slices, comm.size)
         self.start, self.stop = self.bounds[comm.rank]
+        self._haadf_full: list[np.ndarray] = []  # whole HAADF images, to judge the vacuum
+        self._haadf_angles: list[float] = []
+        self._haadf_levels = np.zeros(0)
         self.local = _SlabSolver(n, self.stop - self.start, elements, Z, params,
                                  device=device, comm=comm, **model,
                                  n_slices_total=self.n_slices)
@@ -423,7 +434,15 @@ class SlabFusedSolver:
         return np.ascontiguousarray(a[..., self.start:self.stop, :])
 
     def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray) -> None:
-        self.local.add_haadf(angles, self._rows(images, "HAADF"))
+        # The vacuum (offsets, and later the maps' vacuum masks) is judged on the whole
+        # images, as the single-device solver does, and each rank keeps its rows.
+        full = np.asarray(images, dtype=np.float32)
+        full = full[None] if full.ndim == 2 else full
+        levels, fit = self.local.haadf_vacuum(full)
+        self.local.add_haadf(angles, self._rows(full, "HAADF"), vacuum=(levels, fit))
+        self._haadf_full.append(full)
+        self._haadf_angles.extend(np.atleast_1d(np.asarray(angles, np.float64)).tolist())
+        self._haadf_levels = np.concatenate([self._haadf_levels, levels])
 
     def add_chem(self, angles: Sequence[float] | float,
                  maps: dict[str, np.ndarray] | np.ndarray) -> None:
@@ -431,7 +450,14 @@ class SlabFusedSolver:
             rows: Any = {e: self._rows(m, f"chemical map {e}") for e, m in maps.items()}
         else:
             rows = self._rows(maps, "chemical maps")
-        self.local.add_chem(angles, rows)
+        ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
+        if self._haadf_full:
+            h = np.concatenate(self._haadf_full)
+            masks = nz.nearest_masks(h, self._haadf_angles, ang, self._haadf_levels,
+                                     nz.haadf_noise(h))
+        else:
+            masks = np.stack([nz.border_columns((self.n_slices, self.local.n))] * ang.size)
+        self.local.add_chem(angles, rows, vacuum_masks=masks[:, self.start:self.stop])
 
     def initialize(self, iterations: int | None = None) -> None:
         self.local.initialize(iterations)
