@@ -192,6 +192,68 @@ def export_emd(recon_path: str | Path, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
+def describe_model(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The nuisance model and fit check recorded by a fused reconstruction (None for other
+    methods and for files written before they were recorded)."""
+    if "model_gamma" not in attrs:
+        return None
+    els = [str(e) for e in np.atleast_1d(attrs.get("model_elements", []))]
+    bg = np.atleast_1d(attrs.get("model_background", []))
+    est = np.atleast_1d(attrs.get("model_background_estimated", []))
+    out: dict[str, Any] = {
+        "gamma": round(float(attrs["model_gamma"]), 3),
+        "gamma_estimated": bool(attrs.get("model_gamma_estimated", False)),
+        "chem_kind": attrs.get("model_chem_kind", "counts"),
+        "background": {e: round(float(b), 4) for e, b in zip(els, bg, strict=False)},
+        "background_estimated": [e for e, x in zip(els, est, strict=False) if bool(x)],
+    }
+    if "model_subtracted_level" in attrs:
+        lv = np.atleast_1d(attrs["model_subtracted_level"])
+        out["subtracted_level"] = {e: round(float(v), 4) for e, v in zip(els, lv,
+                                                                           strict=False)}
+    off = attrs.get("model_haadf_offsets")
+    if off is not None and np.size(off):
+        off = np.atleast_1d(off).astype(float)
+        out["haadf_offset"] = {"median": float(np.median(off)), "min": float(off.min()),
+                               "max": float(off.max())}
+    fit = {k[len("fit_"):]: attr_value(v) for k, v in attrs.items()
+           if k.startswith("fit_") and k != "fit_warnings"}
+    out["fit"] = {k: (round(float(v), 4) if isinstance(v, float) else v)
+                  for k, v in fit.items()}
+    w = attrs.get("fit_warnings")
+    out["warnings"] = [str(x) for x in np.atleast_1d(w)] if w is not None else []
+    return out
+
+
+def model_lines(attrs: Mapping[str, Any]) -> list[str]:
+    """The recorded nuisance model as lines for a terminal (empty when none)."""
+    m = describe_model(attrs)
+    if m is None:
+        return []
+    def how(flag: bool) -> str:
+        return "estimated" if flag else "stated"
+    lines = [f"gamma {m['gamma']:.3f} ({how(m['gamma_estimated'])})"]
+    bg = ", ".join(f"{e} {v:.3g}" + (" est." if e in m["background_estimated"] else "")
+                   for e, v in m["background"].items())
+    lines.append(f"background (counts/pixel): {bg}")
+    if "subtracted_level" in m:
+        lv = ", ".join(f"{e} {v:.3g}" for e, v in m["subtracted_level"].items())
+        lines.append(f"maps background-subtracted; level added back: {lv}")
+    if "haadf_offset" in m:
+        o = m["haadf_offset"]
+        lines.append(f"HAADF offset: median {o['median']:.4g} (range {o['min']:.4g} .. "
+                     f"{o['max']:.4g})")
+    fit = m["fit"]
+    chem = ", ".join(f"{k[len('chem_chi2_'):]} {v:.2f}" for k, v in fit.items()
+                     if k.startswith("chem_chi2_"))
+    parts = [f"maps {chem}"] if chem else []
+    if "haadf_unexplained" in fit:
+        parts.append(f"HAADF {100 * fit['haadf_unexplained']:.2f} % of contrast unexplained")
+    if parts:
+        lines.append("fit chi^2/dof: " + "; ".join(parts))
+    return lines
+
+
 def describe_recon(path: str | Path) -> dict[str, Any]:
     """A summary of a reconstruction file, with the same keys as a series summary."""
     rec = read_recon(path)
@@ -212,4 +274,5 @@ def describe_recon(path: str | Path) -> dict[str, Any]:
         "duplicates": 0,
         "complete": True,
         "problem": None,
+        "model": describe_model(a),
     }

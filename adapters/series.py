@@ -6,6 +6,9 @@ tilt angles. They are either raw counts (`chem_kind` "counts", >= 0) or counts f
 background was subtracted (`chem_kind` "subtracted", e.g. EELS after a power-law fit), which
 may be negative; `subtracted_level` holds the level that was removed, per element, when known.
 
+A series may hold no element maps at all (a HAADF-only series: `chem` and `chem_angles`
+empty); most tomography sessions are HAADF-only, and spectrum images come later or never.
+
 Nuisances the file may state or leave to the solver: `background` (counts per pixel of each
 element's maps; an element missing from the mapping has an unknown background, which the
 fused solver estimates) and `gamma` (None: estimated).
@@ -61,6 +64,11 @@ class TiltSeries:
         return list(self.chem)
 
     @property
+    def haadf_only(self) -> bool:
+        """True when the series holds no element maps (no spectrum image)."""
+        return not self.chem
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(n_slices, n_det)."""
         return int(self.haadf.shape[1]), int(self.haadf.shape[2])
@@ -93,11 +101,12 @@ class TiltSeries:
                               f"{h.shape[0]} HAADF images")
         _check_values("/haadf/data", h, counts=False)
         _check_angles("/haadf/angles", self.haadf_angles)
-        if not self.chem:
-            raise SeriesError("/chem: no element maps")
         if self.chem_kind not in CHEM_KINDS:
             raise SeriesError(f"/chem: kind must be one of {list(CHEM_KINDS)}, got "
                               f"{self.chem_kind!r}")
+        orphans = sorted(set(self.chem_angles) - set(self.chem))
+        if orphans:
+            raise SeriesError(f"/chem: angles given for elements {orphans} that have no maps")
         unknown = sorted((set(self.background) | set(self.subtracted_level)) - set(self.chem))
         if unknown:
             raise SeriesError(f"/chem: background or subtracted level given for elements "

@@ -2,6 +2,7 @@
 
     /haadf/data              float32 [n_tilts, n_slices, n_det]
     /haadf/angles            float64 [n_tilts], degrees
+    /chem                    optional (absent: a HAADF-only series, version 3)
     /chem attrs              kind = "counts" (default) | "background-subtracted"
     /chem/<Symbol>/data      float32 [m, n_slices, n_det]: counts >= 0, or counts with a
                              background subtracted (may be negative)
@@ -11,11 +12,13 @@
                              subtracted_level (counts per pixel removed from
                              background-subtracted maps, when known)
     /truth/<Symbol>          float32 [n_slices, n_det, n_det] (optional, simulated series)
-    / attrs                  format="fusetomo-series", version=2, gamma (absent: estimate
+    / attrs                  format="fusetomo-series", version=3, gamma (absent: estimate
                              it), pixel_size_nm, plus the series' own attributes
 
 Version 1 files always wrote a background, 0 when it was not known: on reading them, a
-background of 0 counts as not stated.
+background of 0 counts as not stated. Versions 1 and 2 required /chem; version 3 files may
+have none (a HAADF-only series), and a fusetomo that reads only up to version 2 refuses them
+by their version rather than by a missing group.
 
 Files are written atomically (temporary file in the same folder, then `os.replace`), so a
 reader never sees half a file. Every problem found on reading raises `SeriesFileError`,
@@ -39,7 +42,7 @@ from fusetomo.core.elements import UnknownElementError, atomic_number
 
 FORMAT = "fusetomo-series"
 RUN_FORMAT = "fusetomo-run"  # adapters/runfile.py: a series file plus the live record
-VERSION = 2
+VERSION = 3
 # /chem's `kind` attribute for each TiltSeries.chem_kind
 CHEM_KIND_ATTR = {"counts": "counts", "subtracted": "background-subtracted"}
 RESERVED_ATTRS = frozenset({"format", "version", "gamma", "pixel_size_nm"})
@@ -113,21 +116,26 @@ def write_series(
         write_dataset(h, "data", series.haadf, np.float32)
         h.create_dataset("angles", data=np.asarray(series.haadf_angles, np.float64))
         h["angles"].attrs["units"] = "degree"
-        chem = f.create_group("chem", track_order=True)
-        chem.attrs["kind"] = CHEM_KIND_ATTR[series.chem_kind]
-        for e in series.elements:
-            g = chem.create_group(e)
-            write_dataset(g, "data", series.chem[e], np.float32)
-            g.create_dataset("angles", data=np.asarray(series.chem_angles[e], np.float64))
-            g["angles"].attrs["units"] = "degree"
-            g.attrs["Z"] = int(series.Z[e])
-            set_attr(g, "background", series.background.get(e), str(path))
-            set_attr(g, "subtracted_level", series.subtracted_level.get(e), str(path))
+        if not series.haadf_only:  # a HAADF-only series has no /chem (version 3)
+            _write_chem(f, series, path)
         if truth:
             t = f.create_group("truth", track_order=True)
             for e, vol in truth.items():
                 write_dataset(t, e, vol, np.float32)
     return path
+
+
+def _write_chem(f: h5py.File, series: TiltSeries, path: Path) -> None:
+    chem = f.create_group("chem", track_order=True)
+    chem.attrs["kind"] = CHEM_KIND_ATTR[series.chem_kind]
+    for e in series.elements:
+        g = chem.create_group(e)
+        write_dataset(g, "data", series.chem[e], np.float32)
+        g.create_dataset("angles", data=np.asarray(series.chem_angles[e], np.float64))
+        g["angles"].attrs["units"] = "degree"
+        g.attrs["Z"] = int(series.Z[e])
+        set_attr(g, "background", series.background.get(e), str(path))
+        set_attr(g, "subtracted_level", series.subtracted_level.get(e), str(path))
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -235,9 +243,12 @@ def read_chem_kind(group: h5py.Group, where: str) -> str:
 
 
 def _read_chem(f: h5py.File, path: Path, version: int) -> tuple[dict, ...]:
-    if "chem" not in f or not isinstance(f["chem"], h5py.Group):
-        raise SeriesFileError(f"{path}: group /chem is missing")
     chem, angles, Z, background, subtracted = {}, {}, {}, {}, {}
+    if "chem" not in f and version >= 3:
+        return chem, angles, Z, background, subtracted  # a HAADF-only series
+    if "chem" not in f or not isinstance(f["chem"], h5py.Group):
+        raise SeriesFileError(f"{path}: group /chem is missing (required before format "
+                              f"version 3; this file says version {version})")
     for e in f["chem"]:
         where = f"/chem/{e}"
         _element(path, where, e)
@@ -278,7 +289,7 @@ def read_series(path: str | Path) -> TiltSeries:
         haadf = _read(f, "/haadf/data", path, 3)
         haadf_angles = _read(f, "/haadf/angles", path, 1)
         chem, chem_angles, Z, background, subtracted = _read_chem(f, path, version)
-        kind = read_chem_kind(f["chem"], f"{path}: /chem")
+        kind = read_chem_kind(f["chem"], f"{path}: /chem") if "chem" in f else "counts"
         gamma = _number_attr(f, "gamma", str(path))
         pixel = _number_attr(f, "pixel_size_nm", str(path))
         attrs = {k: attr_value(v) for k, v in f.attrs.items() if k not in RESERVED_ATTRS}

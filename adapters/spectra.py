@@ -1,8 +1,13 @@
 """Element maps from spectrum images: EELS core-loss edges and EDX line windows.
 
 Pure NumPy: no file, socket or microscope here. A spectrum image `si` has the energy on its
-last axis, shape (..., n_energy); every map has shape si.shape[:-1], dtype float32, and is
-clipped at 0 (counts cannot be negative).
+last axis, shape (..., n_energy); every map has shape si.shape[:-1], dtype float32. Maps
+are never clipped: after a background is subtracted, a pixel with no signal scatters
+around 0 and some values are negative, which is the honest estimate (clipping them at 0
+would bias every sum and every fit upwards). `eels_maps_with_background` and
+`edx_maps_with_background` also return, per element, the mean integrated background that was
+subtracted (counts per pixel, averaged over the map): the series records it as
+`subtracted_level` (adapters/series.py).
 
 EELS (`eels_maps`), the textbook method (Egerton, *EELS in the Electron Microscope*, §4.4):
 the background under an edge is a power law A·E^-r fitted in a pre-edge window, extrapolated
@@ -19,24 +24,31 @@ at the pixel's pre-edge mean).
 EDX (`edx_maps`): counts summed over the line window; with side windows, a straight line
 fitted by least squares to the counts per keV in the side windows is subtracted.
 
-Default windows: `DEFAULT_EELS_EDGES` puts a pre-edge window of width w ending 5 eV below
-the tabulated edge onset and a signal window of width w starting at the onset, with
+Default windows: the edge onsets and line energies come from exspy's element database
+(adapters/elementdb.py, which also says which edge or line is each element's default);
+what is ours is the window rule. `DEFAULT_EELS_EDGES` puts a pre-edge window of width w
+ending 5 eV below the edge onset and a signal window of width w starting at the onset, with
 w = max(30 eV, 8 % of the onset) (C K: 249–279 | 284–314 eV; Au M4,5: 2025–2201 |
 2206–2382 eV). `DEFAULT_EDX_LINES` centres a window of 1.2 FWHM on the line (the width that
 maximises the signal-to-noise of a Gaussian peak over flat background), the detector FWHM
 from the Fano law with 130 eV at Mn Kα, and puts side windows of one FWHM either side, one
-FWHM away from the window. Overlapping edges or lines (Fe L / Co L tails, Ba M / Co L,
-Au Mα / Zr Lα, ...) are the user's to resolve: pass `windows` to override any element.
+FWHM away from the window. `eels_window(element, edge)` and `edx_window(element, line)`
+build the same windows for another edge or line by name (e.g. Nb Ka instead of La).
+Overlapping edges or lines (Fe L / Co L tails, Ba M / Co L, Au Mα / Zr Lα, ...) are the
+user's to resolve: pass `windows` to override any element.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from fusetomo.core.elements import UnknownElementError
 from fusetomo.core.errors import FusetomoError
 
 __all__ = [
@@ -46,7 +58,11 @@ __all__ = [
     "EdxWindow",
     "SpectrumError",
     "edx_maps",
+    "edx_maps_with_background",
+    "edx_window",
     "eels_maps",
+    "eels_maps_with_background",
+    "eels_window",
 ]
 
 # Below this mean count per pre-edge channel a pixel's own power-law exponent is not fitted
@@ -117,51 +133,14 @@ class EdxWindow:
 
 
 # -- default windows ------------------------------------------------------------------------
-# Edge onsets in eV (Ahn & Krivanek, EELS Atlas; Gatan EELS Atlas): (element, edge, onset).
-_EELS_ONSETS: tuple[tuple[str, str, float], ...] = (
-    ("Li", "K", 55.0), ("Be", "K", 111.0), ("B", "K", 188.0), ("C", "K", 284.0),
-    ("N", "K", 401.0), ("O", "K", 532.0), ("F", "K", 685.0), ("Na", "K", 1072.0),
-    ("Mg", "K", 1305.0), ("Al", "K", 1560.0), ("Si", "K", 1839.0), ("P", "L2,3", 132.0),
-    ("S", "L2,3", 165.0), ("Cl", "L2,3", 200.0), ("K", "L2,3", 294.0), ("Ca", "L2,3", 346.0),
-    ("Ti", "L2,3", 456.0), ("V", "L2,3", 513.0), ("Cr", "L2,3", 575.0), ("Mn", "L2,3", 640.0),
-    ("Fe", "L2,3", 708.0), ("Co", "L2,3", 779.0), ("Ni", "L2,3", 855.0), ("Cu", "L2,3", 931.0),
-    ("Zn", "L2,3", 1020.0), ("Ga", "L2,3", 1115.0), ("Ge", "L2,3", 1217.0),
-    ("Sr", "L2,3", 1940.0), ("Y", "L2,3", 2080.0), ("Zr", "L2,3", 2222.0),
-    ("Mo", "M4,5", 227.0), ("Pd", "M4,5", 335.0), ("Ag", "M4,5", 367.0),
-    ("In", "M4,5", 443.0), ("Sn", "M4,5", 485.0), ("Ba", "M4,5", 781.0),
-    ("La", "M4,5", 832.0), ("Ce", "M4,5", 883.0), ("Nd", "M4,5", 978.0),
-    ("Sm", "M4,5", 1080.0), ("Gd", "M4,5", 1185.0), ("Hf", "M4,5", 1662.0),
-    ("Ta", "M4,5", 1735.0), ("W", "M4,5", 1809.0), ("Pt", "M4,5", 2122.0),
-    ("Au", "M4,5", 2206.0), ("Pb", "M4,5", 2484.0),
-)
 EELS_GAP_EV = 5.0  # pre-edge window ends this far below the onset (edge onsets are not sharp)
+EDX_FWHM_MN_EV = 130.0  # silicon drift detector resolution at Mn Ka (5.894 keV)
 
 
 def _edge_window(element: str, edge: str, onset: float) -> EdgeWindow:
     w = max(30.0, round(0.08 * onset))
     return EdgeWindow(element, edge, (onset - EELS_GAP_EV - w, onset - EELS_GAP_EV),
                       (onset, onset + w))
-
-
-DEFAULT_EELS_EDGES: dict[str, EdgeWindow] = {
-    el: _edge_window(el, edge, onset) for el, edge, onset in _EELS_ONSETS
-}
-
-# Line energies in keV (Bearden 1967 / NIST X-ray transition energies): (element, line, E).
-_EDX_LINES: tuple[tuple[str, str, float], ...] = (
-    ("B", "Ka", 0.183), ("C", "Ka", 0.277), ("N", "Ka", 0.392), ("O", "Ka", 0.525),
-    ("F", "Ka", 0.677), ("Na", "Ka", 1.041), ("Mg", "Ka", 1.254), ("Al", "Ka", 1.487),
-    ("Si", "Ka", 1.740), ("P", "Ka", 2.013), ("S", "Ka", 2.307), ("Cl", "Ka", 2.622),
-    ("K", "Ka", 3.314), ("Ca", "Ka", 3.692), ("Ti", "Ka", 4.511), ("V", "Ka", 4.952),
-    ("Cr", "Ka", 5.415), ("Mn", "Ka", 5.899), ("Fe", "Ka", 6.404), ("Co", "Ka", 6.930),
-    ("Ni", "Ka", 7.478), ("Cu", "Ka", 8.048), ("Zn", "Ka", 8.639), ("Ga", "Ka", 9.252),
-    ("Ge", "Ka", 9.886), ("Sr", "La", 1.806), ("Y", "La", 1.923), ("Zr", "La", 2.042),
-    ("Mo", "La", 2.293), ("Pd", "La", 2.838), ("Ag", "La", 2.984), ("In", "La", 3.287),
-    ("Sn", "La", 3.444), ("Ba", "La", 4.466), ("La", "La", 4.651), ("Ce", "La", 4.840),
-    ("Nd", "La", 5.230), ("Gd", "La", 6.057), ("Hf", "La", 7.899), ("Ta", "La", 8.146),
-    ("W", "La", 8.398), ("Pt", "La", 9.442), ("Au", "La", 9.713), ("Pb", "La", 10.551),
-)
-EDX_FWHM_MN_EV = 130.0  # silicon drift detector resolution at Mn Ka (5.894 keV)
 
 
 def edx_fwhm_kev(line_kev: float, fwhm_mn_ev: float = EDX_FWHM_MN_EV) -> float:
@@ -182,9 +161,82 @@ def _edx_window(element: str, line: str, e: float) -> EdxWindow:
                      tuple((round(a, r), round(b, r)) for a, b in sides))
 
 
-DEFAULT_EDX_LINES: dict[str, EdxWindow] = {
-    el: _edx_window(el, line, e) for el, line, e in _EDX_LINES
-}
+def eels_window(element: str, edge: str | None = None) -> EdgeWindow:
+    """The windows of `element`'s EELS edge `edge` ('K', 'L2,3', 'M4,5', ...; None: its
+    default edge), onset from the element database."""
+    from fusetomo.adapters import elementdb as db
+
+    try:
+        fam = db.default_edge(element) if edge is None else db.edge(element, edge)
+    except db.ElementDatabaseError as e:
+        raise SpectrumError(str(e)) from None
+    return _edge_window(element, fam.edge, fam.onset_ev)
+
+
+def edx_window(element: str, line: str | None = None) -> EdxWindow:
+    """The windows of `element`'s X-ray line `line` ('Ka', 'La', 'Ma', ...; None: its
+    default line), energy from the element database."""
+    from fusetomo.adapters import elementdb as db
+
+    try:
+        xl = db.default_line(element) if line is None else db.line(element, line)
+    except db.ElementDatabaseError as e:
+        raise SpectrumError(str(e)) from None
+    return _edx_window(element, xl.line, xl.energy_kev)
+
+
+class _DefaultWindows(Mapping):
+    """element -> default window, built from the element database on first use (so that
+    importing this module does not import the database), for every element Z 3-92 that has
+    a default edge or line."""
+
+    def __init__(self, build: Callable[[str], object]) -> None:
+        self._build = build
+        self._cache: dict[str, object] = {}
+        self._complete = False
+
+    def __getitem__(self, element: str) -> Any:
+        if element not in self._cache:
+            try:
+                self._cache[element] = self._build(element)
+            except (SpectrumError, UnknownElementError):
+                raise KeyError(element) from None
+        return self._cache[element]
+
+    def _fill(self) -> None:
+        if self._complete:
+            return
+        from fusetomo.adapters import elementdb as db
+
+        try:
+            symbols = db.elements_with_data()
+        except db.ElementDatabaseError as e:
+            raise SpectrumError(str(e)) from None
+        for el in symbols:
+            with contextlib.suppress(KeyError):
+                self[el]
+        self._complete = True
+
+    def __iter__(self) -> Iterator[str]:
+        self._fill()
+        return iter(self._cache)
+
+    def __len__(self) -> int:
+        self._fill()
+        return len(self._cache)
+
+    def __contains__(self, element: object) -> bool:
+        if not isinstance(element, str):
+            return False
+        try:
+            self[element]
+        except KeyError:
+            return False
+        return True
+
+
+DEFAULT_EELS_EDGES: Mapping[str, EdgeWindow] = _DefaultWindows(eels_window)
+DEFAULT_EDX_LINES: Mapping[str, EdxWindow] = _DefaultWindows(edx_window)
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -227,13 +279,17 @@ def _lookup(elements: Sequence[str], windows: Mapping[str, object] | None,
     if isinstance(elements, str):
         raise SpectrumError(f"elements must be a sequence of symbols, got the string "
                             f"{elements!r}")
-    table = {**defaults, **(windows or {})}
+    given = dict(windows or {})
     out = []
     for e in elements:
-        if e not in table:
-            raise SpectrumError(f"no {kind} window for element {e!r}; known: "
-                                f"{sorted(table)} (pass windows= to add one)")
-        out.append(table[e])
+        if e in given:
+            out.append(given[e])
+        elif e in defaults:
+            out.append(defaults[e])
+        else:
+            raise SpectrumError(f"no default {kind} window for element {e!r} (exspy's element "
+                                "database has none for it in the usual range; name one, "
+                                "e.g. --line El=NAME, or pass windows=)")
     if len(set(elements)) != len(list(elements)):
         raise SpectrumError(f"duplicate element in {list(elements)}")
     return out
@@ -269,12 +325,24 @@ def _powerlaw_fit(logE: np.ndarray, logd: np.ndarray) -> tuple[np.ndarray, np.nd
 def eels_maps(si: np.ndarray, energy_ev: np.ndarray, elements: Sequence[str],
               windows: Mapping[str, EdgeWindow] | None = None, *,
               min_fit_counts: float = MIN_FIT_COUNTS) -> dict[str, np.ndarray]:
-    """Background-subtracted, integrated core-loss edge counts per pixel, one map per element.
+    """Background-subtracted, integrated core-loss edge counts per pixel, one map per element
+    (not clipped: pixels without the element scatter around 0).
 
     `windows` adds to or overrides `DEFAULT_EELS_EDGES`. `min_fit_counts`: below this mean
     count per pre-edge channel, a pixel's power-law exponent is the summed spectrum's (its
     amplitude is still its own); 0 fits every pixel with positive pre-edge on its own.
     """
+    return eels_maps_with_background(si, energy_ev, elements, windows,
+                                     min_fit_counts=min_fit_counts)[0]
+
+
+def eels_maps_with_background(
+        si: np.ndarray, energy_ev: np.ndarray, elements: Sequence[str],
+        windows: Mapping[str, EdgeWindow] | None = None, *,
+        min_fit_counts: float = MIN_FIT_COUNTS) -> tuple[dict[str, np.ndarray],
+                                                         dict[str, float]]:
+    """`eels_maps`, and per element the mean integrated background subtracted under its
+    signal window (counts per pixel, averaged over the map)."""
     si, axis = _check_inputs(si, energy_ev, "eV")
     wins: list[EdgeWindow] = _lookup(elements, windows, DEFAULT_EELS_EDGES, "EELS edge")
     if not math.isfinite(min_fit_counts) or min_fit_counts < 0:
@@ -283,6 +351,7 @@ def eels_maps(si: np.ndarray, energy_ev: np.ndarray, elements: Sequence[str],
     flat = si.reshape(-1, si.shape[-1])
     width = _widths(axis)
     out: dict[str, np.ndarray] = {}
+    level: dict[str, float] = {}
     for e, w in zip(elements, wins, strict=True):
         pre = _channels(axis, w.pre_edge_ev, f"{e} {w.edge} pre-edge window", "eV", 2)
         sig = _channels(axis, w.signal_ev, f"{e} {w.edge} signal window", "eV", 1)
@@ -309,23 +378,35 @@ def eels_maps(si: np.ndarray, energy_ev: np.ndarray, elements: Sequence[str],
             a, r = _powerlaw_fit(logE, np.log(dens[own]))
             # sum_k A E_k^-r dE_k over the signal channels, per pixel
             bg[own] = np.exp(a[:, None] - r[:, None] * np.log(Esig)[None, :]) @ wsig
-        out[e] = np.clip(signal - bg, 0.0, None).astype(np.float32).reshape(lead)
-    return out
+        out[e] = (signal - bg).astype(np.float32).reshape(lead)
+        level[e] = float(np.mean(bg))
+    return out, level
 
 
 # -- EDX --------------------------------------------------------------------------------------
 def edx_maps(si: np.ndarray, energy_kev: np.ndarray, elements: Sequence[str],
              windows: Mapping[str, EdxWindow] | None = None) -> dict[str, np.ndarray]:
     """Line-window counts per pixel (minus a linear background from the side windows, when
-    the window has any), one map per element. `windows` adds to or overrides
+    the window has any; not clipped), one map per element. `windows` adds to or overrides
     `DEFAULT_EDX_LINES`."""
+    return edx_maps_with_background(si, energy_kev, elements, windows)[0]
+
+
+def edx_maps_with_background(
+        si: np.ndarray, energy_kev: np.ndarray, elements: Sequence[str],
+        windows: Mapping[str, EdxWindow] | None = None) -> tuple[dict[str, np.ndarray],
+                                                                 dict[str, float]]:
+    """`edx_maps`, and per element the mean background subtracted under its line window
+    (counts per pixel, averaged over the map; 0 for a window without side windows)."""
     si, axis = _check_inputs(si, energy_kev, "keV")
     wins: list[EdxWindow] = _lookup(elements, windows, DEFAULT_EDX_LINES, "EDX line")
     lead = si.shape[:-1]
     flat = si.reshape(-1, si.shape[-1])
     width = _widths(axis)
     out: dict[str, np.ndarray] = {}
+    level: dict[str, float] = {}
     for e, w in zip(elements, wins, strict=True):
+        level[e] = 0.0
         win = _channels(axis, w.window_kev, f"{e} {w.line} line window", "keV", 1)
         counts = flat[:, win].astype(np.float64).sum(axis=1)
         if w.background_kev:
@@ -344,5 +425,6 @@ def edx_maps(si: np.ndarray, energy_kev: np.ndarray, elements: Sequence[str],
             else:
                 bg = dens[:, 0] * width[win].sum()
             counts = counts - bg
-        out[e] = np.clip(counts, 0.0, None).astype(np.float32).reshape(lead)
-    return out
+            level[e] = float(np.mean(bg))
+        out[e] = counts.astype(np.float32).reshape(lead)
+    return out, level

@@ -2,7 +2,7 @@
 
     simulate, reconstruct, export, offline-demo, inspect     (offline)
     instrument-sim, control, replay, demo (live-demo)        (the live loop)
-    report, view, import, sweep, reconstruct-slabs, nion-usim
+    report, view, import, align, sweep, reconstruct-slabs, nion-usim
 
 Every failure the user can cause (bad file, unknown specimen or element, missing GPU, a
 message or run file that cannot be used, ...) is a `fusetomo.core.FusetomoError` (or an
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from fusetomo.cli import (
+    align,
     control,
     demo,
     export,
@@ -43,7 +44,7 @@ from fusetomo.core.errors import FusetomoError
 # The order of `fusetomo --help`.
 COMMANDS: tuple[ModuleType, ...] = (
     simulate, reconstruct, export, offline_demo, inspect, instrument, control, replay, demo,
-    report, view, imports, sweep, slabs, nion,
+    report, view, imports, align, sweep, slabs, nion,
 )
 USER_ERRORS: tuple[type[BaseException], ...] = (FusetomoError, OSError)
 

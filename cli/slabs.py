@@ -16,18 +16,19 @@ from fusetomo.cli.argtypes import positive_int
 def cmd_reconstruct_slabs(args: argparse.Namespace) -> int:
     from fusetomo.adapters.seriesfile import read_series, read_truth
     from fusetomo.controller.reconstruct import ReconResult
-    from fusetomo.solver.fusion import DEFAULT_ITERATIONS, FusionParams
+    from fusetomo.controller.series_model import fusion_params_for, model_kwargs
+    from fusetomo.solver.fusion import DEFAULT_ITERATIONS
     from fusetomo.solver.metrics import nrmse_per_element
     from fusetomo.solver.slabs import SlabFusedSolver, mpi_comm, rank_device
 
     comm = mpi_comm()
     series = read_series(args.series)
-    params = FusionParams(gamma=series.gamma) if series.gamma is not None else FusionParams()
+    params = fusion_params_for(series)
     device: Any = rank_device(comm, args.device)
     els = series.elements
     solver = SlabFusedSolver(series.shape[1], series.shape[0], els,
                              [series.Z[e] for e in els], params, comm=comm, device=device,
-                             background=series.stated_background())
+                             **model_kwargs(series))
     solver.add_haadf(series.haadf_angles, series.haadf)
     solver.add_chem(series.common_chem_angles, series.chem)
     k = args.iterations or DEFAULT_ITERATIONS
@@ -50,7 +51,6 @@ def cmd_reconstruct_slabs(args: argparse.Namespace) -> int:
         print(f"<NRMSE> = {mean:.3f}  ("
               + ", ".join(f"{e} {v:.3f}" for e, v in scores.items()) + ")")
     return 0
-
 
 
 def register(subparsers: Any) -> None:

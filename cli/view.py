@@ -2,10 +2,12 @@
 
     fusetomo view --connect tcp://HOST:PORT [--operator tcp://HOST:PORT] [--element El ...]
     fusetomo view --run RUN.h5 [--tilt N] [--element El ...]
+    fusetomo view --series SERIES.h5 [--tilt N]
     ... [--std-error] [--screenshot FILE.png [--wait S] [--size WxH]]
 
 `--connect` subscribes to a controller's status PUB (the address `fusetomo control` prints
-first); `--run` shows a recorded run with a slider over its tilts. `--screenshot` renders
+first); `--run` shows a recorded run with a slider over its tilts; `--series` a series
+file's raw HAADF images and maps (ui/series_view.py), also a HAADF-only one. `--screenshot` renders
 offscreen into a PNG and exits (live: once orthoslices arrived, or after `--wait` seconds).
 Qt (the `viewer` extra: pyqtgraph, PySide6) is imported only when the command runs, so the
 rest of the command line works without it. Exit status: 0; 1 when a live screenshot was
@@ -61,6 +63,8 @@ def register(subparsers: Any) -> None:
     src.add_argument("--connect", type=_endpoint, metavar="tcp://HOST:PORT",
                      help="a controller's status address (printed by `fusetomo control`)")
     src.add_argument("--run", metavar="RUN.h5", help="a recorded run file")
+    src.add_argument("--series", metavar="SERIES.h5",
+                     help="a series file's raw tilts: HAADF image and maps, slider over tilts")
     p.add_argument("--element", action="append", metavar="EL",
                    help="show only these elements (repeat, or comma-separate)")
     p.add_argument("--std-error", action="store_true",
@@ -117,8 +121,8 @@ def _check_display(screenshot: bool) -> None:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    if args.tilt is not None and args.run is None:
-        return _error("--tilt applies to --run only")
+    if args.tilt is not None and args.run is None and args.series is None:
+        return _error("--tilt applies to --run and --series only")
     elements = _elements(args.element)
     try:
         _check_display(bool(args.screenshot))
@@ -147,6 +151,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     pg.setConfigOptions(imageAxisOrder="row-major")
     app = pg.mkQApp("fusetomo view")
+    if args.series is not None:
+        return _view_series(app, args)
     from fusetomo.ui.viewer.subscriber import SubscriberThread
     from fusetomo.ui.viewer.window import ViewerWindow
 
@@ -172,6 +178,39 @@ def cmd_view(args: argparse.Namespace) -> int:
         if sub is not None:
             sub.stop()
         _dispose(app, window)
+
+
+def _view_series(app: Any, args: argparse.Namespace) -> int:
+    """`--series`: ui/series_view.py's window (a slider over the raw tilts)."""
+    from fusetomo.adapters.series import SeriesError
+    from fusetomo.adapters.seriesfile import read_series
+    from fusetomo.ui.series_view import SeriesWindow
+
+    try:
+        series = read_series(args.series)
+    except (SeriesError, OSError) as e:
+        return _error(str(e))
+    window = SeriesWindow(series, title=f"fusetomo view — {args.series}")
+    window.resize(*args.size)
+    if args.tilt is not None:
+        if args.tilt >= series.haadf.shape[0]:
+            return _error(f"--tilt {args.tilt}: {args.series} holds "
+                          f"{series.haadf.shape[0]} tilts (0..{series.haadf.shape[0] - 1})")
+        window.slider.setValue(args.tilt)
+    window.show()
+    try:
+        if args.screenshot:
+            try:
+                w, h = window.save_screenshot(args.screenshot)
+            except OSError as e:
+                return _error(str(e))
+            print(f"wrote {args.screenshot} ({w}x{h}): {window.caption.text()}", flush=True)
+            return 0
+        return int(app.exec())
+    finally:
+        window.close()
+        window.deleteLater()
+        app.processEvents()
 
 
 def _report(text: str) -> None:

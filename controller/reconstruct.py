@@ -3,8 +3,14 @@
 Methods:
     fused         FusedSolver (science.md §2), with a progress bar of the cost terms
     conventional  Poisson ML-EM per element (the conventional chemical tomography)
-    sirt          chemical SIRT per element
-    haadf         HAADF-only SIRT (one volume, named 'HAADF')
+    sirt          chemical SIRT per element; on a HAADF-only series, HAADF SIRT
+    haadf         HAADF-only SIRT (one volume, named 'HAADF'; each image's offset, its
+                  vacuum level, subtracted first: solver.nuisance.haadf_offsets)
+
+A HAADF-only series (no spectrum image) reconstructs by `haadf` or `sirt`; the other
+methods need element maps and say so. `align` with `haadf` or `sirt` aligns and resamples
+the series first (controller/stack_align.py); with `fused` it keeps the shifts in the model
+(controller/offline_align.py).
     hebt          HAADF-EELS bimodal tomography
     chemtv        chemical maps with TV regularisation, no HAADF
 """
@@ -33,10 +39,17 @@ from fusetomo.controller.offline_align import (
 from fusetomo.controller.series_model import fusion_params_for, solver_for_series
 from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.backend import resolve_device
-from fusetomo.solver.fusion import DEFAULT_ITERATIONS, CostHistory, FusedSolver, FusionParams
+from fusetomo.solver.fusion import (
+    DEFAULT_ITERATIONS,
+    GAMMA_START,
+    CostHistory,
+    FusedSolver,
+    FusionParams,
+)
 from fusetomo.solver.nuisance import haadf_offsets
 
 METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
+HAADF_ONLY_METHODS = ("haadf", "sirt")  # what a series without spectrum images allows
 
 
 class MethodError(FusetomoError, ValueError):
@@ -53,6 +66,7 @@ class ReconResult:
     params: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
     std_error: dict[str, np.ndarray] | None = None
+    warnings: tuple[str, ...] = ()
 
     def save(self, path: str | Path, *, source: str | Path | None = None,
              attrs: Mapping[str, Any] | None = None) -> Path:
@@ -115,13 +129,16 @@ def _default_iterations(func: Callable[..., Any]) -> int:
 
 def _run_baseline(series: TiltSeries, method: str, iterations: int | None, device: str,
                   params: FusionParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if series.haadf_only:  # only haadf and sirt get here: both are HAADF SIRT
+        method = "haadf"
     # A background the series does not state: 0 for the classic baselines (what they
     # assume), estimated by chemtv (the fused solver's own model without HAADF).
     stated = series.stated_background()
     bg = np.array([b or 0.0 for b in stated], dtype=np.float64)
     Z = np.array([series.Z[e] for e in series.elements], dtype=np.float64)
-    gamma = series.gamma if series.gamma is not None else params.gamma
-    ang, maps = series.common_chem_angles, _maps(series)
+    gamma = fusion_params_for(series, params).gamma or GAMMA_START
+    ang = series.common_chem_angles
+    maps = _maps(series) if method != "haadf" else None
     # method -> (baseline function, positional arguments, keyword arguments to record)
     calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {
         "conventional": ("chemical_mlem", (ang, maps), {}),
@@ -143,9 +160,25 @@ def _run_baseline(series: TiltSeries, method: str, iterations: int | None, devic
     out = np.asarray(func(*args, iterations=k, device=device, **kwargs_all), dtype=np.float32)
     if method == "haadf":
         volumes = {"HAADF": out}
+        kwargs = {**kwargs, "haadf_offset": "subtracted (vacuum level of each image)"}
     else:
         volumes = {e: out[i] for i, e in enumerate(series.elements)}
     return volumes, {"iterations": k, "baseline": fname, **kwargs}
+
+
+def _aligned_then(series: TiltSeries, method: str, iterations: int | None, device: str,
+                  params: FusionParams | None, progress: bool,
+                  align: OfflineAlignParams) -> ReconResult:
+    """`haadf` or `sirt` on the series aligned and resampled (controller/stack_align.py)."""
+    from fusetomo.controller.stack_align import StackAlignParams, align_stack, aligned_series
+
+    t0 = time.perf_counter()
+    a = align_stack(series, StackAlignParams(align.rotation_deg, align.alignment))
+    res = reconstruct(aligned_series(series, a), method, iterations, device, params,
+                      progress)
+    res.params.update({k: v for k, v in a.attrs().items()})
+    res.elapsed = time.perf_counter() - t0
+    return res
 
 
 def reconstruct(
@@ -161,8 +194,9 @@ def reconstruct(
     """Reconstruct `series` by `method` (see METHODS). For 'fused', the series' gamma
     (when set) replaces params.gamma, and Z and background come from the series;
     `uncertainty` ('cheap' or 'accurate', fused only) adds per-voxel standard errors
-    (solver/uncertainty.py) to the result; `align` (True or OfflineAlignParams, fused only)
-    aligns the series first (controller/offline_align.py) and records the shifts."""
+    (solver/uncertainty.py) to the result; `align` (True or OfflineAlignParams) aligns the
+    series first and records the shifts (fused: controller/offline_align.py; haadf, sirt:
+    controller/stack_align.py). A HAADF-only series takes `haadf` or `sirt` only."""
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if iterations is not None and iterations < 0:
@@ -176,9 +210,15 @@ def reconstruct(
         align = OfflineAlignParams()
     elif align is False:
         align = None
+    if series.haadf_only and method not in HAADF_ONLY_METHODS:
+        raise MethodError(f"method {method!r} needs at least one spectrum image (element "
+                          f"maps); this series is HAADF-only: use --method haadf or sirt")
+    if align is not None and method not in ("fused", *HAADF_ONLY_METHODS):
+        raise MethodError(f"--align works with the fused method (shifts in the model) and "
+                          f"with haadf and sirt (aligned, resampled images); method "
+                          f"{method!r} has no aligned form")
     if align is not None and method != "fused":
-        raise MethodError(f"--align models the shifts in the fused solver; method {method!r} "
-                          f"has no aligned form")
+        return _aligned_then(series, method, iterations, device, params, progress, align)
     dev = _device_name(device)
     info: dict[str, Any] = {
         "method": method, "device": dev, "haadf_tilts": int(series.haadf.shape[0]),
@@ -190,11 +230,16 @@ def reconstruct(
     t0 = time.perf_counter()
     history = CostHistory()
     std_error = None
+    warnings: tuple[str, ...] = ()
     if method == "fused":
         k = DEFAULT_ITERATIONS if iterations is None else iterations
         solver, fparams = _fused(series, k, dev, params or FusionParams(), progress, align)
         volumes, history = solver.volumes(), solver.history
         info.update(iterations=k, **fparams)
+        info.update(solver.model_summary())
+        fit = solver.fit_check()
+        info.update(fit.as_attrs())
+        warnings = fit.warnings
         if uncertainty is not None:
             from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
 
@@ -206,4 +251,4 @@ def reconstruct(
                                            params or FusionParams())
             bar.update()
         info.update(extra)
-    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error)
+    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error, warnings)

@@ -11,16 +11,23 @@ from typing import Any
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 
-__all__ = ["fusion_params_for", "solver_for_series"]
+__all__ = ["fusion_params_for", "model_kwargs", "solver_for_series"]
 
 
 def fusion_params_for(series: TiltSeries, params: FusionParams | None = None) -> FusionParams:
-    """`params` with the series' gamma when it states one (then not estimated), unless
-    `params` already fixes gamma (estimate_gamma False: a swept or user-given gamma)."""
+    """`params` with the series' gamma when it states one; gamma None is estimated by the
+    solver."""
     p = params or FusionParams()
-    if series.gamma is not None and p.estimate_gamma:
-        return replace(p, gamma=float(series.gamma), estimate_gamma=False)
+    if series.gamma is not None:
+        return replace(p, gamma=float(series.gamma))
     return p
+
+
+def model_kwargs(series: TiltSeries) -> dict[str, Any]:
+    """FusedSolver's data-model arguments for `series`: its stated backgrounds (None where
+    not stated), the kind of its maps and the level subtracted from them."""
+    return {"background": series.stated_background(), "chem_kind": series.chem_kind,
+            "subtracted": series.stated_subtracted()}
 
 
 def solver_for_series(series: TiltSeries, params: FusionParams | None = None, *,
@@ -31,5 +38,4 @@ def solver_for_series(series: TiltSeries, params: FusionParams | None = None, *,
     els = series.elements
     return FusedSolver(nd - 2 * crop_px, ns - 2 * crop_px, els, [series.Z[e] for e in els],
                        fusion_params_for(series, params), device=device,
-                       background=series.stated_background(), chem_kind=series.chem_kind,
-                       subtracted=series.stated_subtracted())
+                       **model_kwargs(series))

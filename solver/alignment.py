@@ -43,6 +43,7 @@ No sockets, no files.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,7 +99,14 @@ class AlignmentParams:
     percentile: float = 5.0  # for background="percentile"
     coarse: Literal["com", "xcorr"] = "com"
     rotation: bool = True  # estimate the in-plane rotation of the tilt axis
-    rotation_range_deg: float = 5.0  # searched in [-range, range]
+    # 'com': the rows' centres of mass (solver/rotation.py; no bounded search, for any
+    # specimen that stays in view); 'profile': the slice-mass profiles (compact specimens
+    # wholly inside the field), searched in [-rotation_range_deg, rotation_range_deg];
+    # 'auto': 'profile', and where its minimum sits at the edge of that range (the
+    # rotation is larger, or the profiles cannot tell it, as for a needle that leaves the
+    # field), 'com'
+    rotation_method: Literal["auto", "com", "profile"] = "auto"
+    rotation_range_deg: float = 5.0
     scales: tuple[int, ...] = (4, 2, 1)  # projection-matching binnings, coarse to fine
     max_iterations: int = 6  # projection-matching iterations per scale
     tol_px: float = 0.05  # stop a scale when the RMS shift update falls below this
@@ -122,6 +130,9 @@ class AlignmentParams:
             raise AlignmentError(f"percentile must lie in [0, 50], got {self.percentile}")
         if self.coarse not in ("com", "xcorr"):
             raise AlignmentError(f"coarse must be 'com' or 'xcorr', got {self.coarse!r}")
+        if self.rotation_method not in ("auto", "com", "profile"):
+            raise AlignmentError(f"rotation_method must be auto|com|profile, got "
+                                 f"{self.rotation_method!r}")
         if not 0.0 < self.rotation_range_deg <= 45.0:
             raise AlignmentError(f"rotation_range_deg must lie in (0, 45], got "
                                  f"{self.rotation_range_deg}")
@@ -151,6 +162,7 @@ class Alignment:
     rotation_deg: float = 0.0
     axis_offset_px: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    rotation_info: dict[str, Any] = field(default_factory=dict)  # how it was found
 
     def __post_init__(self) -> None:
         self.angles = np.asarray(self.angles, dtype=np.float64).ravel()
@@ -443,6 +455,13 @@ def estimate_rotation(images: Any, *, range_deg: float = 5.0, xtol_deg: float = 
     lo, hi = max(grid[k] - step, -range_deg), min(grid[k] + step, range_deg)
     res = minimize_scalar(lambda r: _profile_spread(a, r), bounds=(lo, hi), method="bounded",
                           options={"xatol": xtol_deg})
+    if abs(abs(float(res.x)) - range_deg) <= 2 * xtol_deg:
+        from fusetomo.solver.rotation import RotationWarning
+
+        warnings.warn(f"the rotation estimate {float(res.x):.3f} deg sits at the edge of the "
+                      f"searched range ±{range_deg:g} deg: the true rotation is likely "
+                      "outside it (use the 'com' method, or give the rotation)",
+                      RotationWarning, stacklevel=2)
     return float(res.x)
 
 
@@ -531,9 +550,9 @@ def align_series(images: Any, angles: Any, *, params: AlignmentParams | None = N
     ang = _angles(angles, a.shape[0])
     clean, _ = remove_background(a, method=p.background, border_px=p.border_px,
                                  percentile=p.percentile)
+    info: dict[str, Any] = {"rotation_source": "given"}
     if rotation_deg is None:
-        rotation_deg = estimate_rotation(clean, range_deg=p.rotation_range_deg) \
-            if p.rotation and a.shape[0] >= 3 else 0.0
+        rotation_deg, info = _estimate_rotation(clean, ang, p)
     derot = apply_alignment(clean, np.zeros((a.shape[0], 2)), rotation_deg, order=p.order) \
         if rotation_deg else clean
     if p.coarse == "com":
@@ -543,7 +562,41 @@ def align_series(images: Any, angles: Any, *, params: AlignmentParams | None = N
     shifts, history = projection_matching(derot, ang, start, params=p, device=device)
     offset = fit_axis(ang, shifts[:, 1])[0] if a.shape[0] >= 3 else float(shifts[:, 1].mean())
     return Alignment(ang, to_image_frame(shifts, rotation_deg), float(rotation_deg), offset,
-                     history)
+                     history, info)
+
+
+# The rotation is estimated on images binned to at most this many pixels a side.
+ROTATION_MAX_PX = 128
+
+
+def _estimate_rotation(clean: np.ndarray, ang: np.ndarray, p: AlignmentParams
+                       ) -> tuple[float, dict[str, Any]]:
+    """(rotation, how it was found) for `align_series` (AlignmentParams.rotation_method)."""
+    if not p.rotation or clean.shape[0] < 3:
+        return 0.0, {"rotation_source": "not estimated"}
+    f = max(1, min(clean.shape[1:]) // ROTATION_MAX_PX)
+    small = bin_images(clean, f) if f > 1 else clean
+    info: dict[str, Any] = {"rotation_source": "estimated", "rotation_binning": f}
+    if p.rotation_method in ("auto", "profile"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rot = estimate_rotation(small, range_deg=p.rotation_range_deg)
+        at_edge = bool(caught)
+        info.update(rotation_profile_deg=rot, rotation_range_deg=p.rotation_range_deg)
+        if p.rotation_method == "profile" or not at_edge:
+            for w in caught:  # pass them on, and record them
+                warnings.warn(w.message, w.category, stacklevel=3)
+            info.update(rotation_method="slice-mass profiles",
+                        rotation_warnings="; ".join(str(w.message) for w in caught))
+            return rot, info
+        info["rotation_note"] = (f"the slice-mass profiles' minimum sat at the edge of "
+                                 f"±{p.rotation_range_deg:g} deg ({rot:.3f}): rows' centres "
+                                 "of mass used instead")
+    from fusetomo.solver.rotation import estimate_rotation_com
+
+    est = estimate_rotation_com(small, ang)
+    info.update(est.attrs())
+    return est.rotation_deg, info
 
 
 # -- chemical maps --------------------------------------------------------------------------

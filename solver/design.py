@@ -73,7 +73,7 @@ def _expected_counts(solver: FusedSolver, proj: ParallelProjector) -> Any:
     nominal dose, in the solver's chemical units)."""
     xp = solver.device.xp
     x = xp.maximum(solver.x, 0)
-    v = proj.forward(x) + solver._bg  # _bg is [n_el, 1, 1, 1]
+    v = proj.forward(x) + solver.chem_background_per_element()
     return xp.maximum(v, 1e-3)
 
 
@@ -125,8 +125,7 @@ def candidate_gains(
                 raise ValueError(f"std has no volume for {missing}")
             s2 = xp.stack([xp.asarray(to_device(np.asarray(std[e], dtype=np.float32), dev))
                            ** 2 for e in solver.elements])
-            sq = proj.matrix.multiply(proj.matrix).tocsr()
-            V = _forward_with(proj, sq, s2)
+            V = proj.squared().forward(s2)
         else:
             raise ValueError(f"metric must be 'sampled' or 'jacobi', got {metric!r}")
         # The interpolating projector's rays carry sum_j a_rj^2 that depends on the angle
@@ -134,10 +133,9 @@ def candidate_gains(
         # two voxels); a variance summed with those weights would favour 0 and 90 deg for
         # reasons of discretisation, not physics. Each candidate's variance is divided by
         # its mean squared-weight ratio (A o A) 1 / A 1 relative to the candidates' median.
-        if metric == "sampled":
-            sq = proj.matrix.multiply(proj.matrix).tocsr()
+        sq = proj.squared()
         ones = xp.ones((1, 1, proj.n, proj.n), dtype=v.dtype)
-        eff = xp.mean(_forward_with(proj, sq, ones)[0], axis=(-2, -1)) / xp.maximum(
+        eff = xp.mean(sq.forward(ones)[0], axis=(-2, -1)) / xp.maximum(
             xp.mean(proj.forward(ones)[0], axis=(-2, -1)), 1e-12)  # [n_cand]
         eff = (eff / xp.median(eff))[None, :, None, None]
         V = V / eff
@@ -146,12 +144,12 @@ def candidate_gains(
         if metric == "jacobi":
             # A-optimal, ray by ray: the expected drop of the total variance, as a fraction
             # of sum_j s_j^2 (science.md §4).
-            s4 = _forward_with(proj, sq, s2 * s2) / eff
+            s4 = sq.forward(s2 * s2) / eff
             drop = xp.sum(s4 / (V + v), axis=(-2, -1))  # [n_el, n_cand]
             reduction = drop / xp.maximum(xp.sum(s2, axis=(-3, -2, -1))[:, None], 1e-30)
         gain = 0.5 * xp.sum(xp.log1p(ratio), axis=(-2, -1))  # [n_el, n_cand]
         # Rays through the specimen: where the projected HAADF-carrying volume is non-zero.
-        signal = xp.sum(v - solver._bg, axis=0)
+        signal = xp.sum(v - solver.chem_background_per_element(), axis=0)
         inside = signal > 0.02 * xp.max(signal)
         n_in = xp.maximum(xp.sum(inside, axis=(-2, -1)), 1)
         vr = xp.sum(ratio * inside, axis=(-2, -1)) / n_in
@@ -161,14 +159,3 @@ def candidate_gains(
                           to_numpy(vr).T.astype(np.float64), n_rays * n_el,
                           None if reduction is None
                           else to_numpy(reduction).T.astype(np.float64))
-
-
-def _forward_with(proj: ParallelProjector, matrix: Any, vol: Any) -> Any:
-    """Forward projection of `vol` [..., ns, n, n] with another matrix of the projector's
-    layout (here the elementwise square of its weights)."""
-    saved = proj._matrix
-    proj._matrix = matrix
-    try:
-        return proj.forward(vol)
-    finally:
-        proj._matrix = saved

@@ -45,6 +45,8 @@ from scipy.optimize import minimize_scalar
 from fusetomo.core.errors import FusetomoError
 from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
+from fusetomo.solver.fitcheck import FitCheck
+from fusetomo.solver.gamma import GammaSearch, search_gamma
 from fusetomo.solver.iterative import mlem_step, sirt_weights
 from fusetomo.solver.linop import sirt_lipschitz
 from fusetomo.solver.projector import GeometryError, ParallelProjector
@@ -52,7 +54,9 @@ from fusetomo.solver.tv import Backend, prox_tv, tv_value
 
 # Iterations of a full offline reconstruction with the default parameters.
 DEFAULT_ITERATIONS = 60
-# Precision of the estimated gamma (far below what the data decide).
+# gamma before it is estimated, and the precision of the estimate (far below what the
+# data decide).
+GAMMA_START = 1.7
 GAMMA_TOL = 0.005
 
 
@@ -77,7 +81,7 @@ class SolverNotReadyError(FusetomoError, RuntimeError):
 def check_fusion_weights(p: Any) -> None:
     """Validate the fields that the 3D and 2D fusion parameters share (ValueError naming
     the field and value): gamma, the two step fractions, the TV weight and eps."""
-    if not 1.0 <= p.gamma <= 2.5:
+    if p.gamma is not None and not 1.0 <= p.gamma <= 2.5:
         raise ValueError(f"gamma must lie in [1, 2.5], got {p.gamma}")
     for name in ("lambda_haadf", "lambda_chem"):
         v = getattr(p, name)
@@ -95,7 +99,8 @@ def check_fusion_weights(p: Any) -> None:
 class FusionParams:
     """Parameters of the fused reconstruction; the defaults need no per-dataset tuning."""
 
-    gamma: float = 1.7
+    # The HAADF exponent; None: estimated from the data (within gamma_bounds, from GAMMA_START).
+    gamma: float | None = None
     lambda_haadf: float = 1.0
     lambda_chem: float = 0.01
     lambda_tv: float = 0.005
@@ -117,13 +122,15 @@ class FusionParams:
     # One level per element, or one per map.
     background: Literal["vacuum", "joint", "zero"] = "vacuum"
     background_per_map: bool = False
-    # The HAADF offset of each image: "fit" (with the intensity scale, in closed form, from
-    # the vacuum level), "vacuum" (the vacuum level, kept) or "none" (0).
-    haadf_offset: Literal["fit", "vacuum", "none"] = "fit"
-    # gamma estimated from the data (within gamma_bounds), starting from `gamma`; callers
-    # whose series states gamma set this False.
-    estimate_gamma: bool = True
+    # The HAADF offset of each image: "auto" (the vacuum level of the detector-edge strips,
+    # kept where both strips see vacuum, fitted with the intensity scale where the specimen
+    # reaches an edge), "fit" (fitted for every image, from the vacuum level), "vacuum" (the
+    # vacuum level, kept) or "none" (0).
+    haadf_offset: Literal["auto", "fit", "vacuum", "none"] = "auto"
     gamma_bounds: tuple[float, float] = (1.2, 2.5)
+    # How gamma is estimated: "consistency", the gamma whose short fused run fits the
+    # chemical maps best (solver/gamma.py); "haadf", the HAADF misfit at the initialisation.
+    gamma_method: Literal["consistency", "haadf"] = "consistency"
 
     def __post_init__(self) -> None:
         check_fusion_weights(self)
@@ -145,11 +152,14 @@ class FusionParams:
                              f"{self.haadf_inner_iterations}")
         if self.tv_iterations < 0 or self.init_iterations < 0:
             raise ValueError("iteration counts must be >= 0")
+        if self.gamma_method not in ("consistency", "haadf"):
+            raise ValueError(f"gamma_method must be 'consistency' or 'haadf', got "
+                             f"{self.gamma_method!r}")
         if self.background not in ("vacuum", "joint", "zero"):
             raise ValueError(f"background must be 'vacuum', 'joint' or 'zero', got "
                              f"{self.background!r}")
-        if self.haadf_offset not in ("fit", "vacuum", "none"):
-            raise ValueError(f"haadf_offset must be 'fit', 'vacuum' or 'none', got "
+        if self.haadf_offset not in ("auto", "fit", "vacuum", "none"):
+            raise ValueError(f"haadf_offset must be 'auto', 'fit', 'vacuum' or 'none', got "
                              f"{self.haadf_offset!r}")
         lo, hi = self.gamma_bounds
         if not 1.0 <= lo < hi <= 2.5:
@@ -237,10 +247,13 @@ class FusedSolver:
         self._vac_n = np.zeros(0)  # vacuum pixels of each map
         self._bg: Any = None
         self._haadf_off = np.zeros(0)  # per HAADF image
+        self._haadf_fit = np.zeros(0, dtype=bool)  # whose offset is fitted
         self._haadf_sigma: float | None = None
-        self.gamma = float(self.params.gamma)
+        self.gamma = GAMMA_START if self.params.gamma is None else float(self.params.gamma)
         self.gamma_estimated = False
-        self._set_gamma(self.gamma)
+        self.gamma_search: GammaSearch | None = None  # the last consistency search
+        self._gamma_n_chem = 0  # chemical tilts at the last estimate
+        self.set_gamma(self.gamma)
         self.x: Any = None
         self.scale_tv: np.ndarray | None = None
         self.haadf_scale = 1.0
@@ -251,7 +264,7 @@ class FusedSolver:
         self._x_prev: Any = None
         self._momentum_k = 1
         self._reseed = False
-        self._gamma_due = self.params.estimate_gamma
+        self._gamma_due = False  # set by initialize() when gamma is estimated
 
     # -- data -----------------------------------------------------------------------------
     @property
@@ -310,21 +323,32 @@ class FusedSolver:
             raise ValueError(f"{what}: contains NaN or inf")
         return data
 
+    def haadf_vacuum(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each HAADF image's starting offset and whether it is fitted, by
+        params.haadf_offset: (levels [k], fitted [k] bool)."""
+        mode = self.params.haadf_offset
+        k = images.shape[0]
+        start = np.zeros(k) if mode == "none" else nz.haadf_offsets(images)
+        fit = nz.edge_touching(images) if mode == "auto" else np.full(k, mode == "fit")
+        return start, fit
+
     def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray,
-                  shifts: Any | None = None) -> None:
+                  shifts: Any | None = None, *,
+                  vacuum: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Append HAADF projections [k, n_slices, n] (any intensity units, any offset).
         `shifts` [k, 2]: where each image sits, (ds, dd) px, relative to the projection of
         the volume (the alignment, modelled by the projector instead of resampling the
-        image)."""
+        image). `vacuum`: `haadf_vacuum` of the whole images, from a caller that passes a
+        part of them (a slab)."""
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         data = self._check_stack("HAADF", images, ang.size)
         xp = self.device.xp
         self.haadf_proj.extend(ang, shifts)
         with self.device:
             self._b_haadf = xp.concatenate([self._b_haadf, to_device(data, self.device)])
-        start = (np.zeros(ang.size) if self.params.haadf_offset == "none"
-                 else nz.haadf_offsets(data))
+        start, fit = self.haadf_vacuum(data) if vacuum is None else vacuum
         self._haadf_off = np.concatenate([self._haadf_off, start])
+        self._haadf_fit = np.concatenate([self._haadf_fit, fit])
         self._haadf_sigma = None
         self._haadf_weights = None
         self._restart_momentum()
@@ -366,25 +390,28 @@ class FusedSolver:
         if h.shape[0] == 0:
             return np.stack([nz.border_columns((self.n_slices, self.n))] * angles.size)
         if self._haadf_sigma is None:
-            self._haadf_sigma = nz.haadf_noise(h, self._haadf_off)
+            self._haadf_sigma = nz.haadf_noise(h)
         return nz.nearest_masks(h, self.haadf_proj.angles, angles, self._haadf_off,
                                 self._haadf_sigma)
 
     def add_chem(
         self, angles: Sequence[float] | float, maps: dict[str, np.ndarray] | np.ndarray,
-        shifts: Any | None = None,
+        shifts: Any | None = None, *, vacuum_masks: np.ndarray | None = None,
     ) -> None:
         """Append chemical maps at `angles`: a dict element -> [k, n_slices, n] or an
         array [n_elements, k, n_slices, n] in the solver's element order (counts >= 0, or
-        signed for background-subtracted maps). `shifts` [k, 2] as for `add_haadf`."""
+        signed for background-subtracted maps). `shifts` [k, 2] as for `add_haadf`.
+        `vacuum_masks` [k, n_slices, n]: where the maps see vacuum, from a caller that
+        passes a part of the images (a slab); by default from the nearest HAADF images."""
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         raw = self._chem_stack(maps, ang.size)
-        masks = self._vacuum_masks(ang)
+        masks = self._vacuum_masks(ang) if vacuum_masks is None else np.asarray(
+            vacuum_masks, dtype=bool)
         unknown_shift = np.isnan(self._sub_stated)
         if unknown_shift.any() and self.n_chem == 0:
             # The subtracted level, from the vacuum of the first maps (then kept).
-            shift, _ = nz.subtracted_level(raw, masks)
-            self._shift = np.where(unknown_shift, shift, self._shift)
+            moments = self._allreduce(nz.vacuum_moments(raw, masks).ravel()).reshape(3, -1)
+            self._shift = np.where(unknown_shift, nz.subtracted_level(moments), self._shift)
         data = raw + self._shift.astype(np.float32)[:, None, None, None]
         self._vac_sum = np.concatenate(
             [self._vac_sum, nz.chem_background_start(data, masks) * masks.sum(axis=(1, 2))],
@@ -408,11 +435,14 @@ class FusedSolver:
         shift), else the mean over the vacuum (per map, or pooled over the element's maps),
         or the shift alone for params.background 'zero'."""
         stated = (self._bg_stated + self._shift)[:, None]
+        n_el, m = self._vac_sum.shape
+        both = self._allreduce(np.concatenate([self._vac_sum.ravel(), self._vac_n]))
+        vac_sum, vac_n = both[:n_el * m].reshape(n_el, m), both[n_el * m:]
         if self.params.background_per_map:
-            vac = self._vac_sum / np.maximum(self._vac_n, 1.0)
+            vac = vac_sum / np.maximum(vac_n, 1.0)
         else:
-            vac = (self._vac_sum.sum(axis=1, keepdims=True)
-                   / max(float(self._vac_n.sum()), 1.0)) * np.ones_like(self._vac_sum)
+            vac = (vac_sum.sum(axis=1, keepdims=True)
+                   / max(float(vac_n.sum()), 1.0)) * np.ones_like(vac_sum)
         unknown = vac if self.params.background != "zero" else self._shift[:, None] * 1.0
         return np.where(np.isnan(stated), unknown, stated) * np.ones_like(self._vac_sum)
 
@@ -424,11 +454,16 @@ class FusedSolver:
         with self.device:
             self._bg = xp.asarray(self._bg_maps[:, :, None, None], dtype=xp.float32)
 
-    def _set_gamma(self, gamma: float) -> None:
+    def set_gamma(self, gamma: float) -> None:
+        """Use `gamma` in the HAADF model from now on (1 <= gamma <= 2.5)."""
+        if not 1.0 <= float(gamma) <= 2.5:
+            raise ValueError(f"gamma must lie in [1, 2.5], got {gamma}")
         self.gamma = float(gamma)
         xp = self.device.xp
         with self.device:
             self._w = xp.asarray((self.Z**self.gamma)[:, None, None, None], dtype=xp.float32)
+        self._haadf_weights = None
+        self._restart_momentum()
 
     def replace_haadf(self, images: np.ndarray) -> None:
         """New data for the HAADF tilts already added (same angles, same order), e.g.
@@ -436,8 +471,11 @@ class FusedSolver:
         data = self._check_stack("HAADF images", images, self.n_haadf)
         with self.device:
             self._b_haadf = to_device(data, self.device)
-        if self.params.haadf_offset != "none":
+        mode = self.params.haadf_offset
+        if mode != "none":
             self._haadf_off = nz.haadf_offsets(data)
+        if mode == "auto":
+            self._haadf_fit = nz.edge_touching(data)
         self._restart_momentum()
 
     def replace_chem(self, maps: dict[str, np.ndarray]) -> None:
@@ -471,6 +509,40 @@ class FusedSolver:
     def haadf_data(self) -> Any:
         """The HAADF images the model is fitted to, [n_haadf, n_slices, n] on the device."""
         return self._b_haadf
+
+    def haadf_data_less_offsets(self) -> Any:
+        """The HAADF images less their (fitted) offsets: what c A s models."""
+        xp = self.device.xp
+        with self.device:
+            return self._b_haadf - xp.asarray(self._haadf_off, dtype=xp.float32)[:, None, None]
+
+    @property
+    def element_weights(self) -> Any:
+        """Z_i^gamma per element, [n_el, 1, 1, 1] on the device (the HAADF model's weights)."""
+        return self._w
+
+    def chem_background(self) -> Any:
+        """The model's background of every map, [n_el, n_chem, 1, 1] on the device (the
+        counts A x_i is added to)."""
+        if self._bg is None:
+            raise ValueError("no chemical tilt yet: no background")
+        return self._bg
+
+    def chem_background_per_element(self) -> Any:
+        """Each element's mean background over its maps, [n_el, 1, 1, 1] on the device: the
+        level a new map is expected to have."""
+        xp = self.device.xp
+        with self.device:
+            return xp.asarray(self._bg_maps.mean(axis=1)[:, None, None, None],
+                              dtype=xp.float32)
+
+    def chem_preconditioner(self) -> Any:
+        """1 / (A_c^T 1) per voxel of one slice, the chemical step's preconditioner."""
+        return self._weights()[1][1]
+
+    def chem_step_fraction(self, x: Any) -> Any:
+        """The chemical step fraction per element and voxel at volumes x (see step())."""
+        return self._chem_step_fraction(x)
 
     def chem_data(self) -> Any:
         """The chemical counts the model is fitted to, [n_el, n_chem, n_slices, n]."""
@@ -549,6 +621,11 @@ class FusedSolver:
             xn = to_numpy(self.x)
         scale = self._tv_scale(xn)
         self.scale_tv = np.where(scale > 0, scale, 1.0)
+        # gamma is (re-)estimated at the first initialisation and, as spectrum images
+        # arrive, whenever their number has doubled since the last estimate (the search
+        # costs a few dozen iterations; its precision grows with the data).
+        self._gamma_due = self.params.gamma is None and (
+            not self.gamma_estimated or self.n_chem >= 2 * self._gamma_n_chem)
 
     def _update_background(self, Ax: Any) -> None:
         if self.params.background == "joint":
@@ -642,21 +719,19 @@ class FusedSolver:
         return dx_h, cost_h, c
 
     def _fit_scale_offsets(self, As: Any) -> float:
-        """Refit the HAADF intensity scale c (params.refit_scale) and the per-image offsets
-        (params.haadf_offset 'fit') to the model images As = A s, in closed form; returns
-        c. Offsets not fitted stay as they are (the vacuum level, or 0)."""
+        """Refit the HAADF intensity scale c (params.refit_scale) and the offsets of the
+        images whose offset is fitted (params.haadf_offset) to the model images As = A s, in
+        closed form; returns c. The other offsets stay as they are (vacuum level, or 0)."""
         p = self.params
-        fit = p.haadf_offset == "fit"
-        if not (p.refit_scale or fit):
+        if not (p.refit_scale or self._haadf_fit.any()):
             return self.haadf_scale
         sums = self._allreduce(nz.image_sums(As, self._b_haadf).ravel()).reshape(4, -1)
         npx = self._n_slices_total * self.n
-        if p.refit_scale:
-            c, _ = nz.scale_offsets(sums, npx, None if fit else self._haadf_off)
-            if c > 0:
-                self.haadf_scale = c
-        if fit:
-            self._haadf_off = (sums[1] - self.haadf_scale * sums[0]) / npx
+        c, off = nz.scale_offsets(sums, npx, self._haadf_off, self._haadf_fit)
+        if p.refit_scale and c > 0:
+            self.haadf_scale = c
+        self._haadf_off = np.where(self._haadf_fit,
+                                   (sums[1] - self.haadf_scale * sums[0]) / npx, off)
         return self.haadf_scale
 
     def _chem_step_fraction(self, x: Any) -> Any:
@@ -688,8 +763,10 @@ class FusedSolver:
             # to end far worse (64^3 nanocubes, live schedule: <NRMSE> 0.38 vs 0.23).
             self.initialize()
             self._reseed = False
-            if self.params.estimate_gamma and self.n_haadf:
-                self.estimate_gamma()
+        if self._gamma_due and self.n_haadf:
+            # gamma from the volumes of the (re)initialisation: the chemical maps' own
+            # reconstruction, before the HAADF term has bent the volumes to any gamma.
+            self.estimate_gamma()
         p = self.params
         xp = self.device.xp
         _, (cr_inv, cc_inv) = self._weights()
@@ -720,6 +797,7 @@ class FusedSolver:
             x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
             self.x = self._prox(x, weights)
+
         sums = self._allreduce(np.concatenate([[cost_h, cost_c], tv_terms]))
         cost_h, cost_c = float(sums[0]), float(sums[1])
         tv_now = sums[2:] / self.scale_tv
@@ -744,24 +822,82 @@ class FusedSolver:
             b = self._b_haadf
             sums = self._allreduce(nz.image_sums(As, b).ravel()).reshape(4, -1)
             npx = self._n_slices_total * self.n
-            fixed = None if self.params.haadf_offset == "fit" else self._haadf_off
-            c, off = nz.scale_offsets(sums, npx, fixed)
+            c, off = nz.scale_offsets(sums, npx, self._haadf_off, self._haadf_fit)
             r = b - c * As - xp.asarray(off, dtype=xp.float32)[:, None, None]
             return float(self._allreduce(np.array([float(xp.vdot(r, r))]))[0])
 
     def estimate_gamma(self) -> float:
-        """Estimate gamma within params.gamma_bounds from the HAADF misfit at the current
-        volumes (a bounded scalar minimisation, one projection per evaluation), and use it
-        from now on. Returns it."""
-        if self.x is None or self.n_haadf == 0:
-            raise SolverNotReadyError("gamma needs HAADF tilts and volumes to fit")
-        lo, hi = self.params.gamma_bounds
-        res = minimize_scalar(self.haadf_misfit, bounds=(lo, hi), method="bounded",
-                              options={"xatol": GAMMA_TOL})
-        self._set_gamma(float(res.x))
+        """Estimate gamma within params.gamma_bounds (params.gamma_method: the gamma whose
+        short fused run fits the chemical maps best, solver/gamma.py; or the HAADF misfit at
+        the current volumes) and use it from now on. Returns it."""
+        if self.x is None or self.n_haadf == 0 or self.n_chem == 0:
+            raise SolverNotReadyError("gamma needs HAADF and chemical tilts and volumes")
+        if self.params.gamma_method == "consistency":
+            self.gamma_search = search_gamma(self)
+            gamma = self.gamma_search.gamma
+        else:
+            lo, hi = self.params.gamma_bounds
+            gamma = float(minimize_scalar(self.haadf_misfit, bounds=(lo, hi),
+                                          method="bounded", options={"xatol": GAMMA_TOL}).x)
+        self.set_gamma(gamma)
         self.gamma_estimated = True
-        self._haadf_weights = None
+        self._gamma_due = False
+        self._gamma_n_chem = self.n_chem
         return self.gamma
+
+    def model_summary(self) -> dict[str, Any]:
+        """The nuisance model as fitted, for a reconstruction file's attributes: gamma (and
+        whether estimated), each element's background (and which were estimated), the
+        subtracted level of background-subtracted maps, the HAADF offsets and scale."""
+        out: dict[str, Any] = {
+            "model_elements": list(self.elements),
+            "model_gamma": self.gamma,
+            "model_gamma_estimated": self.gamma_estimated,
+            "model_chem_kind": self.chem_kind,
+            "model_background": self.background.astype(np.float64),
+            "model_background_estimated": self.background_estimated,
+            "model_haadf_scale": self.haadf_scale,
+        }
+        if self.chem_kind == "subtracted":
+            out["model_subtracted_level"] = self.subtracted_level
+            out["model_subtracted_estimated"] = np.isnan(self._sub_stated)
+        if self.n_haadf:
+            out["model_haadf_offsets"] = self.haadf_offsets
+        if self.gamma_search is not None:
+            g = self.gamma_search
+            out["model_gamma_search_s"] = g.seconds
+            out["model_gamma_search_bin"] = g.bin
+            out["model_gamma_search_curve"] = np.asarray(g.curve, dtype=np.float64)
+        return out
+
+    def fit_check(self) -> FitCheck:
+        """chi^2 per measurement of each modality at the current volumes, what is unexplained
+        of the HAADF contrast, and the warnings they give (solver/fitcheck.py)."""
+        if self.x is None:
+            raise SolverNotReadyError("no reconstruction yet: nothing to check")
+        xp = self.device.xp
+        h_chi2 = h_unexpl = None
+        with self.device:
+            if self.n_haadf:
+                b = self.haadf_data_less_offsets()
+                r = b - self.haadf_scale * self.haadf_proj.forward(self.haadf_signal())
+                sums = self._allreduce(np.array([float(xp.vdot(r, r)), float(b.sum()),
+                                                 float(xp.vdot(b, b)), float(b.size)]))
+                rr, sb, sbb, n = sums
+                if self._haadf_sigma is None:
+                    self._haadf_sigma = nz.haadf_noise(to_numpy(self._b_haadf))
+                var_b = max(sbb - sb * sb / n, 1e-300)
+                h_unexpl = float(rr / var_b)
+                h_chi2 = (float(rr / n / self._haadf_sigma**2) if self._haadf_sigma > 0
+                          else None)
+            mu = self.chem_proj.forward(self.x) + self._bg
+            pearson = to_numpy(xp.sum((self._b_chem - mu) ** 2 / mu, axis=(1, 2, 3),
+                                      dtype=xp.float64))
+        pearson = self._allreduce(np.asarray(pearson, dtype=np.float64))
+        n_px = float(self.n_chem * self._n_slices_total * self.n)
+        chem = {e: float(v / n_px) for e, v in zip(self.elements, pearson, strict=True)}
+        return FitCheck.build(h_chi2, h_unexpl, chem, self.gamma,
+                              self.gamma_estimated, self.params.gamma_bounds)
 
     def run(self, iterations: int, callback: Callable[[int, dict], None] | None = None) -> None:
         """Run `iterations` fused iterations from the current volumes (warm start)."""

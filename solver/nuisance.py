@@ -7,8 +7,9 @@
 - the start of each chemical map's background (`chem_background_start`): the mean count
   over the vacuum; the fused solver then refines it by ML-EM with the volumes;
 - for background-subtracted maps whose subtracted level is not stated, that level from the
-  vacuum's variance (`subtracted_level`): a Poisson count n minus a level s has mean n - s
-  and variance E[n], so the shift that makes the data Poisson again is var - mean;
+  vacuum's variance (`vacuum_moments`, `subtracted_level`): a Poisson count n minus a
+  level s has mean E[n] - s and variance E[n], so the shift that makes the data Poisson
+  again is var - mean;
 - the HAADF noise level (`haadf_noise`) and the fit statistics (`chi2_haadf`,
   `chi2_poisson`) the solver reports after a reconstruction.
 
@@ -29,6 +30,7 @@ from fusetomo.solver.backend import array_module, to_numpy
 __all__ = [
     "border_columns",
     "chem_background_start",
+    "edge_touching",
     "haadf_noise",
     "haadf_offsets",
     "image_sums",
@@ -36,6 +38,7 @@ __all__ = [
     "scale_offsets",
     "subtracted_level",
     "vacuum_mask",
+    "vacuum_moments",
 ]
 
 # Width of the detector-edge strips taken as vacuum when nothing better is known: a fraction
@@ -46,6 +49,9 @@ BORDER_FRACTION = 1 / 16
 # standard deviations plus this fraction of the image's signal range.
 VACUUM_SIGMAS = 3.0
 VACUUM_RANGE_FRACTION = 0.02
+# Detector-edge strips whose medians differ by more than this fraction of the signal range:
+# the specimen reaches an edge of that image.
+EDGE_FRACTION = 0.01
 # Fewer vacuum pixels than this fraction of an image: fall back to the detector edges.
 MIN_VACUUM_FRACTION = 0.05
 
@@ -71,26 +77,38 @@ def _robust_sigma(v: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
+def _strip_medians(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(images, dtype=np.float64)
+    w = _strip_width(a.shape[2])
+    return (np.median(a[:, :, :w].reshape(a.shape[0], -1), axis=1),
+            np.median(a[:, :, -w:].reshape(a.shape[0], -1), axis=1))
+
+
+def edge_touching(images: np.ndarray, fraction: float = EDGE_FRACTION) -> np.ndarray:
+    """Which HAADF images [k, ns, nd] have specimen in a detector-edge strip: the two strips'
+    medians differ by more than `fraction` of the image's signal range (their vacuum level
+    is then not to be trusted, and the solver fits it)."""
+    a = np.asarray(images, dtype=np.float64)
+    left, right = _strip_medians(a)
+    rng = np.percentile(a.reshape(a.shape[0], -1), 99.5, axis=1) - np.minimum(left, right)
+    return np.abs(left - right) > fraction * np.maximum(rng, 1e-300)
+
+
 def haadf_offsets(images: np.ndarray) -> np.ndarray:
     """The vacuum level of each HAADF image [k, ns, nd]: the lower of the medians of its two
     detector-edge strips (the lower, because a specimen reaching one edge raises that
     strip's median while the other still sees vacuum)."""
-    a = np.asarray(images, dtype=np.float64)
-    nd = a.shape[2]
-    w = _strip_width(nd)
-    left = np.median(a[:, :, :w].reshape(a.shape[0], -1), axis=1)
-    right = np.median(a[:, :, nd - w:].reshape(a.shape[0], -1), axis=1)
+    left, right = _strip_medians(images)
     return np.minimum(left, right)
 
 
-def haadf_noise(images: np.ndarray, offsets: np.ndarray | None = None) -> float:
-    """The HAADF noise standard deviation: the robust spread of the vacuum strips around each
-    image's vacuum level (median over the images)."""
+def haadf_noise(images: np.ndarray) -> float:
+    """The HAADF noise standard deviation: the robust (MAD) spread of each image's two
+    detector-edge strips, each strip about its own median, the median over the images."""
     a = np.asarray(images, dtype=np.float64)
-    off = haadf_offsets(a) if offsets is None else np.asarray(offsets, dtype=np.float64)
-    strip = border_columns(a.shape[1:])
-    sig = [_robust_sigma(im[strip & (im < o + 10 * max(_robust_sigma(im[strip]), 1e-30))] - o)
-           for im, o in zip(a, off, strict=True)]
+    w = _strip_width(a.shape[2])
+    sig = [min(_robust_sigma(im[:, :w].ravel()), _robust_sigma(im[:, -w:].ravel()))
+           for im in a]
     return float(np.median(sig)) if sig else 0.0
 
 
@@ -139,16 +157,25 @@ def chem_background_start(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def subtracted_level(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For background-subtracted maps [n_el, m, ns, nd]: per element, (shift, background).
-    `shift` added to the data makes them Poisson again (variance - mean over the vacuum, at
-    least 0); `background` is the vacuum's expected count after that shift (the variance)."""
+def vacuum_moments(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per element, [3, n_el]: the number of vacuum pixels, and the sums of the values and of
+    their squares over them (maps [n_el, m, ns, nd], masks [m, ns, nd]); sums, so that the
+    slabs of a volume split along the tilt axis add theirs up."""
     a = np.asarray(maps, dtype=np.float64)
-    vals = [np.concatenate([a[i, j][masks[j]] for j in range(a.shape[1])])
-            for i in range(a.shape[0])]
-    var = np.array([float(np.var(v)) if v.size > 1 else 0.0 for v in vals])
-    mean = np.array([float(np.mean(v)) if v.size else 0.0 for v in vals])
-    return np.maximum(var - mean, 0.0), var
+    m = np.asarray(masks, dtype=bool)
+    sel = np.where(m[None], a, 0.0)
+    n = np.full(a.shape[0], float(m.sum()))
+    return np.stack([n, sel.sum(axis=(1, 2, 3)), (sel * sel).sum(axis=(1, 2, 3))])
+
+
+def subtracted_level(moments: np.ndarray) -> np.ndarray:
+    """For background-subtracted maps, per element, the shift that makes them Poisson again,
+    from their `vacuum_moments`: a count n minus a level s has mean E[n] - s and variance
+    E[n], so the shift is variance - mean (at least 0)."""
+    n, s1, s2 = (np.asarray(v, dtype=np.float64) for v in moments)
+    n = np.maximum(n, 1.0)
+    mean = s1 / n
+    return np.maximum(s2 / n - mean * mean - mean, 0.0)
 
 
 def image_sums(model: Any, data: Any) -> np.ndarray:
@@ -162,17 +189,15 @@ def image_sums(model: Any, data: Any) -> np.ndarray:
     return np.asarray(to_numpy(out), dtype=np.float64)
 
 
-def scale_offsets(sums: np.ndarray, n_pixels: int,
-                  offsets: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def scale_offsets(sums: np.ndarray, n_pixels: int, offsets: np.ndarray,
+                  fit: np.ndarray | bool = True) -> tuple[float, np.ndarray]:
     """Least-squares scale c and per-image offsets o_t of data_t ~ c model_t + o_t from the
-    per-image sums of `image_sums`: one c shared by all images and o_t = mean(data_t) -
-    c mean(model_t); or, given fixed `offsets`, c alone. Returns (c, o [k])."""
+    per-image sums of `image_sums`: one c shared by all images; o_t fitted where `fit` (then
+    o_t = mean(data_t) - c mean(model_t)), else the given `offsets`. Returns (c, o [k])."""
     sm, sd, smm, smd = sums
-    if offsets is None:
-        den = float(np.sum(smm - sm * sm / n_pixels))
-        num = float(np.sum(smd - sm * sd / n_pixels))
-        c = num / den if den > 0 else 1.0
-        return c, (sd - c * sm) / n_pixels
     off = np.asarray(offsets, dtype=np.float64)
-    den, num = float(np.sum(smm)), float(np.sum(smd - off * sm))
-    return (num / den if den > 0 else 1.0), off
+    f = np.broadcast_to(np.asarray(fit, dtype=bool), sm.shape)
+    den = float(np.sum(np.where(f, smm - sm * sm / n_pixels, smm)))
+    num = float(np.sum(np.where(f, smd - sm * sd / n_pixels, smd - off * sm)))
+    c = num / den if den > 0 else 1.0
+    return c, np.where(f, (sd - c * sm) / n_pixels, off)

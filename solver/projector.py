@@ -72,6 +72,13 @@ def tilt_weights(n: int, angle_deg: float, n_det: int | None = None,
     )
 
 
+def _column_sums(matrix: Any, device: sp.Device) -> Any:
+    """Column sums of a sparse matrix as a flat float32 array on `device`."""
+    xp = device.xp
+    with device:
+        return xp.asarray(matrix.sum(axis=0), dtype=xp.float32).ravel()
+
+
 class ParallelProjector:
     """Forward and back projection for a growing set of tilt angles.
 
@@ -98,6 +105,7 @@ class ParallelProjector:
         self._row_shift: tuple[Any, Any, int] | None = None
         self._matrix: Any = None
         self._col_sums: Any = None
+        self._squared: ParallelProjector | None = None
         self.extend(angles_deg)
 
     # -- geometry -------------------------------------------------------------------------
@@ -142,6 +150,7 @@ class ParallelProjector:
         self._angles.extend(float(a) for a in new)
         self._shifts.extend((float(a), float(b)) for a, b in sh)
         self._update_row_shift()
+        self._squared = None
 
     def set_shifts(self, shifts: Any) -> None:
         """Replace every tilt's detector shifts [n_tilts, 2] (the weights are rebuilt)."""
@@ -151,6 +160,7 @@ class ParallelProjector:
         self._matrix, self._col_sums = self._weights_block(self.angles, sh)
         self._shifts = [(float(a), float(b)) for a, b in sh]
         self._update_row_shift()
+        self._squared = None
 
     def check_shifts(self, shifts: Any | None, k: int) -> np.ndarray:
         """`shifts` as a float [k, 2] array (zeros for None); GeometryError naming the shape
@@ -241,6 +251,23 @@ class ParallelProjector:
         rows = rows.reshape(self.n_tilts * self.n_det, -1)  # [rows, batch*ns]
         out = self.matrix.T @ rows  # [n*n, batch*ns]
         return xp.ascontiguousarray(out.T).reshape(*lead, ns, self.n, self.n)
+
+    def squared(self) -> ParallelProjector:
+        """The projector with the elementwise squares of this one's weights, (A o A), at the
+        same tilts (what diag(A^T W A) = (A o A)^T w and the ray variances of the
+        uncertainty and design code need); built once per set of tilts and shifts. The
+        sub-pixel row move (ds) is applied linearly, as in `forward`: exact for whole-pixel
+        moves, an approximation of the squares between them."""
+        if self._squared is None:
+            sq = ParallelProjector(self.n, n_det=self.n_det, device=self.device)
+            sq._angles, sq._shifts = list(self._angles), list(self._shifts)
+            sq._row_shift = self._row_shift
+            with self.device:
+                A = self.matrix
+                sq._matrix = A.multiply(A).tocsr()
+                sq._col_sums = _column_sums(sq._matrix, self.device)
+            self._squared = sq
+        return self._squared
 
     # -- SIRT weights ---------------------------------------------------------------------
     def col_sums(self) -> Any:

@@ -39,15 +39,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import sigpy as sp
 
 from fusetomo.core.errors import FusetomoError
+from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, array_module, resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
-from fusetomo.solver.tv import _LIPSCHITZ_3D, divergence, gradient
+from fusetomo.solver.tv import Halo, fgp, gradient
 
 Op = Literal["sum", "max"]
 
@@ -294,65 +296,32 @@ def prox_tv_slab(
     nonnegative: bool = True,
 ) -> Any:
     """tv.prox_tv (FGP, 'slices' back end) of the global volume, on this rank's slab
-    [..., L, U, V]: the same updates on arrays with one ghost slice on each side along s,
-    filled from the neighbours before every divergence (left ghost of the dual's
-    s-component) and every gradient (right ghost of the primal). Hand-written because
-    tv.prox_tv has no place to exchange halos between its inner iterations; it reuses
-    tv.gradient and tv.divergence, so the arithmetic per voxel is identical."""
+    [..., L, U, V]: tv.fgp on arrays with one ghost slice on each side along s, filled from
+    the neighbours before every divergence (left ghost of the dual's s-component) and every
+    gradient (right ghost of the primal), so the arithmetic per voxel is identical."""
     xp = array_module(b)
     w = xp.asarray(weight, dtype=b.dtype).reshape(*xp.shape(weight), *([1] * 3))
     if xp.all(w <= 0) or iterations <= 0:
         return xp.maximum(b, 0) if nonnegative else b.copy()
-    safe_w = xp.where(w > 0, w, 1)
-    step = (1.0 / (_LIPSCHITZ_3D * safe_w)).astype(b.dtype)
     first, last = comm.rank == 0, comm.rank == comm.size - 1
     L = b.shape[-3]
     ext = (*b.shape[:-3], L + 2, *b.shape[-2:])  # [..., left ghost, L slices, right ghost]
     bx = xp.zeros(ext, dtype=b.dtype)
     _along_s(bx, slice(1, L + 1))[...] = b
-    p = xp.zeros((3, *ext), dtype=b.dtype)
-    p_new, r, g = xp.zeros_like(p), xp.zeros_like(p), xp.zeros_like(p)
-    x, d, norm, tmp = (xp.empty(ext, dtype=b.dtype) for _ in range(4))
-    t = 1.0
 
     def fill_left_ghost(q: Any) -> None:
         # Globally the divergence at the first slice has no q_s term from slice -1.
         from_left, _ = comm.exchange(None, _along_s(q[0], L))
         _along_s(q[0], 0)[...] = 0 if first else from_left
 
-    def primal(q: Any) -> Any:
-        fill_left_ghost(q)
-        divergence(q, out=d)
-        xp.multiply(d, w, out=x)
-        xp.add(x, bx, out=x)
-        if nonnegative:
-            xp.maximum(x, 0, out=x)
-        return x
-
     def fill_right_ghost(v: Any) -> None:
         # Globally the gradient along s is zero at the last slice: a copy of it.
         _, from_right = comm.exchange(_along_s(v, 1), None)
         _along_s(v, L + 1)[...] = _along_s(v, L) if last else from_right
 
-    for _ in range(iterations):
-        xk = primal(r)
-        fill_right_ghost(xk)
-        gradient(xk, out=g)
-        xp.multiply(g, step, out=p_new)
-        p_new += r
-        xp.multiply(p_new[0], p_new[0], out=norm)
-        for k in (1, 2):
-            xp.multiply(p_new[k], p_new[k], out=tmp)
-            norm += tmp
-        xp.sqrt(norm, out=norm)
-        xp.maximum(norm, 1, out=norm)
-        p_new /= norm
-        t_new = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-        xp.subtract(p_new, p, out=r)
-        r *= (t - 1.0) / t_new
-        r += p_new
-        p, p_new, t = p_new, p, t_new
-    return _along_s(primal(p), slice(1, L + 1)).copy()
+    x = fgp(bx, w, iterations=iterations, nonnegative=nonnegative,
+            halo=Halo(dual=fill_left_ghost, primal=fill_right_ghost))
+    return _along_s(x, slice(1, L + 1)).copy()
 
 
 def tv_value_slab(x: Any, comm: Comm) -> np.ndarray:
@@ -426,17 +395,28 @@ class SlabFusedSolver:
         *,
         comm: Comm,
         device: DeviceChoice | sp.Device | int = "auto",
-        background: Sequence[float] | None = None,
+        **model: Any,
     ) -> None:
+        """`model`: FusedSolver's keyword arguments for the data model (background,
+        chem_kind, subtracted)."""
         if params is not None and params.tv_backend != "slices":
             raise SlabError(f"the slab solver implements the 'slices' TV back end, got "
                             f"{params.tv_backend!r}")
+        if params is not None and params.gamma is None and params.gamma_method != "haadf":
+            # The consistency search runs a whole solver on the binned series; a slab has a
+            # part of it, so slabs estimate gamma from the HAADF misfit (docs/model.md).
+            params = replace(params, gamma_method="haadf")
+        elif params is None:
+            params = FusionParams(gamma_method="haadf")
         self.comm = comm
         self.n_slices = int(n_slices)
         self.bounds = slab_bounds(self.n_slices, comm.size)
         self.start, self.stop = self.bounds[comm.rank]
+        self._haadf_full: list[np.ndarray] = []  # whole HAADF images, to judge the vacuum
+        self._haadf_angles: list[float] = []
+        self._haadf_levels = np.zeros(0)
         self.local = _SlabSolver(n, self.stop - self.start, elements, Z, params,
-                                 device=device, background=background, comm=comm,
+                                 device=device, comm=comm, **model,
                                  n_slices_total=self.n_slices)
 
     @property
@@ -455,7 +435,15 @@ class SlabFusedSolver:
         return np.ascontiguousarray(a[..., self.start:self.stop, :])
 
     def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray) -> None:
-        self.local.add_haadf(angles, self._rows(images, "HAADF"))
+        # The vacuum (offsets, and later the maps' vacuum masks) is judged on the whole
+        # images, as the single-device solver does, and each rank keeps its rows.
+        full = np.asarray(images, dtype=np.float32)
+        full = full[None] if full.ndim == 2 else full
+        levels, fit = self.local.haadf_vacuum(full)
+        self.local.add_haadf(angles, self._rows(full, "HAADF"), vacuum=(levels, fit))
+        self._haadf_full.append(full)
+        self._haadf_angles.extend(np.atleast_1d(np.asarray(angles, np.float64)).tolist())
+        self._haadf_levels = np.concatenate([self._haadf_levels, levels])
 
     def add_chem(self, angles: Sequence[float] | float,
                  maps: dict[str, np.ndarray] | np.ndarray) -> None:
@@ -463,7 +451,14 @@ class SlabFusedSolver:
             rows: Any = {e: self._rows(m, f"chemical map {e}") for e, m in maps.items()}
         else:
             rows = self._rows(maps, "chemical maps")
-        self.local.add_chem(angles, rows)
+        ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
+        if self._haadf_full:
+            h = np.concatenate(self._haadf_full)
+            masks = nz.nearest_masks(h, self._haadf_angles, ang, self._haadf_levels,
+                                     nz.haadf_noise(h))
+        else:
+            masks = np.stack([nz.border_columns((self.n_slices, self.local.n))] * ang.size)
+        self.local.add_chem(angles, rows, vacuum_masks=masks[:, self.start:self.stop])
 
     def initialize(self, iterations: int | None = None) -> None:
         self.local.initialize(iterations)

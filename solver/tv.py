@@ -17,6 +17,8 @@ Two finite-difference back ends, both measured by bench/speed.py:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import sigpy as sp
@@ -99,10 +101,9 @@ def prox_tv(
         return xp.maximum(b, 0) if nonnegative else b.copy()
     if backend not in ("slices", "sigpy"):
         raise ValueError(f"TV back end must be 'slices' or 'sigpy', got {backend!r}")
-    safe_w = xp.where(w > 0, w, 1)
-    step = (1.0 / (_LIPSCHITZ_3D * safe_w)).astype(b.dtype)
     if backend == "slices":
-        return _fgp_buffered(b, w, step, iterations, nonnegative)
+        return fgp(b, w, iterations=iterations, nonnegative=nonnegative)
+    step = fgp_step(w, b.dtype)
     grad, div = _sigpy_ops(tuple(b.shape))
     p = xp.zeros((3, *b.shape), dtype=b.dtype)
     r = p.copy()
@@ -123,11 +124,30 @@ def prox_tv(
     return primal(p)
 
 
-def _fgp_buffered(b: Any, w: Any, step: Any, iterations: int, nonnegative: bool) -> Any:
-    """FGP with every work array allocated once (the 'slices' back end): the same updates
-    as the generic loop, written with in-place ufuncs because the prox is the solver's
-    most expensive step on the CPU."""
+def fgp_step(w: Any, dtype: Any) -> Any:
+    """FGP's dual step 1 / (L w), L the Lipschitz constant of the 3D forward differences."""
+    xp = array_module(w)
+    return (1.0 / (_LIPSCHITZ_3D * xp.where(w > 0, w, 1))).astype(dtype)
+
+
+@dataclass(frozen=True)
+class Halo:
+    """Hooks that fill ghost cells between FGP's inner steps, for a slab of a larger volume
+    held with ghost slices (solver/slabs.py): `dual` fills the dual variable's ghosts before
+    every divergence, `primal` the primal's before every gradient."""
+
+    dual: Callable[[Any], None]
+    primal: Callable[[Any], None]
+
+
+def fgp(b: Any, w: Any, *, iterations: int, nonnegative: bool = True,
+        halo: Halo | None = None) -> Any:
+    """FGP for the prox of TV (the 'slices' back end) with every work array allocated once:
+    the same updates as the generic loop, written with in-place ufuncs because the prox is
+    the solver's most expensive step on the CPU. `w` broadcasts against `b` (one weight
+    per leading index); with `halo`, `b` carries ghost slices that the hooks keep filled."""
     xp = array_module(b)
+    step = fgp_step(w, b.dtype)
     p = xp.zeros((3, *b.shape), dtype=b.dtype)
     p_new = xp.zeros_like(p)
     r = xp.zeros_like(p)
@@ -139,6 +159,8 @@ def _fgp_buffered(b: Any, w: Any, step: Any, iterations: int, nonnegative: bool)
     t = 1.0
 
     def primal(q: Any) -> Any:
+        if halo is not None:
+            halo.dual(q)
         divergence(q, out=d)
         xp.multiply(d, w, out=x)
         xp.add(x, b, out=x)
@@ -147,7 +169,10 @@ def _fgp_buffered(b: Any, w: Any, step: Any, iterations: int, nonnegative: bool)
         return x
 
     for _ in range(iterations):
-        gradient(primal(r), out=g)
+        xk = primal(r)
+        if halo is not None:
+            halo.primal(xk)
+        gradient(xk, out=g)
         xp.multiply(g, step, out=p_new)
         p_new += r
         xp.multiply(p_new[0], p_new[0], out=norm)

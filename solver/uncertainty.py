@@ -116,7 +116,6 @@ import numpy as np
 
 from fusetomo.solver.backend import array_module, to_device, to_numpy
 from fusetomo.solver.fusion import SolverNotReadyError
-from fusetomo.solver.projector import ParallelProjector
 from fusetomo.solver.tv import divergence, gradient
 
 if TYPE_CHECKING:
@@ -175,8 +174,8 @@ class UncertaintyState:
 
     `solutions` (the probes' H^-1 v, on the solver's device: probes x one volume stack,
     e.g. 16 x 4 x 256^3 float32 = 4.3 GB) are the CG starting points of the next 'accurate'
-    call with the same shape, seed, estimator, covariance and probe count; the squared
-    chemical matrix and the HAADF column sums are cached per number of tilts."""
+    call with the same shape, seed, estimator, covariance and probe count (the squared
+    projectors are cached by the projectors themselves, per set of tilts)."""
 
     shape: tuple[int, ...] = ()
     seed: int = 0
@@ -186,30 +185,6 @@ class UncertaintyState:
     seconds: float = 0.0
     mode: str = ""
     haadf_sigma: float = float("nan")
-    squared: dict[str, tuple[int, Any]] = field(default_factory=dict)
-
-
-# -- squared projectors -------------------------------------------------------------------------
-def _squared(proj: ParallelProjector, cache: dict[str, tuple[int, Any]], key: str) -> Any:
-    """(A o A) for `proj`, recomputed only when its number of tilts changed."""
-    hit = cache.get(key)
-    if hit is not None and hit[0] == proj.n_tilts:
-        return hit[1]
-    A = proj.matrix
-    sq = A.multiply(A).tocsr()
-    cache[key] = (proj.n_tilts, sq)
-    return sq
-
-
-def _back_squared(proj: ParallelProjector, sq: Any, q: Any) -> Any:
-    """(A o A)^T q for stacks q [..., n_tilts, n_slices, n_det] -> [..., n_slices, n, n]
-    (the reshaping of ParallelProjector.adjoint with the squared matrix)."""
-    xp = proj.device.xp
-    lead, ns = q.shape[:-3], q.shape[-2]
-    rows = xp.ascontiguousarray(xp.moveaxis(q.reshape(-1, proj.n_tilts, ns, proj.n_det),
-                                            (1, 3), (0, 1)))
-    out = sq.T @ rows.reshape(proj.n_tilts * proj.n_det, -1)
-    return xp.ascontiguousarray(out.T).reshape(*lead, ns, proj.n, proj.n)
 
 
 def _tv_operator_diagonal(lam: Any) -> Any:
@@ -241,15 +216,13 @@ class LaplaceModel:
     """
 
     def __init__(self, solver: FusedSolver, params: UncertaintyParams | None = None, *,
-                 x: Any = None, dtype: Any = None,
-                 cache: dict[str, tuple[int, Any]] | None = None) -> None:
+                 x: Any = None, dtype: Any = None) -> None:
         if solver.x is None or solver.scale_tv is None:
             raise SolverNotReadyError("no reconstruction yet: run the solver first")
         if solver.n_chem == 0:
             raise SolverNotReadyError("no chemical tilt: nothing to estimate from")
         self.solver = solver
         self.params = p = params or UncertaintyParams()
-        self.cache: dict[str, tuple[int, Any]] = {} if cache is None else cache
         dev = solver.device
         xp = self.xp = dev.xp
         sp_ = solver.params
@@ -260,10 +233,10 @@ class LaplaceModel:
             self.x0 = xp.maximum(xp.asarray(x0, dtype=dt), 0)
             n_el = len(solver.elements)
             scale = xp.asarray(solver.scale_tv, dtype=dt).reshape(n_el, 1, 1, 1)
-            self.gamma = float(sp_.gamma)
-            self.w = xp.asarray(solver._w, dtype=dt)
-            self.bg = xp.asarray(solver._bg, dtype=dt)
-            self.b_chem = xp.asarray(solver._b_chem, dtype=dt)
+            self.gamma = float(solver.gamma)
+            self.w = xp.asarray(solver.element_weights, dtype=dt)
+            self.bg = xp.asarray(solver.chem_background(), dtype=dt)
+            self.b_chem = xp.asarray(solver.chem_data(), dtype=dt)
 
             # HAADF: scale refitted at x0, noise from the residual (or given).
             self.has_haadf = solver.n_haadf > 0 and sp_.lambda_haadf > 0
@@ -272,7 +245,7 @@ class LaplaceModel:
             self.a: Any = None
             self.sigma2 = 1.0
             if self.has_haadf:
-                self.b_haadf = xp.asarray(solver._b_haadf, dtype=dt)
+                self.b_haadf = xp.asarray(solver.haadf_data_less_offsets(), dtype=dt)
                 As = solver.haadf_proj.forward(self._haadf_signal(self.x0))
                 den = float(xp.vdot(As, As))
                 self.c = max(float(xp.vdot(As, self.b_haadf)) / den, 1e-30) if den > 0 else 1.0
@@ -291,14 +264,13 @@ class LaplaceModel:
             # Poisson Fisher weights at x0.
             Ax = solver.chem_proj.forward(self.x0) + self.bg
             self.q = 1.0 / Ax if p.fisher == "expected" else self.b_chem / (Ax * Ax)
-            sq_c = _squared(solver.chem_proj, self.cache, "chem")
-            self.fisher_diag = _back_squared(solver.chem_proj, sq_c, self.q).astype(dt)
+            self.fisher_diag = solver.chem_proj.squared().adjoint(self.q).astype(dt)
 
             # TV weight mu (frozen) and smoothing delta.
             tv_w = (sp_.lambda_tv * scale).astype(dt)
             if p.tv_metric == "solver":
-                _, (_, c_inv) = solver._weights()
-                frac = solver._chem_step_fraction(self.x0)
+                c_inv = solver.chem_preconditioner()
+                frac = solver.chem_step_fraction(self.x0)
                 xf = xp.maximum(self.x0, p.x_floor * scale)
                 D = frac * xf * xp.asarray(c_inv, dtype=dt)
                 self.mu = (tv_w / xp.maximum(D, 1e-30)).astype(dt)
@@ -401,14 +373,8 @@ class LaplaceModel:
         return self.xp.maximum(d, 0)
 
     def _haadf_cols(self) -> Any:
-        """(A_h o A_h)^T 1 for one slice [n, n], cached per number of HAADF tilts."""
-        s = self.solver
-        hit = self.cache.get("haadf_cols")
-        if hit is None or hit[0] != s.n_haadf:
-            A = s.haadf_proj.matrix
-            cols = self.xp.asarray(A.multiply(A).sum(axis=0), dtype=self.dtype)
-            self.cache["haadf_cols"] = (s.n_haadf, cols.reshape(s.n, s.n))
-        return self.cache["haadf_cols"][1]
+        """(A_h o A_h)^T 1 for one slice [n, n]."""
+        return self.xp.asarray(self.solver.haadf_proj.squared().col_sums(), dtype=self.dtype)
 
     def data_hessian_vector(self, v: Any) -> Any:
         """F v: the HAADF and Poisson terms of the curvature alone (no TV, no prior)."""
@@ -553,15 +519,14 @@ def estimate_std_error(
     dev = solver.device
     xp = dev.xp
     with dev:
-        model = LaplaceModel(solver, p, cache=prev.squared)
+        model = LaplaceModel(solver, p)
         diag = model.diagonal()
         var = 1.0 / diag
         if p.covariance == "estimator":
             # Jacobi reading of H^-1 F H^-1: F_jj / H_jj^2.
             var = _data_diagonal(model) * var * var
         state = UncertaintyState(shape=tuple(int(d) for d in solver.x.shape), seed=p.seed,
-                                 mode=p.mode, haadf_sigma=float(np.sqrt(model.sigma2)),
-                                 squared=model.cache)
+                                 mode=p.mode, haadf_sigma=float(np.sqrt(model.sigma2)))
         if p.mode == "accurate":
             key = (p.estimator, p.covariance, p.probes)
             can_warm = (prev.solutions is not None and prev.shape == state.shape

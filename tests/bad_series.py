@@ -110,8 +110,10 @@ def negative_background(path: Path) -> None:
 
 
 def no_chem(path: Path) -> None:
+    """A version-2 file without /chem (version 3 allows a HAADF-only series)."""
     with h5py.File(path, "r+") as f:
         del f["/chem"]
+        f.attrs["version"] = 2
 
 
 # (id, damage, words the message must contain besides the file name)
@@ -132,7 +134,7 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     ("format", wrong_format, ("format", "fusetomo-recon")),
     ("z", bad_z, ("/chem/Co", "Z", "cobalt")),
     ("background", negative_background, ("/chem/S", "background", "-1")),
-    ("no-chem", no_chem, ("/chem", "missing")),
+    ("no-chem", no_chem, ("/chem", "missing", "version 2")),
 ]
 
 

@@ -243,8 +243,9 @@ def test_bad_config_is_named():
         NionTomoConfig(elements=("O",), haadf_angles=(0.0,), chem_angles=())
     with pytest.raises(NionAdapterError, match="exposure_ms"):
         NionTomoConfig(elements=("O",), exposure_ms=0)
-    with pytest.raises(NionAdapterError, match="edge_windows"):
-        NionTomoConfig(elements=("Tc",))
+    # every element Z 3-92 has a default EELS edge (exspy's database); Li has no X-ray line
+    with pytest.raises(NionAdapterError, match="edx_windows"):
+        NionTomoConfig(elements=("Li",), spectra="edx")
     plan = NionTomoConfig(elements=("O",)).plan()  # the default: -70..70, 3 and 15 deg steps
     assert len(plan) == 47 and plan.n_chem == 10
     assert math.isclose(plan.chem_angles[0], -70.0) and math.isclose(plan.chem_angles[-1], 65.0)

@@ -71,7 +71,7 @@ def test_reconstruct_align_matches_the_true_shifts(series_pair, tmp_path, capsys
     assert abs(rec.attrs["align_rotation_deg"]) < 0.3
 
 
-def test_align_is_for_the_fused_method_only(series_pair):
+def test_align_is_for_the_fused_haadf_and_sirt_methods_only(series_pair):
     _, still, _, _ = series_pair
-    with pytest.raises(MethodError, match="'sirt' has no aligned form"):
-        reconstruct(still, method="sirt", align=True, progress=False)
+    with pytest.raises(MethodError, match="'hebt' has no aligned form"):
+        reconstruct(still, method="hebt", align=True, progress=False)

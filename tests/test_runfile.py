@@ -205,7 +205,7 @@ def test_layout_and_attributes(tmp_path):
     with RunFile.create(path, start_msg()) as run:
         fill(run, range(1, 4))
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == FORMAT and f.attrs["version"] == 1
+        assert f.attrs["format"] == FORMAT and f.attrs["version"] == 2
         assert f.attrs["series_id"] == SERIES and "created" in f.attrs
         assert json.loads(f.attrs["start_header"])["type"] == SERIES_START
         assert list(f["chem"]) == ELEMENTS

@@ -13,6 +13,7 @@ from bad_series import CASES, series_equal, small_simulation
 from fusetomo.adapters.series import SeriesError, TiltSeries
 from fusetomo.adapters.seriesfile import (
     FORMAT,
+    VERSION,
     SeriesFileError,
     describe_series,
     read_series,
@@ -47,7 +48,8 @@ def test_round_trip_keeps_data_and_attrs(sim, valid_file):
 def test_layout_follows_the_contract(sim, valid_file):
     n_h, ns, nd = sim.series.haadf.shape
     with h5py.File(valid_file, "r") as f:
-        assert f.attrs["format"] == FORMAT and f.attrs["version"] == 1
+        assert f.attrs["format"] == FORMAT and f.attrs["version"] == VERSION
+        assert f["/chem"].attrs["kind"] == "counts"
         assert f.attrs["gamma"] == pytest.approx(1.7)
         assert f["/haadf/data"].dtype == np.float32 and f["/haadf/data"].shape == (n_h, ns, nd)
         assert f["/haadf/angles"].shape == (n_h,)
@@ -59,7 +61,8 @@ def test_layout_follows_the_contract(sim, valid_file):
 
 
 def test_minimal_hand_written_file_reads(tmp_path):
-    """Z comes from the periodic table, background defaults to 0, no format attribute."""
+    """Z comes from the periodic table, no background means an unknown one (the solver
+    estimates it), no format attribute."""
     path = tmp_path / "hand.h5"
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
@@ -68,7 +71,7 @@ def test_minimal_hand_written_file_reads(tmp_path):
         f["/chem/Fe/data"] = rng.poisson(2.0, (2, 4, 5)).astype(np.uint16)
         f["/chem/Fe/angles"] = [-30.0, 30.0]
     s = read_series(path)
-    assert s.Z == {"Fe": 26} and s.background == {"Fe": 0.0}
+    assert s.Z == {"Fe": 26} and s.background == {} and s.stated_background() == [None]
     assert s.gamma is None and s.attrs == {}
     assert read_truth(path) is None
 
@@ -143,3 +146,39 @@ def test_describe_valid_and_duplicate(valid_file, tmp_path):
 def test_total_dose():
     assert total_dose({"haadf_dose_e_per_A2": 2.0, "chem_dose_e_per_A2": 10.0}, 3, 2) == 26.0
     assert total_dose({"haadf_dose_e_per_A2": 2.0}, 3, 2) is None
+
+
+def haadf_only(sim) -> TiltSeries:
+    s = sim.series
+    return TiltSeries(s.haadf, s.haadf_angles, {}, {}, pixel_size_nm=0.5,
+                      attrs={"imported_from": "x.mrc"})
+
+
+def test_haadf_only_series_round_trips_without_chem(sim, tmp_path):
+    series = haadf_only(sim)
+    assert series.haadf_only and series.elements == [] and series.common_chem_angles.size == 0
+    path = write_series(tmp_path / "h.h5", series)
+    with h5py.File(path, "r") as f:
+        assert "chem" not in f and f.attrs["version"] == VERSION == 3
+    back = read_series(path)
+    assert back.haadf_only and back.chem_kind == "counts"
+    np.testing.assert_array_equal(back.haadf, series.haadf)
+    np.testing.assert_array_equal(back.haadf_angles, series.haadf_angles)
+    info = describe_series(path)
+    assert info["complete"] and info["elements"] == [] and info["chem_tilts"] == 0
+
+
+def test_old_versions_still_read(valid_file, tmp_path):
+    """Version-1 and version-2 files (always with /chem) read as before."""
+    for version in (1, 2):
+        path = tmp_path / f"v{version}.h5"
+        shutil.copy(valid_file, path)
+        with h5py.File(path, "r+") as f:
+            f.attrs["version"] = version
+        assert read_series(path).elements == ["Co", "S", "O"]
+
+
+def test_angles_without_maps_are_refused(sim):
+    s = sim.series
+    with pytest.raises(SeriesError, match=r"angles given for elements \['Co'\]"):
+        TiltSeries(s.haadf, s.haadf_angles, {}, {"Co": np.array([0.0])})

@@ -243,3 +243,69 @@ def test_defaults_cover_common_edges_and_lines():
         assert e in DEFAULT_EDX_LINES and DEFAULT_EDX_LINES[e].element == e
     # the L2,3 and M4,5 edges are what an EELS user expects for these
     assert DEFAULT_EELS_EDGES["Fe"].edge == "L2,3" and DEFAULT_EELS_EDGES["Au"].edge == "M4,5"
+
+
+def test_maps_are_not_clipped_and_the_subtracted_level_is_recorded():
+    """Pixels without the element scatter around 0 after the power-law subtraction: the
+    negative values stay (clipping would bias the mean upwards), and the mean integrated
+    background under each signal window is returned."""
+    from fusetomo.adapters.spectra import eels_maps_with_background
+
+    rng = np.random.default_rng(11)
+    shape = (40, 40)
+    bg = 2e6 * ev ** -2.0  # counts per 1-eV channel, no edge anywhere
+    noisy = rng.poisson(np.broadcast_to(bg, (*shape, ev.size))).astype(np.float32)
+    maps, level = eels_maps_with_background(noisy, ev, ["O"])
+    m = maps["O"]
+    assert (m < 0).mean() > 0.3  # about half the pixels, as noise around 0 should be
+    assert abs(float(m.mean())) < 4 * float(m.std()) / np.sqrt(m.size)
+    w = DEFAULT_EELS_EDGES["O"]
+    sig = (ev >= w.signal_ev[0]) & (ev <= w.signal_ev[1])
+    assert level["O"] == pytest.approx(float(bg[sig].sum()), rel=0.02)
+
+
+def test_edx_maps_keep_negative_values_and_report_the_side_window_background():
+    from fusetomo.adapters.spectra import edx_maps_with_background
+
+    rng = np.random.default_rng(12)
+    Ek = np.arange(0.0, 12.0, 0.01)
+    flat = np.full((30, 30, Ek.size), 3.0)
+    maps, level = edx_maps_with_background(rng.poisson(flat).astype(np.float32), Ek, ["Cu"])
+    assert (maps["Cu"] < 0).any()
+    w = DEFAULT_EDX_LINES["Cu"]
+    n = int(((Ek >= w.window_kev[0]) & (Ek <= w.window_kev[1])).sum())
+    assert level["Cu"] == pytest.approx(3.0 * n, rel=0.05)
+
+
+def test_lines_and_edges_come_from_the_element_database_for_z_3_to_92():
+    from fusetomo.adapters import elementdb
+    from fusetomo.adapters.spectra import edx_window, eels_window
+    from fusetomo.core.elements import ATOMIC_NUMBER
+
+    symbols = elementdb.elements_with_data()
+    assert [ATOMIC_NUMBER[s] for s in symbols] == list(range(3, 93))
+    for s in symbols:
+        assert s in DEFAULT_EELS_EDGES
+    # every element but Li (no X-ray line in the database) has a default EDX line
+    assert [s for s in symbols if s not in DEFAULT_EDX_LINES] == ["Li"]
+    # Nb, missing from the old hand-typed table: L-alpha by default, K-alpha on request
+    nb = DEFAULT_EDX_LINES["Nb"]
+    assert nb.line == "La" and nb.window_kev[0] < 2.166 < nb.window_kev[1]
+    ka = edx_window("Nb", "Ka")
+    assert ka.window_kev[0] < 16.615 < ka.window_kev[1]
+    assert eels_window("Nb", "L2,3").signal_ev[0] == pytest.approx(2371.0)
+    with pytest.raises(SpectrumError, match=r"Nb has no X-ray line 'Kq'.*La"):
+        edx_window("Nb", "Kq")
+
+
+def test_a_window_outside_the_energy_range_names_element_line_and_range():
+    Ek = np.arange(0.0, 10.0, 0.01)
+    si = np.ones((2, 2, Ek.size), dtype=np.float32)
+    from fusetomo.adapters.spectra import edx_window
+
+    with pytest.raises(SpectrumError, match=r"Nb Ka line window .* lies outside the energy "
+                                            r"axis \[0, 9\.99\] keV"):
+        edx_maps(si, Ek, ["Nb"], {"Nb": edx_window("Nb", "Ka")})
+    with pytest.raises(SpectrumError, match=r"Au M4,5 pre-edge window \(2025.0, 2201.0\) eV "
+                                            r"lies outside"):
+        eels_maps(np.ones((2, 2, ev.size)), ev, ["Au"])

@@ -292,8 +292,9 @@ def test_warm_start_reduces_cg_iterations(cubes) -> None:
     for e in solver.elements:  # same probes, same system: the same answer within CG's tol
         np.testing.assert_allclose(warm_std[e], cold_std[e], rtol=0.05,
                                    atol=0.1 * float(np.median(cold_std[e])))
-    # the squared chemical matrix was reused (same number of chemical tilts)
-    assert warm.squared["chem"][1] is state.squared["chem"][1]
+    # the squared chemical projector was reused (same chemical tilts)
+    sq = solver.chem_proj.squared()
+    assert solver.chem_proj.squared() is sq
 
 
 def test_warm_start_is_ignored_when_it_does_not_fit(tiny) -> None:

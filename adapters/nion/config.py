@@ -104,10 +104,11 @@ class NionTomoConfig:
             raise NionAdapterError(f"duplicate element in {list(els)}")
         if self.spectra not in (EELS, EDX):
             raise NionAdapterError(f"spectra must be {EELS!r} or {EDX!r}, got {self.spectra!r}")
-        table = ({**DEFAULT_EELS_EDGES, **(self.edge_windows or {})} if self.spectra == EELS
-                 else {**DEFAULT_EDX_LINES, **(self.edx_windows or {})})
+        given, defaults = ((self.edge_windows or {}, DEFAULT_EELS_EDGES)
+                           if self.spectra == EELS else (self.edx_windows or {},
+                                                         DEFAULT_EDX_LINES))
         for e in els:
-            if e not in table:
+            if e not in given and e not in defaults:
                 where = "edge_windows" if self.spectra == EELS else "edx_windows"
                 raise NionAdapterError(f"no default {self.spectra.upper()} window for element "
                                        f"{e!r}; give one in {where}")

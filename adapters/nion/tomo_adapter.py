@@ -127,5 +127,20 @@ def element_maps(sp: SpectrumImage, config: NionTomoConfig) -> dict[str, np.ndar
             maps = edx_maps(sp.si, sp.energy * scale, config.elements, config.edx_windows)
     except SpectrumError as e:
         raise NionAdapterError(f"element maps: {e}") from None
-    return {e: np.ascontiguousarray(maps[e], dtype=np.float32) for e in config.elements}
+    return {e: np.ascontiguousarray(_counts_for_protocol(e, maps[e]), dtype=np.float32)
+            for e in config.elements}
+
+
+def _counts_for_protocol(element: str, m: np.ndarray) -> np.ndarray:
+    """The wire protocol (adapters/protocol.py) carries maps as counts >= 0, while
+    background-subtracted maps (adapters/spectra.py) scatter around 0 where the element is
+    absent: until the protocol carries background-subtracted maps, the negative pixels are
+    set to 0 here, and how many is logged (never silently)."""
+    neg = int(np.count_nonzero(m < 0))
+    if neg:
+        log.warning(
+            "%s map: %d of %d pixels negative after background subtraction (min %.3g) set "
+            "to 0 for the protocol, which carries counts >= 0", element, neg, m.size,
+            float(m.min()))
+    return np.maximum(m, 0)
 

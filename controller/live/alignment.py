@@ -82,7 +82,7 @@ class AlignmentHook(LiveHook):
         else:
             assert tilt.maps is not None
             self.aligner.align_chem(tilt.angle, tilt.maps, Z=list(solver.Z),
-                                    gamma=solver.params.gamma,
+                                    gamma=solver.gamma,
                                     background=[float(b) for b in solver.background])
             maps, frac = self.aligner.solver_chem(tilt.angle)
             out = dataclasses.replace(tilt, maps=maps, shifts=frac)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fusetomo.adapters.reconfile import describe_model, model_lines
 from fusetomo.controller.report.figures import (
     fig_advice,
     fig_convergence,
@@ -52,6 +53,11 @@ def _entries(inp: ReportInput, p: ReportParams) -> list[tuple[FigureEntry, Calla
          lambda: fig_stoichiometry(inp, p)),
         (FigureEntry("advice", "Spectroscopy advice"), lambda: fig_advice(inp)),
     ]
+    if inp.series is not None:  # a series file: its raw tilts (report/tilts.py)
+        from fusetomo.controller.report.tilts import fig_tilts
+
+        out.insert(0, (FigureEntry("tilts", "Raw tilts and maps"),
+                       lambda: fig_tilts(inp.series)))
     return out
 
 
@@ -86,6 +92,9 @@ def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:
         out["events"] = inp.events
     if inp.advice:
         out["advice"] = inp.advice
+    model = describe_model(inp.parameters) if inp.kind == "recon" else None
+    if model is not None:
+        out["model"] = model
     out["report_params"] = {k: str(v) if isinstance(v, Path) else v
                             for k, v in asdict(p).items()}
     return out
@@ -175,6 +184,11 @@ def _html(inp: ReportInput, doc: Mapping[str, Any], figures: list[FigureEntry]) 
                               for el, s in doc[key].items()}
     if numbers:
         parts += ["<h2>Results</h2>", _table(numbers)]
+    if "model" in doc:
+        parts.append("<h2>Model of the data (stated or estimated)</h2><ul>")
+        parts += [f"<li>{e(line)}</li>" for line in model_lines(inp.parameters)]
+        parts.append("</ul>")
+        parts += [f"<p class='skip'><b>warning:</b> {e(w)}</p>" for w in doc["model"]["warnings"]]
     parts.append("<h2>Figures</h2>")
     for f in figures:
         if f.file:

@@ -320,7 +320,8 @@ def _series_dose(series: Any, inp: ReportInput) -> None:
 def _load_series(path: Path) -> ReportInput:
     series = read_series(path)
     truth = read_truth(path)
-    inp = ReportInput(path, "series", list(series.elements), pixel_size_nm=series.pixel_size_nm)
+    inp = ReportInput(path, "series", list(series.elements), pixel_size_nm=series.pixel_size_nm,
+                      series=series)
     if truth:
         inp.volumes, inp.volumes_label = truth, "the series' /truth (simulated specimen)"
         inp.truth_note = "the volumes shown are the truth itself"

@@ -86,3 +86,4 @@ class ReportInput:
     snapshots: int = 0
     std_errors: int = 0
     costs: dict[str, np.ndarray] = field(default_factory=dict)
+    series: Any = None  # the TiltSeries of a series file (raw tilts figure)

@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,21 +78,23 @@ def _load(task: Task) -> tuple[Any, dict[str, np.ndarray]]:
 
 def evaluate(task: Task) -> dict[str, Any]:
     """Run one reconstruction and score it: the function the workers run."""
-    from fusetomo.controller.series_model import solver_for_series
+    from fusetomo.controller.series_model import model_kwargs
+    from fusetomo.solver.fusion import FusedSolver
     from fusetomo.solver.metrics import nrmse
 
     t0 = time.perf_counter()
     series, truth = _load(task)
     fusion = build_parameters(task.params).fusion
-    params = FusionParams(**fusion)
-    if "gamma" in fusion:  # a swept gamma is used as given
-        params = replace(params, estimate_gamma=False)
-    solver = solver_for_series(series, params, device=task.device)
+    if "gamma" not in fusion and series.gamma is not None:
+        fusion["gamma"] = series.gamma  # as `fusetomo reconstruct` does; a swept one wins
+    els = series.elements
+    solver = FusedSolver(series.shape[1], series.shape[0], els, [series.Z[e] for e in els],
+                         FusionParams(**fusion), device=task.device, **model_kwargs(series))
     solver.add_haadf(series.haadf_angles, series.haadf)
     solver.add_chem(series.common_chem_angles, series.chem)
     solver.run(task.iterations)
     vols = solver.volumes()
-    per = {e: nrmse(truth[e], vols[e]) for e in series.elements if e in truth}
+    per = {e: nrmse(truth[e], vols[e]) for e in els if e in truth}
     if not per or not all(math.isfinite(v) for v in per.values()):
         raise TaskError(f"task {task.key} ({task.point}, {task.source}): NRMSE {per}")
     return {"nrmse_mean": float(np.mean(list(per.values()))),
