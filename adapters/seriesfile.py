@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from fusetomo.adapters.series import SeriesError, TiltSeries
+from fusetomo.core.angles import duplicate_angles
 from fusetomo.core.elements import UnknownElementError, atomic_number
 
 FORMAT = "fusetomo-series"
@@ -336,8 +337,7 @@ def file_format(path: str | Path) -> str:
 
 def duplicate_count(angles: np.ndarray) -> int:
     """How many angles repeat an earlier one (to 1e-6 degree)."""
-    a = np.round(np.asarray(angles, dtype=np.float64).ravel(), 6)
-    return int(a.size - np.unique(a).size)
+    return duplicate_angles(np.asarray(angles, dtype=np.float64).ravel())
 
 
 def _raw_angles(ds: Any) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     simulate, reconstruct, export, offline-demo, inspect     (offline)
     instrument-sim, control, replay, demo (live-demo)        (the live loop)
-    report, view, import, align, sweep, reconstruct-slabs, nion-usim
+    report, view, import, align, sweep, reconstruct-slabs, nion-usim, keys
 
 Every failure the user can cause (bad file, unknown specimen or element, missing GPU, a
 message or run file that cannot be used, ...) is a `fusetomo.core.FusetomoError` (or an
@@ -20,7 +20,11 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from fusetomo.cli import (
+from fusetomo.core.mpi import defer_mpi_init
+
+defer_mpi_init()  # no MPI (and its sockets) unless reconstruct-slabs asks for it
+
+from fusetomo.cli import (  # noqa: E402 (after the MPI set-up)
     align,
     control,
     demo,
@@ -28,6 +32,7 @@ from fusetomo.cli import (
     imports,
     inspect,
     instrument,
+    keys,
     nion,
     offline_demo,
     reconstruct,
@@ -38,13 +43,13 @@ from fusetomo.cli import (
     sweep,
     view,
 )
-from fusetomo.cli.common import eprint
-from fusetomo.core.errors import FusetomoError
+from fusetomo.cli.common import eprint  # noqa: E402
+from fusetomo.core.errors import FusetomoError  # noqa: E402
 
 # The order of `fusetomo --help`.
 COMMANDS: tuple[ModuleType, ...] = (
     simulate, reconstruct, export, offline_demo, inspect, instrument, control, replay, demo,
-    report, view, imports, align, sweep, slabs, nion,
+    report, view, imports, align, sweep, slabs, nion, keys,
 )
 USER_ERRORS: tuple[type[BaseException], ...] = (FusetomoError, OSError)
 

@@ -4,8 +4,9 @@
 
 It prints `controller publishing status on <endpoint>` as its first stdout line and a
 one-line summary as its last. Exit status: 0 once the series end is recorded (and the
-final reconstruction saved), 1 when stopped by SIGTERM/SIGINT before that (continue with
---resume), 2 when the series cannot be completed or a value is wrong
+final reconstruction saved), and also when stopped by SIGTERM/SIGINT at any moment (the
+last iteration recorded, the run file closed; continue with --resume), 2 when the series
+cannot be completed or a value is wrong
 (`fusetomo: error: ...`).
 """
 from __future__ import annotations
@@ -39,10 +40,11 @@ from fusetomo.controller.live import (
 
 
 def run_controller(address: str, record: Path, params: LiveParams, *, resume: bool,
-                    publish: str, curve: CurveKeys | None = None) -> int:
+                    publish: str, curve: CurveKeys | None = None,
+                    server_curve: CurveKeys | None = None) -> int:
     try:
         ctrl = LiveController(address, record, params, resume=resume, publish_bind=publish,
-                              curve=curve)
+                              curve=curve, server_curve=server_curve)
     except (LiveError, ValueError) as e:
         return error(str(e))
 
@@ -59,9 +61,11 @@ def run_controller(address: str, record: Path, params: LiveParams, *, resume: bo
     except LiveError as e:
         return error(str(e))
     if code != HEALTHY:
-        print(f"fusetomo: stopped before the series end; {record} keeps what was recorded "
-              "(continue with --resume)", file=sys.stderr)
-        return code
+        # Stopped by SIGTERM/SIGINT (at any moment): the last iteration is recorded and the
+        # file closed; a clean end.
+        print(f"fusetomo: stopped; {record} keeps what was recorded (continue with "
+              "--resume)", file=sys.stderr)
+        return 0
     print(run_line(record, ctrl.latencies), flush=True)
     return 0
 
@@ -89,11 +93,11 @@ def cmd_control(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         params = live_params(args)
-        curve = curve_keys(args)
+        curve, server_curve = curve_keys(args)
     except LiveCommandError as e:
         return error(str(e))
     return run_controller(args.instrument, Path(args.record), params, resume=args.resume,
-                           publish=args.publish, curve=curve)
+                           publish=args.publish, curve=curve, server_curve=server_curve)
 
 
 def register(subparsers: Any) -> None:

@@ -57,7 +57,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--source", default=None, metavar="FILE.h5",
                    help="replay this series or run file instead of simulating")
     p.add_argument("--series-id", default=None, help="series id (default: a fresh one)")
-    g = p.add_argument_group("CURVE encryption (a controller on another host)")
+    g = p.add_argument_group("CURVE encryption and authentication (docs/protocol.md)")
+    g.add_argument("--keys", default=None, metavar="DIR",
+                   help="the folder `fusetomo keys DIR` made: accept only its controller")
     g.add_argument("--curve-secret", default=None, metavar="FILE",
                    help="this instrument's secret key file (zmq.auth.create_certificates)")
     g.add_argument("--curve-clients", default=None, metavar="DIR",
@@ -83,6 +85,13 @@ def params_from_args(args: argparse.Namespace) -> InstrumentParams:
 
 
 def _curve(args: argparse.Namespace) -> CurveKeys | None:
+    if args.keys is not None:
+        from fusetomo.adapters.keys import KeysError, keys_for
+
+        try:
+            return keys_for(args.keys, "instrument")
+        except KeysError as e:
+            raise InstrumentError(str(e)) from None
     secret, clients = args.curve_secret, args.curve_clients
     if secret is None and clients is None:
         return None

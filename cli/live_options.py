@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fusetomo.adapters.keys import KeysError, keys_for
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
 from fusetomo.cli.argtypes import non_negative_int as _non_negative_int
 from fusetomo.cli.argtypes import positive_float as _positive_float
@@ -104,24 +105,45 @@ def add_control_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_curve_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("CURVE encryption (an instrument PC on another host)")
+    g = p.add_argument_group("CURVE encryption and authentication (docs/protocol.md)")
+    g.add_argument("--keys", default=None, metavar="DIR",
+                   help="the folder `fusetomo keys DIR` made: every socket authenticated")
     g.add_argument("--curve-secret", default=None, metavar="FILE",
-                   help="this controller's secret key file (zmq.auth.create_certificates)")
+                   help="this controller's secret key file (instead of --keys)")
     g.add_argument("--curve-server-key", default=None, metavar="FILE",
                    help="the instrument's public key file")
+    g.add_argument("--curve-clients", default=None, metavar="DIR",
+                   help="the folder of the viewers' public keys that the status and "
+                        "operator sockets accept")
 
 
-def curve_keys(args: argparse.Namespace) -> CurveKeys | None:
+def curve_keys(args: argparse.Namespace) -> tuple[CurveKeys | None, CurveKeys | None]:
+    """(the instrument link's client keys, the status and operator sockets' server keys)."""
+    if getattr(args, "keys", None):
+        try:
+            return (keys_for(args.keys, "controller"),
+                    keys_for(args.keys, "controller-server"))
+        except KeysError as e:
+            raise LiveCommandError(str(e)) from None
     secret, server = getattr(args, "curve_secret", None), getattr(args, "curve_server_key",
                                                                   None)
-    if secret is None and server is None:
-        return None
-    if secret is None or server is None:
-        raise LiveCommandError("CURVE needs both --curve-secret and --curve-server-key")
+    clients = getattr(args, "curve_clients", None)
+    if secret is None and server is None and clients is None:
+        return None, None
+    if secret is None:
+        raise LiveCommandError("CURVE needs --curve-secret (or --keys DIR)")
     for f in (secret, server):
-        if not Path(f).is_file():
+        if f is not None and not Path(f).is_file():
             raise LiveCommandError(f"{f}: no such key file")
-    return CurveKeys(Path(secret), server_public_file=Path(server))
+    if clients is not None and not Path(clients).is_dir():
+        raise LiveCommandError(f"{clients}: no such folder of public keys")
+    client = None if server is None else CurveKeys(Path(secret),
+                                                   server_public_file=Path(server))
+    srv = None if clients is None else CurveKeys(Path(secret),
+                                                 authorized_clients_dir=Path(clients))
+    if client is None and srv is None:
+        raise LiveCommandError("CURVE needs --curve-server-key and/or --curve-clients")
+    return client, srv
 
 
 def live_params(args: argparse.Namespace) -> LiveParams:

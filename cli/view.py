@@ -71,6 +71,9 @@ def register(subparsers: Any) -> None:
                    help="start showing the standard error instead of the reconstruction")
     p.add_argument("--tilt", type=non_negative_int, default=None,
                    help="--run: start at this tilt (default: the last)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="the folder `fusetomo keys DIR` made: connect as its viewer (an "
+                        "authenticated controller, `fusetomo control --keys DIR`)")
     p.add_argument("--operator", type=_endpoint, default=None, metavar="tcp://HOST:PORT",
                    help="where operator commands go (default: the endpoint the controller "
                         "publishes)")
@@ -158,16 +161,25 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     model = ViewerModel()
     source = args.connect or args.run
+    curve = None
+    if args.keys is not None:
+        from fusetomo.adapters.keys import KeysError, keys_for
+
+        try:
+            curve = keys_for(args.keys, "viewer")
+        except KeysError as e:
+            return _error(str(e))
     window = ViewerWindow(model, elements=elements, show_std=args.std_error,
                           refresh_ms=args.refresh_ms, run=run,
-                          operator_endpoint=args.operator, title=f"fusetomo view — {source}")
+                          operator_endpoint=args.operator, title=f"fusetomo view — {source}",
+                          curve=curve)
     window.resize(*args.size)
     sub = None
     try:
         if run is not None:
             window.show_tilt_now(run.n_tilts if args.tilt is None else args.tilt)
         else:
-            sub = SubscriberThread(args.connect, model)
+            sub = SubscriberThread(args.connect, model, curve=curve)
             sub.failed.connect(_report)
             sub.start()
         window.show()

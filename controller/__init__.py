@@ -9,5 +9,9 @@
 The command line that drives them is `fusetomo.cli`.
 """
 
+from fusetomo.core.mpi import defer_mpi_init
+
+defer_mpi_init()  # before any module of this package imports sigpy (core/mpi.py)
+
 __all__ = ["advisor", "live", "offline_align", "policyrun", "reconstruct", "report",
            "series_model", "sweep"]

@@ -16,6 +16,7 @@ from nion.utils import Geometry
 from scipy.special import ndtr
 
 from fusetomo.adapters.spectra import DEFAULT_EELS_EDGES
+from fusetomo.core.angles import angle_key
 from fusetomo.simulators.usim_tomo import (
     EDGE_EXPONENT,
     EDGE_ONSET_WIDTH_EV,
@@ -102,7 +103,7 @@ class TomoEELSSimulator(CameraSimulator.CameraSimulator):
         row = min(max(round((ry + 0.5) * size.height), 0), size.height - 1)
         col = min(max(round((rx + 0.5) * size.width), 0), size.width - 1)
         angle = self._scan_generator.tilt_deg(inst)
-        key = (round(angle, 6), tuple(size), tuple(fov), tuple(center), rot)
+        key = (angle_key(angle), tuple(size), tuple(fov), tuple(center), rot)
         if key != self._grid_key:
             _, c = self.specimen.projections(angle)
             self._grid = _sample(c, size, fov, center, rot, self.specimen.params.pixel_size_nm)

@@ -56,6 +56,7 @@ from nion.utils import Geometry, Registry
 from scipy.ndimage import map_coordinates
 
 from fusetomo.adapters.spectra import DEFAULT_EELS_EDGES
+from fusetomo.core.angles import angle_key
 from fusetomo.core.errors import FusetomoError
 from fusetomo.simulators.forward import bin_projections, haadf_signal
 from fusetomo.simulators.specimens import Specimen, check_size, make_specimen, resample
@@ -150,7 +151,7 @@ class TomoSpecimen:
     def projections(self, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
         """(HAADF [size, size], per-element [n_el, size, size]) at `angle_deg`, noiseless.
         Axis 0 runs along the tilt axis (science.md §5)."""
-        key = round(float(angle_deg), 6)
+        key = angle_key(angle_deg)
         with self._lock:
             got = self._cache.get(key)
             if got is None:

@@ -5,6 +5,10 @@ alignment (`alignment`, `joint_align`), nuisance parameters, the slab-split solv
 (`slabs`), metrics, and the device choice (`backend`). It imports nothing of fusetomo above
 `fusetomo.core`."""
 
+from fusetomo.core.mpi import defer_mpi_init
+
+defer_mpi_init()  # before any module of this package imports sigpy (core/mpi.py)
+
 __all__ = ["alignment", "backend", "baselines", "design", "fusion", "fusion2d", "iterative",
            "joint_align", "linop", "metrics", "nuisance", "projector", "slabs", "tv",
            "uncertainty"]

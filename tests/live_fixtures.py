@@ -52,6 +52,14 @@ class Driver:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.peer: bytes | None = None
 
+    @staticmethod
+    def client(endpoint: str) -> zmq.Socket:
+        """A bare DEALER connected to `endpoint` (a controller the test plays itself)."""
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(endpoint)
+        return sock
+
     def wait_hello(self, timeout: float = 10.0) -> Message:
         msg = self._next(timeout, skip_hello=False)
         assert msg.type == HELLO, msg.header

@@ -183,3 +183,17 @@ def test_outbox_window_and_acks():
     assert box.on_hello(b"c", 1) == 1  # 2 was in flight: it is due again
     box.flush(lambda peer, msg: sent.append(msg.seq))
     assert sent == [0, 1, 2, 2, 3] and box.unacked == [2, 3]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hello_beyond_what_was_sent_is_refused(backend):
+    """A rogue (or confused) peer's hello {last_seq: 10**9} would make the instrument drop
+    every unacknowledged message; it is refused, and nothing is dropped."""
+    with running(backend, window=200, auto=False) as (s, ctl, _):
+        ctl.hello()
+        got = ctl.collect(ack=False, quiet=0.4)
+        assert [m.type for m in got] == [SERIES_START]
+        ctl.hello(last_seq=2**53 - 1)
+        err = ctl.recv()
+        assert err is not None and err.type == ERROR and err.header["code"] == "bad_field"
+        assert "last_seq" in err.header["message"] and s.unacked == [0]

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -494,3 +495,104 @@ def test_instrument_sim_curve_needs_both_options(tmp_path, capsys):
     code = main(["instrument-sim", "--curve-secret", str(tmp_path / "x.key_secret")])
     assert code == 2
     assert "--curve-clients" in capsys.readouterr().err
+
+
+# -- authentication on every socket ------------------------------------------------------------
+def test_keys_authenticate_every_socket(tmp_path):
+    """`fusetomo keys DIR`, then the instrument, the controller and a viewer with those keys:
+    the series completes; a controller without the keys never reaches the instrument (its
+    hello cannot make it drop anything), and a viewer without them gets no status and no
+    operator answer."""
+    from fusetomo.adapters.keys import keys_for
+    from fusetomo.adapters.transport import OperatorClient, OperatorError
+
+    keys = tmp_path / "keys"
+    assert main(["keys", str(keys)]) == 0
+    run = tmp_path / "run.h5"
+    params = LiveParams(device="cpu", iterations_per_tilt=1, idle_iterations=False,
+                        final_iterations=1, heartbeat_s=0.3, timeout_s=60)
+    with instrument_thread(speed=1e3, auto=False, curve=keys_for(keys, "instrument")) as inst:
+        rogue = Driver.client(inst.endpoint)  # a DEALER without keys
+        rogue.send_multipart(encode(make(HELLO, "*", 0, last_seq=3)))
+        with controller_thread(inst.endpoint, run, params,
+                               curve=keys_for(keys, "controller"),
+                               server_curve=keys_for(keys, "controller-server")) as (ctrl,
+                                                                                      res):
+            wait_for(lambda: ctrl.run_file is not None, 30, "the series start")
+            viewer = keys_for(keys, "viewer")
+            good = StatusSubscriber(ctrl.publish_endpoint, ("status",), curve=viewer)
+            bad = StatusSubscriber(ctrl.publish_endpoint, ("status",))
+            try:
+                assert good.recv(5000) is not None
+                assert bad.recv(1500) is None
+            finally:
+                good.close()
+                bad.close()
+            with pytest.raises(OperatorError, match="no reply"):
+                OperatorClient(ctrl.operator_endpoint).send("resume", timeout_s=1.0)
+            reply = OperatorClient(ctrl.operator_endpoint, curve=viewer).send("resume")
+            assert reply["status"] == "done"
+            wait_for(lambda: "code" in res or "error" in res, 120, "the series end")
+        rogue.close(0)
+    assert res.get("code") == 0, res
+    assert inst.stats.hellos >= 1 and describe_run(run)["complete"]
+    assert (describe_run(run)["haadf_tilts"], describe_run(run)["chem_tilts"]) == (11, 3)
+
+
+# -- no listening socket the user did not ask for -----------------------------------------------
+def _listening(pid: int) -> list[str]:
+    """The addresses (ip:port) process `pid` listens on (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    out = []
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # LISTEN, ours
+                host, port = f[1].split(":")
+                ip = ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)) \
+                    if len(host) == 8 else host
+                out.append(f"{ip}:{int(port, 16)}")
+    return sorted(out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="needs Linux /proc")
+def test_importing_the_solver_starts_no_mpi_and_opens_no_socket():
+    """sigpy imports mpi4py.MPI; without the deferral MPICH listens on every interface."""
+    probe = subprocess.Popen([sys.executable, "-c", "import fusetomo.cli, "
+                              "fusetomo.controller.reconstruct, fusetomo.solver.slabs, sigpy, "
+                              "time\n"
+                              "print('ready', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+        assert _listening(probe.pid) == []
+    finally:
+        probe.kill()
+        probe.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="needs Linux /proc")
+def test_the_controller_listens_only_where_asked_on_loopback(tmp_path):
+    with silent_endpoint() as nowhere:
+        for extra, n in (([], 2), (["--operator", "none"], 1)):
+            proc = subprocess.Popen(
+                fusetomo_argv("control", "--instrument", nowhere, "--record",
+                              str(tmp_path / f"run{n}.h5"), "--timeout", "30", *extra),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().startswith("controller publishing status on")
+                socks = _listening(proc.pid)
+                assert len(socks) == n and all(s.startswith("127.0.0.1:") for s in socks), \
+                    socks
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            assert proc.returncode == 0  # SIGTERM: a clean end

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,11 +29,14 @@ from fusetomo.adapters.protocol import (
     HAADF_TILT,
     SERIES_END,
     Message,
+    SeriesStart,
+    decode,
     encode,
     make,
 )
 from fusetomo.adapters.runfile import describe_run, read_run
 from fusetomo.controller.live import LiveSession, Outputs
+from fusetomo.controller.live.memory import memory_needed
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +225,52 @@ def test_each_hostile_kind_is_refused_and_the_series_goes_on(tmp_path, small_ser
     ok = one_reply(ses.receive(haadf_frames(s, nxt, 1)))
     assert (ok.type, ok.header["status"], ok.header["ack_seq"]) == (ACK, "recorded", nxt)
     assert one_reply(ses.hello()).header["last_seq"] == nxt
+
+
+# -- bounded memory ---------------------------------------------------------------------------
+def test_a_series_that_cannot_fit_in_memory_is_refused_at_its_start(tmp_path, small_series):
+    s = small_series
+    ses = LiveSession(tmp_path / "run.h5", STRICT)
+    ses.start()
+    reply = one_reply(ses.receive(start_frames(s, shape=[8192, 8192])))
+    assert (reply.type, reply.header["code"]) == (ERROR, "too_big_for_memory")
+    assert "GiB" in reply.header["message"] and not (tmp_path / "run.h5").exists()
+    # The same series fits a machine with room for it, not one without.
+    need = memory_needed(typed_start(s), STRICT)
+    small = LiveSession(tmp_path / "a.h5", replace(STRICT, memory_limit_bytes=need - 1))
+    small.start()
+    assert one_reply(small.receive(start_frames(s))).header["code"] == "too_big_for_memory"
+    big = LiveSession(tmp_path / "b.h5", replace(STRICT, memory_limit_bytes=need))
+    big.start()
+    assert one_reply(big.receive(start_frames(s))).header["status"] == "recorded"
+    # Recording only needs a few frames.
+    rec = replace(STRICT, reconstruct=False)
+    assert memory_needed(typed_start(s), rec) == 16 * 8 * 16 * 16
+
+
+def typed_start(s) -> SeriesStart:
+    msg = decode(start_frames(s))
+    assert isinstance(msg, SeriesStart)
+    return msg
+
+
+def test_events_peers_cause_are_rate_limited_and_counted(tmp_path, small_series):
+    """5000 error messages from the instrument: the run file records what the budget
+    allows (a burst, then a rate) and counts the rest in an events_dropped event."""
+    s = small_series
+    ses = LiveSession(tmp_path / "run.h5", STRICT)
+    now = [0.0]
+    ses.recorder.budget.clock = lambda: now[0]
+    ses.start()
+    ses.receive(start_frames(s))
+    burst = int(ses.recorder.budget.burst)
+    for i in range(5000):
+        assert ses.receive(encode(make(ERROR, SID, i, code="x", message="m"))).replies == []
+    now[0] = 1.0  # a second later: `rate` more are allowed, and the count is recorded
+    ses.receive(encode(make(ERROR, SID, 0, code="x", message="m")))
+    events = ses.run.events()
+    logged = [e for e in events if e["kind"] == "instrument_error"]
+    dropped = [e for e in events if e["kind"] == "events_dropped"]
+    assert len(logged) == burst + 1
+    assert [e["count"] for e in dropped] == [5000 - burst]
+    assert ses.run.path.stat().st_size < 2 * 2**20

@@ -153,6 +153,13 @@ class CommandDispatch:
 
     def _handle(self, peer: bytes, msg: Message) -> None:
         if isinstance(msg, Hello):
+            if msg.last_seq >= self.outbox.next_seq:
+                # Nobody can have recorded what was never sent: a confused or rogue peer
+                # must not make the instrument forget what is unacknowledged.
+                self._reply_error(peer, "bad_field", f"hello: last_seq {msg.last_seq}, but "
+                                  f"only seqs up to {self.outbox.next_seq - 1} were sent",
+                                  msg.seq)
+                return
             self._on_hello(peer, msg.last_seq)
         elif isinstance(msg, Ack):
             if self.outbox.on_ack(msg.ack_seq):

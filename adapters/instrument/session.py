@@ -45,6 +45,7 @@ from fusetomo.adapters.instrument.tilts import emit_tilts
 from fusetomo.adapters.instrument.worker import Acquirer, Result
 from fusetomo.adapters.protocol import COMMANDS, SERIES_START
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.core.angles import same_angle
 
 log = logging.getLogger("fusetomo.instrument")
 
@@ -241,7 +242,7 @@ class InstrumentSession(CommandDispatch):
             return
         held = self._holding
         chem_only = (job.kind == "acquire_spectrum" and held is not None
-                     and abs(self.plan[held].angle - self.angle) < 1e-6)
+                     and same_angle(self.plan[held].angle, self.angle))
         seqs = emit_tilts(self, res, haadf_seq=self._step_seq.get(held) if chem_only
                           else None)
         if chem_only:

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fusetomo.core.angles import same_angle
 from fusetomo.solver.alignment import (
     AlignmentError,
     BackgroundMethod,
@@ -65,7 +66,6 @@ from fusetomo.solver.joint_align import move_integer, shift_steps, split_shifts
 from fusetomo.solver.projector import ParallelProjector
 
 Reprojector = Callable[[np.ndarray], np.ndarray | None]
-ANGLE_TOL = 1e-6  # degrees: angles closer than this are the same tilt
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class AlignedTilts:
 
     def _index(self, angle: float) -> int | None:
         for i, t in enumerate(self._tilts):
-            if abs(t.angle - float(angle)) <= ANGLE_TOL:
+            if same_angle(t.angle, angle):
                 return i
         return None
 
@@ -187,7 +187,7 @@ class AlignedTilts:
 
     def _chem_at(self, angle: float) -> _Chem:
         for c in self._chem:
-            if abs(c.angle - float(angle)) <= ANGLE_TOL:
+            if same_angle(c.angle, angle):
                 return c
         raise AlignmentError(f"no spectrum image aligned at {angle} degrees (have "
                              f"{[c.angle for c in self._chem]})")
@@ -390,7 +390,7 @@ class LiveAligner(AlignedTilts):
             first = self._correct_maps(raw, h.shift)
             own = register_chem(self.corrected_haadf(angle), first, Z, gamma=gamma,
                                 background=background, upsample=self.params.upsample)
-        self._chem = [c for c in self._chem if abs(c.angle - float(angle)) > ANGLE_TOL]
+        self._chem = [c for c in self._chem if not same_angle(c.angle, angle)]
         self._chem.append(_Chem(float(angle), raw, np.asarray(own, dtype=np.float64)))
         return self._image_shift(h.shift + own)
 

@@ -40,8 +40,9 @@ RECONNECT_S = 0.2  # after a disconnection, connect again this much later
 class LiveController:
     """Connects to the instrument at `instrument_address`, records into `run_path`, and
     publishes status on `publish_bind`. `run()` returns 0 once the series end is recorded
-    and the final reconstruction is saved, 1 if `stop_event` interrupted it (the run file
-    can be resumed), and raises LiveError when the series cannot be completed."""
+    and the final reconstruction is saved, 1 if `stop_event` interrupted it at any moment
+    (between two steps; the run file is closed and can be resumed), and raises LiveError
+    when the series cannot be completed."""
 
     def __init__(self, instrument_address: str, run_path: str | Path,
                  params: LiveParams | None = None, *, resume: bool = False,
@@ -174,8 +175,11 @@ class LiveController:
         if self.operator is not None:
             poller.register(self.operator.sock, zmq.POLLIN)
         while not s.finished:
-            if stop_event is not None and stop_event.is_set() and not s.ended:
-                log.info("stopped before the series end; continue with --resume")
+            if stop_event is not None and stop_event.is_set():
+                # Between two steps: the last iteration is recorded, the file is closed
+                # by run(); --resume goes on (after the series end: the final iterations).
+                log.info("stopped %s; continue with --resume",
+                         "during the final iterations" if s.ended else "before the series end")
                 return INTERRUPTED
             events = dict(poller.poll(0 if s.busy else self.params.poll_ms))
             if self._monitor in events:

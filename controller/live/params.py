@@ -51,6 +51,8 @@ class LiveParams:
     align: LiveAlignParams | None = None
     align_final_every: int = 2  # after the series end, a refinement every this many final
     #                             iterations (0: one, before them)
+    memory_limit_bytes: int | None = None  # refuse a series that needs more (None: the
+    #                                        memory available when it starts)
 
     def __post_init__(self) -> None:
         for name in ("iterations_per_tilt", "max_idle_iterations", "final_iterations",
@@ -67,5 +69,10 @@ class LiveParams:
         if self.timeout_s is not None and not (math.isfinite(self.timeout_s)
                                                and self.timeout_s > 0):
             raise ValueError(f"timeout_s must be > 0 (or None), got {self.timeout_s!r}")
+        if self.memory_limit_bytes is not None and (
+                isinstance(self.memory_limit_bytes, bool)
+                or not isinstance(self.memory_limit_bytes, int) or self.memory_limit_bytes < 1):
+            raise ValueError(f"memory_limit_bytes must be an integer > 0 (or None), got "
+                             f"{self.memory_limit_bytes!r}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")

@@ -14,6 +14,7 @@ from fusetomo.controller.live import iterating
 from fusetomo.controller.live.advice import AdviceHook, ReleaseHook
 from fusetomo.controller.live.alignment import AlignmentHook
 from fusetomo.controller.live.hooks import LiveHook
+from fusetomo.controller.live.memory import check_fits
 from fusetomo.controller.live.params import LiveError, LiveParams
 from fusetomo.controller.live.reconstruction import (
     LiveReconstruction,
@@ -66,6 +67,7 @@ def on_start(s: LiveSession, start: SeriesStart) -> None:
         raise ProtocolError("series_in_progress", f"series {run.series_id!r} is being "
                             f"recorded; series_start of {start.series!r} (seq {start.seq}) "
                             "refused", seq=start.seq)
+    check_fits(start, s.params)
     try:
         solver = solver_for(start, s.params)
     except ValueError as e:
@@ -126,6 +128,10 @@ def resume(s: LiveSession) -> None:
         return
     t0 = time.perf_counter()
     p = s.params
+    try:
+        check_fits(start_of(record), p)
+    except ProtocolError as e:
+        raise LiveError(f"cannot resume {s.run_path}: {e}") from None
     solver = rebuild_solver(record, p) if p.reconstruct else None
     run = s.recorder.resume(record, allow_complete=record.complete)
     start = start_of(record)

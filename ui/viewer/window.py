@@ -48,7 +48,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def __init__(self, model: ViewerModel, *, elements: Sequence[str] | None = None,
                  show_std: bool = False, refresh_ms: int = 200, run: RecordedRun | None = None,
-                 operator_endpoint: str | None = None, title: str = "fusetomo viewer") -> None:
+                 operator_endpoint: str | None = None, title: str = "fusetomo viewer",
+                 curve: Any = None) -> None:
+        """`curve`: the viewer's CurveKeys (`fusetomo keys`) for an authenticated
+        controller's operator socket."""
         super().__init__()
         if refresh_ms <= 0:
             raise ValueError(f"refresh_ms must be > 0, got {refresh_ms}")
@@ -63,7 +66,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.last_reply: tuple[str, dict[str, Any] | None, str | None] | None = None
         self.setWindowTitle(title)
         self._build(show_std)
-        self.operator = OperatorLink(self.operator_done.emit)
+        self.operator = OperatorLink(self.operator_done.emit, curve=curve)
         self.operator_done.connect(self._on_operator_done)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusetomo-run")
         self._wanted_tilt = -1
