@@ -165,9 +165,14 @@ def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
         f = h5py.File(path, "r", swmr=True) if swmr else h5py.File(path, "r")
     except (OSError, ValueError) as e:
         try:
-            if not swmr:
+            if swmr:
+                f = h5py.File(path, "r")
+            elif "open for write" in str(e):
+                # A run file whose writer is live, or was killed before it closed it: only
+                # an SWMR reader opens it (the committed records are intact).
+                f = h5py.File(path, "r", swmr=True)
+            else:
                 raise
-            f = h5py.File(path, "r")
         except (OSError, ValueError):
             raise error(f"{path}: not a readable HDF5 file ({e})") from None
     with f:

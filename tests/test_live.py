@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from hostile_corpus import (
@@ -50,7 +51,7 @@ from fusetomo.adapters.protocol import (
     encode,
     make,
 )
-from fusetomo.adapters.runfile import describe_run, read_run, read_snapshot
+from fusetomo.adapters.runfile import describe_run, read_run, read_snapshot, verify_run
 from fusetomo.adapters.transport import StatusSubscriber
 from fusetomo.cli import main
 from fusetomo.cli.children import fusetomo_argv
@@ -596,3 +597,49 @@ def test_the_controller_listens_only_where_asked_on_loopback(tmp_path):
                 proc.terminate()
                 proc.wait(timeout=30)
             assert proc.returncode == 0  # SIGTERM: a clean end
+
+
+# -- kills and signals at the end ---------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_controller_stopped_after_the_series_end_is_finished_by_resume(tmp_path, how):
+    """Killed (-9) or stopped (SIGTERM, exit 0) during its final iterations, after the series
+    end is recorded: `reconstruct` reads the run file as it was left, and `--resume`
+    runs the final iterations, records the final reconstruction and exits 0."""
+    run = tmp_path / "run.h5"
+    with instrument_thread(speed=1e4) as inst:
+        argv = fusetomo_argv("control", "--instrument", inst.endpoint, "--record", str(run),
+                             "--timeout", "30", "--log-level", "WARNING", "--device", "cpu",
+                             "--strict-schedule", "--max-idle-iterations", "0",
+                             "--iterations-per-tilt", "1")
+        proc = subprocess.Popen([*argv, "--final-iterations", "100000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: describe_run(run)["complete"] if run.exists() else False, 60,
+                     "the series end")
+            time.sleep(0.5)  # well into the final iterations
+            proc.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == (-signal.SIGKILL if how == "SIGKILL" else 0)
+    rec = read_run(run)
+    assert rec.complete and not any(ev["kind"] == "finished" for ev in rec.events)
+    out = tmp_path / "recon.h5"
+    assert main(["reconstruct", str(run), "--out", str(out), "--iterations", "2",
+                 "--quiet", "--device", "cpu"]) == 0
+    resumed = subprocess.run([*argv, "--final-iterations", "3", "--resume"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rec = read_run(run)
+    kinds = [ev["kind"] for ev in rec.events]
+    assert "resumed" in kinds and kinds[-1] == "finished"
+    iteration, _ = read_snapshot(run)
+    assert iteration == rec.costs["iteration"][-1]
+    assert verify_run(run)["haadf_tilts"] == 11
+    with h5py.File(run, "r") as f:  # closed properly: any HDF5 reader opens it
+        assert f.attrs["format"] == "fusetomo-run"
+    again = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to resume" in again.stderr

@@ -52,7 +52,13 @@ def _planes(volumes: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 
 def _cut(v: np.ndarray, plane: str, k: int) -> np.ndarray:
-    return {"s": v[k], "u": v[:, k, :], "v": v[:, :, k]}[plane]
+    """Plane k normal to axis `plane` (only that one is indexed: the axes may differ in
+    length, e.g. fewer slices than detector pixels)."""
+    if plane == "s":
+        return v[k]
+    if plane == "u":
+        return v[:, k, :]
+    return v[:, :, k]
 
 
 def _vmax(v: np.ndarray) -> float:
