@@ -7,6 +7,13 @@ load     a fake instrument (a separate process) streams N tilts of S x S float32
          run file's counts), messages/s and MB/s (first to last tilt received), the
          controller process' RSS high-water mark (getrusage) over its baseline, and the
          high-water marks that bound it. Solver off unless --reconstruct.
+endurance  N HAADF tilts of S x S (1000 of 256^2 by default) through the real controller
+         with its default parameters (the solver takes every tilt; HAADF-only, so it never
+         iterates: what is measured is receiving, checking, recording and adding): the rate
+         over the first and the last 100 tilts (from the run file's receive times; the end
+         must keep at least 80 % of the start, issue 18), and the controller's resident
+         memory sampled during the run against the data received (memory must grow only
+         with the data).
 latency  the time from a tilt's arrival at the controller to its updated reconstruction
          being published (k iterations, then status and orthoslices on the PUB socket),
          over a simulated nanocubes series at each size. The fake instrument sends the next
@@ -15,6 +22,7 @@ latency  the time from a tilt's arrival at the controller to its updated reconst
          idly in between: the figure includes the wait for the idle iteration in flight.
 
     python bench/live.py load
+    python bench/live.py endurance --tilts 1000 --side 256
     python bench/live.py latency --sizes 64 128 --device cpu
     python bench/live.py latency --sizes 256 --device gpu --elements 4
 
@@ -60,6 +68,7 @@ def _instrument_proc(conn: Any, spec: dict[str, Any]) -> None:
     )
 
     n, side, every, els = spec["tilts"], spec["side"], spec["chem_every"], spec["elements"]
+    every = every if every > 0 else n + 1  # 0: HAADF only
     rng = np.random.default_rng(0)
     pool = [rng.random((side, side), dtype=np.float32) * 100 for _ in range(4)]
     angles = np.linspace(-89.0, 89.0, n)
@@ -68,16 +77,17 @@ def _instrument_proc(conn: Any, spec: dict[str, Any]) -> None:
         SERIES_START, sid, 0, elements=els, Z={e: z for e, z in zip(els, spec["Z"],
                                                                    strict=True)},
         shape=[side, side], scheme={"haadf_angles": angles.tolist(),
-                                    "chem_angles": angles[::every].tolist()},
+                                    "chem_angles": angles[::every].tolist() if every <= n
+                                    else []},
         dose_budget_e_per_A2=None, pixel_size_nm=0.5))]
     for i, a in enumerate(angles):
         msgs.append(encode(make(HAADF_TILT, sid, len(msgs), [pool[i % 4]], angle=float(a),
                                 dose_e_per_A2=1.0)))
-        if i % every == 0:
+        if every <= n and i % every == 0:
             msgs.append(encode(make(CHEM_TILT, sid, len(msgs),
                                     [pool[(i + k) % 4] for k in range(len(els))],
                                     angle=float(a), elements=els, dose_e_per_A2=10.0)))
-    n_haadf, n_chem = n, len(range(0, n, every))
+    n_haadf, n_chem = n, len(range(0, n, every)) if every <= n else 0
     msgs.append(encode(make(SERIES_END, sid, len(msgs), n_haadf=n_haadf, n_chem=n_chem)))
     payload = sum(len(f) for m in msgs for f in m[1:])
 
@@ -196,6 +206,80 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
           f"{out['messages_per_s']:.0f} msg/s, {out['mb_per_s']:.1f} MB/s; RSS peak "
           f"{rss1:.0f} MB (+{rss1 - rss0:.0f} MB over the baseline; in flight at most "
           f"{out['in_flight_bound_mb']:.0f} MB)")
+    return out
+
+
+# -- endurance: 1000 tilts, the rate and the memory over time --------------------------------------
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_endurance(args: argparse.Namespace) -> dict[str, Any]:
+    from fusetomo.adapters.runfile import describe_run, read_run
+    from fusetomo.controller.live import LiveController, LiveParams
+
+    spec = {"tilts": args.tilts, "side": args.side, "chem_every": 0, "elements": ["Co", "O"],
+            "Z": [27, 8], "window": args.window, "hwm": 1000, "timeout": 1800.0}
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_instrument_proc, args=(child, spec), daemon=True)
+    proc.start()
+    endpoint = parent.recv()
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # the controller's resident memory, twice a second
+        while not stop.wait(0.5):
+            samples.append((time.time(), _rss_now_mb()))
+
+    with tempfile.TemporaryDirectory(prefix="fusetomo-endurance-", dir=args.tmp) as tmp:
+        run_path = Path(tmp) / "run.h5"
+        ctrl = LiveController(endpoint, run_path, LiveParams(device="cpu", timeout_s=120.0))
+        rss0 = _rss_now_mb()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = ctrl.run()
+        stop.set()
+        sampler.join(5)
+        parent.recv()
+        proc.join(10)
+        rec = read_run(run_path)
+        d = describe_run(run_path)
+    t = np.sort(rec.t_received["haadf"])
+    k = min(100, len(t) // 4)
+    start_rate = (k - 1) / float(t[k - 1] - t[0])
+    end_rate = (k - 1) / float(t[-1] - t[-k])
+    # Memory against the data received by then (every tilt is side^2 float32).
+    frame_mb = args.side * args.side * 4 / 2**20
+    rows = []
+    for ts, mb in samples:
+        n = int(np.searchsorted(t, ts))
+        rows.append((n, n * frame_mb, mb - rss0))
+    arr = np.asarray(rows) if rows else np.zeros((0, 3))
+    fit = np.polyfit(arr[:, 1], arr[:, 2], 1) if len(arr) > 2 else [float("nan")] * 2
+    quarters = {f"after_{q}_tilts": float(arr[np.searchsorted(arr[:, 0], q), 2])
+                for q in (args.tilts // 4, args.tilts // 2, 3 * args.tilts // 4)
+                if len(arr) and np.searchsorted(arr[:, 0], q) < len(arr)}
+    out = {
+        "tilts": args.tilts, "side": args.side, "exit_code": code,
+        "recorded": d["haadf_tilts"], "duplicates": d["duplicates"],
+        "lost": args.tilts - d["haadf_tilts"],
+        f"rate_first_{k}_tilts_per_s": start_rate, f"rate_last_{k}_tilts_per_s": end_rate,
+        "end_over_start": end_rate / start_rate,
+        "data_mb": args.tilts * frame_mb,
+        "rss_baseline_mb": rss0,
+        "rss_growth_mb": {**quarters, "end": float(arr[-1, 2]) if len(arr) else None,
+                          "peak": float(arr[:, 2].max()) if len(arr) else None},
+        "rss_growth_per_data_mb": float(fit[0]),
+        "rss_growth_intercept_mb": float(fit[1]),
+        "samples": len(samples),
+    }
+    print(f"endurance: {args.tilts} HAADF tilts of {args.side}^2 ({out['data_mb']:.0f} MB): "
+          f"{out['lost']} lost, {out['duplicates']} doubled; rate {start_rate:.1f} tilts/s "
+          f"over the first {k}, {end_rate:.1f} over the last {k} "
+          f"({100 * out['end_over_start']:.0f} %); memory +{out['rss_growth_mb']['end']:.0f} "
+          f"MB at the end, {out['rss_growth_per_data_mb']:.2f} MB per MB of data")
     return out
 
 
@@ -365,7 +449,7 @@ def _merge(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("load", "latency", "all"))
+    p.add_argument("what", choices=("load", "endurance", "latency", "all"))
     p.add_argument("--tilts", type=int, default=180)
     p.add_argument("--side", type=int, default=256)
     p.add_argument("--chem-every", type=int, default=15)
@@ -391,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         load = bench_load(args)
         key = "reconstruct" if args.reconstruct else "record_only"
         results["load"] = {key: {**load, "command": cmd, "hardware": _hardware("cpu")}}
+    if args.what == "endurance":
+        results["endurance"] = {f"{args.tilts}x{args.side}": {
+            **bench_endurance(args), "command": cmd, "hardware": _hardware("cpu")}}
     if args.what in ("latency", "all"):
         lat = {}
         for n in args.sizes:

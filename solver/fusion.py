@@ -47,6 +47,7 @@ from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
 from fusetomo.solver.fitcheck import FitCheck
 from fusetomo.solver.gamma import GammaSearch, search_gamma
+from fusetomo.solver.growing import Growing
 from fusetomo.solver.iterative import mlem_step, sirt_weights
 from fusetomo.solver.linop import sirt_lipschitz
 from fusetomo.solver.projector import GeometryError, ParallelProjector
@@ -332,6 +333,32 @@ class FusedSolver:
         fit = nz.edge_touching(images) if mode == "auto" else np.full(k, mode == "fit")
         return start, fit
 
+    # The data stacks grow by appending (solver/growing.py: no copy of the stack per tilt);
+    # assigning one replaces it.
+    @property
+    def _b_haadf(self) -> Any:
+        return self._haadf_rows.view
+
+    @_b_haadf.setter
+    def _b_haadf(self, value: Any) -> None:
+        self._haadf_rows = Growing(value, axis=0)
+
+    @property
+    def _b_chem(self) -> Any:
+        return self._chem_rows.view
+
+    @_b_chem.setter
+    def _b_chem(self, value: Any) -> None:
+        self._chem_rows = Growing(value, axis=1)
+
+    @property
+    def _vacuum(self) -> Any:
+        return self._vacuum_rows.view
+
+    @_vacuum.setter
+    def _vacuum(self, value: Any) -> None:
+        self._vacuum_rows = Growing(value, axis=0)
+
     def add_haadf(self, angles: Sequence[float] | float, images: np.ndarray,
                   shifts: Any | None = None, *,
                   vacuum: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -345,7 +372,7 @@ class FusedSolver:
         xp = self.device.xp
         self.haadf_proj.extend(ang, shifts)
         with self.device:
-            self._b_haadf = xp.concatenate([self._b_haadf, to_device(data, self.device)])
+            self._haadf_rows.append(to_device(data, self.device), xp)  # no copy of the stack
         start, fit = self.haadf_vacuum(data) if vacuum is None else vacuum
         self._haadf_off = np.concatenate([self._haadf_off, start])
         self._haadf_fit = np.concatenate([self._haadf_fit, fit])
@@ -420,10 +447,8 @@ class FusedSolver:
         xp = self.device.xp
         self.chem_proj.extend(ang, shifts)
         with self.device:
-            self._b_chem = xp.concatenate([self._b_chem, to_device(data, self.device)],
-                                          axis=1)
-            self._vacuum = xp.concatenate([self._vacuum, to_device(masks.astype(np.float32),
-                                                                   self.device)])
+            self._chem_rows.append(to_device(data, self.device), xp)  # (growing.py)
+            self._vacuum_rows.append(to_device(masks.astype(np.float32), self.device), xp)
         self._set_background(self._background_start())
         self._chem_cinv = None
         self._restart_momentum()

@@ -104,6 +104,7 @@ class ParallelProjector:
         # (floor, fraction) of -ds per tilt on the device, and the padding they need
         self._row_shift: tuple[Any, Any, int] | None = None
         self._matrix: Any = None
+        self._pending: list[Any] = []  # blocks of new tilts, stacked when the matrix is used
         self._col_sums: Any = None
         self._squared: ParallelProjector | None = None
         self.extend(angles_deg)
@@ -122,6 +123,13 @@ class ParallelProjector:
         """The stacked CSR matrix [n_tilts*n_det, n*n] on the projector's device."""
         if self._matrix is None:
             raise GeometryError("projector has no tilt angles yet")
+        if self._pending:
+            # Tilts added one at a time are stacked once, when the matrix is used: a
+            # stack per tilt would copy the whole matrix each time (solver/growing.py).
+            with self.device:
+                self._matrix = sparse_module(self.device).vstack(
+                    [self._matrix, *self._pending], format="csr")
+            self._pending = []
         return self._matrix
 
     @property
@@ -140,12 +148,11 @@ class ParallelProjector:
             raise GeometryError(f"tilt angles must be finite, got {new.tolist()}")
         sh = self.check_shifts(shifts, new.size)
         block, col = self._weights_block(new, sh)
-        spmod = sparse_module(self.device)
         with self.device:
             if self._matrix is None:
                 self._matrix, self._col_sums = block, col
             else:
-                self._matrix = spmod.vstack([self._matrix, block], format="csr")
+                self._pending.append(block)
                 self._col_sums = self._col_sums + col
         self._angles.extend(float(a) for a in new)
         self._shifts.extend((float(a), float(b)) for a, b in sh)
@@ -158,6 +165,7 @@ class ParallelProjector:
         if self.n_tilts == 0:
             return
         self._matrix, self._col_sums = self._weights_block(self.angles, sh)
+        self._pending = []
         self._shifts = [(float(a), float(b)) for a, b in sh]
         self._update_row_shift()
         self._squared = None

@@ -274,3 +274,32 @@ def test_events_peers_cause_are_rate_limited_and_counted(tmp_path, small_series)
     assert len(logged) == burst + 1
     assert [e["count"] for e in dropped] == [5000 - burst]
     assert ses.run.path.stat().st_size < 2 * 2**20
+
+
+# -- operator messages ---------------------------------------------------------------------------
+def test_operator_messages_are_answered_and_forwarded(tmp_path, small_series):
+    """Without a series pause is refused; with one it becomes a command to the instrument
+    (recorded); advice answers are refused while the advisor is off; a malformed message
+    gets an error reply; every answer is an ack to its sender."""
+    s = small_series
+    ses = LiveSession(tmp_path / "run.h5", STRICT)
+    ses.start()
+
+    def op(action: str, **fields):
+        out = ses.on_operator(encode(make("operator", "*", 0, action=action, id=7, **fields)))
+        assert out.operator_reply is not None
+        return out
+
+    out = op("pause")
+    assert out.operator_reply.header["status"] == "rejected" and out.commands == []
+    ses.receive(start_frames(s))
+    out = op("pause")
+    r = out.operator_reply.header
+    assert (r["type"], r["ack_seq"], r["status"]) == ("ack", 7, "done")
+    assert [c.header["cmd"] for c in out.commands] == ["pause"]
+    assert "advisor is off" in op("accept", advice_id=1).operator_reply.header["reason"]
+    bad = ses.on_operator([b"{"]).operator_reply
+    assert (bad.type, bad.header["code"]) == (ERROR, "bad_json")
+    events = [e for e in ses.run.events() if e["kind"] in ("operator", "command")]
+    assert [(e["kind"], e.get("action") or e.get("cmd")) for e in events] == [
+        ("command", "pause"), ("operator", "pause"), ("operator", "accept")]
