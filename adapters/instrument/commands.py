@@ -56,6 +56,7 @@ class InstrumentStats:
     sent: int = 0  # data messages sent, resends included
     resent: int = 0
     hellos: int = 0
+    hellos_ahead: int = 0  # hellos whose last_seq was beyond what was sent
     errors_received: int = 0  # error messages from the controller
     errors_sent: int = 0  # error replies to malformed or unexpected messages
     commands: int = 0
@@ -153,14 +154,17 @@ class CommandDispatch:
 
     def _handle(self, peer: bytes, msg: Message) -> None:
         if isinstance(msg, Hello):
-            if msg.last_seq >= self.outbox.next_seq:
-                # Nobody can have recorded what was never sent: a confused or rogue peer
-                # must not make the instrument forget what is unacknowledged.
-                self._reply_error(peer, "bad_field", f"hello: last_seq {msg.last_seq}, but "
-                                  f"only seqs up to {self.outbox.next_seq - 1} were sent",
-                                  msg.seq)
-                return
-            self._on_hello(peer, msg.last_seq)
+            last_seq = msg.last_seq
+            if last_seq >= self.outbox.next_seq:
+                # Nobody can have recorded what this instrument never sent: a restarted
+                # instrument (its controller recorded the previous one's tilts) or a confused
+                # or rogue peer. Nothing is dropped; what is unacknowledged is sent again (a
+                # controller acknowledges what it has as duplicates).
+                log.warning("hello: last_seq %d, but only seqs up to %d were sent: nothing "
+                            "dropped", last_seq, self.outbox.next_seq - 1)
+                self.stats.hellos_ahead += 1
+                last_seq = -1
+            self._on_hello(peer, last_seq)
         elif isinstance(msg, Ack):
             if self.outbox.on_ack(msg.ack_seq):
                 self.stats.end_acked = self.outbox.end_acked
