@@ -48,6 +48,7 @@ import numpy as np
 import sigpy as sp
 from scipy.optimize import minimize_scalar
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
 from fusetomo.solver.fitcheck import FitCheck
@@ -79,7 +80,7 @@ def _optional_levels(what: str, values: Sequence[float | None] | None, n: int) -
     return out
 
 
-class SolverNotReadyError(RuntimeError):
+class SolverNotReadyError(FusetomoError, RuntimeError):
     """The solver needs at least one HAADF and one chemical tilt before it can iterate."""
 
 
