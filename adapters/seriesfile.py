@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from fusetomo.adapters.series import SeriesError, TiltSeries
+from fusetomo.adapters.truncated import describe_truncation
 from fusetomo.core.angles import duplicate_angles
 from fusetomo.core.elements import UnknownElementError, atomic_number
 
@@ -140,6 +141,14 @@ def _write_chem(f: h5py.File, series: TiltSeries, path: Path) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------
+def _unreadable(path: Path, e: Exception) -> str:
+    """The message for a file HDF5 cannot open; a truncated one's names what the cut took."""
+    cut = describe_truncation(path, str(e))
+    if cut is not None:
+        return f"{path}: not a readable HDF5 file, {cut} (HDF5: {e})"
+    return f"{path}: not a readable HDF5 file ({e})"
+
+
 @contextmanager
 def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
             swmr: bool = False) -> Iterator[h5py.File]:
@@ -160,7 +169,7 @@ def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
             h5py.File(path, "r").close()
         except (OSError, ValueError) as e:
             if "truncated" in str(e).lower() or "signature" in str(e).lower():
-                raise error(f"{path}: not a readable HDF5 file ({e})") from None
+                raise error(_unreadable(path, e)) from None
     try:
         f = h5py.File(path, "r", swmr=True) if swmr else h5py.File(path, "r")
     except (OSError, ValueError) as e:
@@ -174,7 +183,7 @@ def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
             else:
                 raise
         except (OSError, ValueError):
-            raise error(f"{path}: not a readable HDF5 file ({e})") from None
+            raise error(_unreadable(path, e)) from None
     with f:
         try:
             yield f

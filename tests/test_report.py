@@ -187,7 +187,7 @@ def test_bad_input_exits_2_naming_file_and_dataset(tmp_path, live_run, capsys):
     _fails(capsys, junk, tmp_path / "o1", "not a readable HDF5 file")
     cut = tmp_path / "cut.h5"
     cut.write_bytes(live_run.read_bytes()[:3000])
-    _fails(capsys, cut, tmp_path / "o2", "truncated")
+    _fails(capsys, cut, tmp_path / "o2", "truncated at byte 3000 of ", "past the cut")
     gone = tmp_path / "gone.h5"
     shutil.copy(live_run, gone)
     with h5py.File(gone, "a") as f:

@@ -1,11 +1,13 @@
 """Damaged run files: every truncation, and every byte flipped in what matters (tilts,
 angles, doses, snapshots, standard errors), is found by `fusetomo inspect --verify` (exit 2,
-naming the file and the dataset) and by the readers (RunFileError, never another
-exception); a random flip is either found or changed nothing that matters."""
+naming the file and, for a truncation, the datasets past the cut) and by the readers
+(RunFileError, never another exception); a random flip is either found or changed nothing
+that matters."""
 
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from fusetomo.adapters.protocol import CHEM_TILT, HAADF_TILT, SERIES_END, SERIES_START, make
 from fusetomo.adapters.runfile import RunFile, RunFileError, read_run, read_snapshot, verify_run
+from fusetomo.adapters.truncated import describe_truncation
 from fusetomo.cli import main
 
 ELEMENTS = ["Co", "O"]
@@ -73,6 +76,9 @@ def _cuts(size: int) -> list[int]:
                   | {int(size * f) for f in np.linspace(0.02, 0.98, 32)})
 
 
+DATASET = re.compile(r"\b(haadf|chem/\w+|run)(/\w+)*")
+
+
 def test_every_truncation_is_refused_with_a_clear_error(good_run, tmp_path, capsys):
     size = good_run.stat().st_size
     cuts = _cuts(size)
@@ -84,9 +90,47 @@ def test_every_truncation_is_refused_with_a_clear_error(good_run, tmp_path, caps
         assert code == 2, (n, err)
         assert err.startswith("fusetomo: error: ") and str(cut) in err, (n, err)
         assert "Traceback" not in err
+        # It names what the cut took: the datasets whose data or structure lay past it.
+        assert f"truncated at byte {n} of {size}: " in err, (n, err)
+        named = re.search(r"past the cut (?:in|for) ([^;(]+)", err)
+        assert named is not None and DATASET.search(named.group(1)), (n, err)
+        refused = f"{re.escape(str(cut))}: not a readable HDF5 file, truncated at byte {n} "
         for reader in (read_run, RunFile.resume, verify_run):
-            with pytest.raises(RunFileError, match=str(cut)):
+            with pytest.raises(RunFileError, match=refused):
                 reader(cut)
+
+
+def _chunk_ends(path: Path) -> dict[str, list[tuple[int, int]]]:
+    """Each chunked dataset's chunks as (byte offset, end), read from the intact file."""
+    out: dict[str, list[tuple[int, int]]] = {}
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.chunks:
+            infos = [obj.id.get_chunk_info(i) for i in range(obj.id.get_num_chunks())]
+            out[name] = [(int(c.byte_offset), int(c.byte_offset + c.size)) for c in infos]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return out
+
+
+def test_a_truncation_names_exactly_the_datasets_past_the_cut(good_run, tmp_path):
+    """Cut 4 bytes into the chunk that lies last in the file: the datasets named are exactly
+    those (found in the intact file) with a chunk ending past the cut."""
+    data = good_run.read_bytes()
+    chunks = _chunk_ends(good_run)
+    cut = max(start for spans in chunks.values() for start, _ in spans) + 4
+    expected = sorted(name for name, spans in chunks.items() if any(e > cut for _, e in spans))
+    assert 1 <= len(expected) < len(chunks)
+    path = tmp_path / "cut.h5"
+    path.write_bytes(data[:cut])
+    with pytest.raises(OSError) as e:
+        h5py.File(path, "r")
+    text = describe_truncation(path, str(e.value))
+    assert text is not None and text.startswith(f"truncated at byte {cut} of {len(data)}: ")
+    named = text.split("data past the cut in ", 1)[1].split(" and ")[0].split(", ")
+    assert sorted(named) == expected, text
+    assert describe_truncation(path, "unable to open file: bad signature") is None
 
 
 # -- byte flips ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from fusetomo.adapters.reconfile import read_recon
 from fusetomo.adapters.runfile import FORMAT as RUN_FORMAT
 from fusetomo.adapters.runfile import describe_run, read_run, read_snapshot
 from fusetomo.adapters.seriesfile import file_format, read_series, read_truth
+from fusetomo.adapters.truncated import describe_truncation
 from fusetomo.controller.report.model import (
     MODALITIES,
     ReportError,
@@ -65,8 +66,9 @@ def _refuse_truncated(path: Path) -> None:
         with h5py.File(path, "r"):
             pass
     except (OSError, ValueError) as e:
-        if "truncated file" in str(e):
-            raise ReportError(f"{path}: not a readable HDF5 file ({e})") from None
+        cut = describe_truncation(path, str(e))
+        if cut is not None:
+            raise ReportError(f"{path}: not a readable HDF5 file, {cut} (HDF5: {e})") from None
 
 
 def _check_truth(inp: ReportInput) -> None:
