@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from fusetomo.adapters.instrument.plans import ORDERS, SEQUENTIAL
+from fusetomo.adapters.keys import KeysError, keys_for
 from fusetomo.adapters.transport import DEFAULT_BIND
 from fusetomo.cli.argtypes import positive_float as _positive_float
 from fusetomo.cli.argtypes import positive_int as _positive_int
@@ -53,6 +54,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--manual", action="store_true",
                    help="do not follow the plan until the controller sends 'resume'")
     p.add_argument("--series-id", default=None, help="series id (default: a fresh one)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="the folder `fusetomo keys DIR` made: accept only its controller")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level")
     p.set_defaults(func=cmd_nion_usim)
@@ -69,6 +72,11 @@ def cmd_nion_usim(args: argparse.Namespace) -> int:
               "(pip install 'fusetomo[nion]' nionswift-usim)", file=sys.stderr)
         return 2
     try:
+        curve = None if args.keys is None else keys_for(args.keys, "instrument")
+    except KeysError as e:
+        print(f"fusetomo: error: {e}", file=sys.stderr)
+        return 2
+    try:
         sim_params = UsimTomoParams(specimen=args.specimen, size=args.size, seed=args.seed,
                                     tilt_control=args.tilt_control)
         sim = UsimTomo(sim_params).start()
@@ -83,8 +91,9 @@ def cmd_nion_usim(args: argparse.Namespace) -> int:
                 chem_step=args.chem_step, tilt_control=args.tilt_control, size=args.size,
                 haadf_dwell_us=args.dwell_us, exposure_ms=args.exposure_ms,
                 fov_nm=sim_params.fov_nm, bind=args.bind, series_id=args.series_id,
-                auto=not args.manual, extra={"specimen": args.specimen, "seed": args.seed,
-                                             "simulator": "nionswift-usim"})
+                auto=not args.manual, curve=curve,
+                extra={"specimen": args.specimen, "seed": args.seed,
+                       "simulator": "nionswift-usim"})
             adapter = open_adapter(config)
             endpoint = adapter.bind()
         except NionAdapterError as e:

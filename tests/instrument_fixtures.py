@@ -29,7 +29,7 @@ from fusetomo.adapters.protocol import (
     decode,
     make,
 )
-from fusetomo.adapters.transport import ControllerClient
+from fusetomo.adapters.transport import ControllerClient, CurveKeys
 from fusetomo.simulators.instrument import InstrumentParams, SimulatedInstrument
 
 # The simulated instrument's small series: 21 HAADF + 5 chemical tilts in 26 steps of 16^2.
@@ -89,8 +89,9 @@ class FakeMicroscope:
 class FakeController:
     """Just enough of a controller: hello, acks, commands, and a record of what arrived."""
 
-    def __init__(self, endpoint: str, identity: bytes = b"test-controller") -> None:
-        self.client = ControllerClient(endpoint, identity=identity)
+    def __init__(self, endpoint: str, identity: bytes = b"test-controller",
+                 curve: CurveKeys | None = None) -> None:
+        self.client = ControllerClient(endpoint, identity=identity, curve=curve)
         self.series = "unknown"
         self.received: list[Message] = []
 

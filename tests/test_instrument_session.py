@@ -14,6 +14,7 @@ import pytest
 from instrument_fixtures import FakeController, make_session, serving, tilts
 
 from fusetomo.adapters.instrument import InstrumentSession, Outbox
+from fusetomo.adapters.keys import keys_for, make_keys
 from fusetomo.adapters.protocol import (
     ACK,
     CHEM_TILT,
@@ -199,3 +200,34 @@ def test_a_hello_beyond_what_was_sent_drops_nothing(backend):
         again = ctl.collect(ack=False, quiet=0.4)
         assert [(m.type, m.seq) for m in again] == [(SERIES_START, 0)]
         assert s.unacked == [0] and s.stats.hellos_ahead == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_with_keys_only_the_controller_holding_them_is_obeyed(backend, tmp_path):
+    """`fusetomo keys DIR`: a controller without the keys cannot say hello, pause or resume
+    (the CURVE handshake fails: nothing reaches the session); the one with them runs the
+    series."""
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    session = make_session(backend, auto=False, curve=keys_for(keys, "instrument"))
+    with serving(session, wait_s=5.0):
+        rogue = FakeController(session.endpoint, identity=b"rogue")
+        try:
+            rogue.hello()
+            rogue.command("resume", 1)
+            assert rogue.recv(1.0) is None
+            assert session.stats.hellos == 0 and session.stats.commands == 0
+        finally:
+            rogue.close()
+        ctl = FakeController(session.endpoint, curve=keys_for(keys, "controller"))
+        try:
+            ctl.hello()
+            ctl.command("resume", 1)
+            assert ctl.reply_to(1).header["status"] == "done"
+            got = ctl.until(lambda m: m.type == SERIES_END, timeout=20.0)
+            n = len(tilts(ctl.received))
+            assert ctl.received[0].type == SERIES_START and n > 0
+            assert got[-1].header["n_haadf"] == n
+        finally:
+            ctl.close()
+    assert session.stats.hellos >= 1 and session.stats.commands == 1

@@ -283,3 +283,12 @@ def test_usim_series_holding_for_the_advisor(usim, tmp_path):
     assert decisions.count("acquire") == 2 and len(decisions) == len(adapter.plan)
 
 
+
+
+def test_nion_usim_keys_folder_without_the_keys_is_named(tmp_path, capsys):
+    from fusetomo.cli import main
+
+    assert main(["nion-usim", "--keys", str(tmp_path / "nokeys")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fusetomo: error: ")
+    assert f"{tmp_path / 'nokeys' / 'instrument.key_secret'}: missing" in err, err

@@ -388,3 +388,37 @@ def test_panel_shows_alignment_line_and_data_item(swift) -> None:
     finally:
         pub.close()
         zctx.term()
+
+
+@needs_nion
+def test_panel_with_keys_sees_an_authenticated_controller(swift, tmp_path, monkeypatch) -> None:
+    """`fusetomo keys DIR` and FUSETOMO_KEYS=DIR: the panel authenticates as the viewer to a
+    status socket that accepts only the viewers' key; a folder without the keys is named."""
+    from fusetomo.adapters.keys import keys_for, make_keys
+
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    monkeypatch.setenv("FUSETOMO_KEYS", str(keys))
+    zctx = zmq.Context()
+    pub = StatusPublisher(ctx=zctx, curve=keys_for(keys, "controller-server"))
+    try:
+        with TestContext.create_memory_context() as test_context:
+            dc = test_context.create_document_controller()
+            h = dc.find_dock_panel(swift.PANEL_ID).handler
+            h.connect(pub.endpoint)
+            _pump(dc, lambda: h.state.iteration == 7,
+                  publish=lambda: pub.publish("status", _status(0, None)))
+            assert h.series_text_label.text == "s1: iterating, iteration 7"
+            h.disconnect()
+            other = swift.FusetomoPanelHandler(dc, keys=str(tmp_path / "nokeys"))
+            try:
+                other.connect(pub.endpoint)
+                assert other.link is None
+                assert other.result_text == \
+                    f"{tmp_path / 'nokeys' / 'viewer.key_secret'}: missing (make the " \
+                    f"folder with `fusetomo keys {tmp_path / 'nokeys'}`)"
+            finally:
+                other.close()
+    finally:
+        pub.close()
+        zctx.term()

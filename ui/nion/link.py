@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from fusetomo.adapters.protocol import ProtocolError
-from fusetomo.adapters.transport import StatusSubscriber
+from fusetomo.adapters.transport import CurveKeys, StatusSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,11 @@ class OperatorResult:
         return self.error is None
 
 
-def _default_client_factory(endpoint: str, ctx: zmq.Context) -> Any:
+def _default_client_factory(endpoint: str, ctx: zmq.Context, *,
+                            curve: CurveKeys | None = None) -> Any:
     # Imported here so that a fusetomo without the operator channel still shows status.
     from fusetomo.adapters.transport import OperatorClient
-    return OperatorClient(endpoint, ctx=ctx)
+    return OperatorClient(endpoint, ctx=ctx, curve=curve)
 
 
 class ControllerLink:
@@ -76,7 +77,9 @@ class ControllerLink:
                  operator_endpoint: str | None = None, params: LinkParams | None = None,
                  ctx: zmq.Context | None = None,
                  client_factory: Callable[[str, zmq.Context], Any] = _default_client_factory,
-                 ) -> None:
+                 curve: CurveKeys | None = None) -> None:
+        """`curve`: the viewer's keys (`keys_for(DIR, "viewer")`) for a controller whose
+        status and operator sockets authenticate (`fusetomo control --keys DIR`)."""
         if not status_endpoint:
             raise ValueError("status endpoint is empty (expected e.g. tcp://127.0.0.1:5556)")
         self.status_endpoint = status_endpoint
@@ -84,7 +87,9 @@ class ControllerLink:
         self._post, self._on_message = post, on_message
         self._on_error, self._on_result = on_error, on_result
         self._ctx = ctx or zmq.Context.instance()
-        self._client_factory = client_factory
+        self._curve = curve
+        self._client_factory = (functools.partial(client_factory, curve=curve)
+                                if curve is not None else client_factory)
         self._operator_endpoint = operator_endpoint  # read and written by the worker only
         self._commands: queue.Queue[tuple[str, int | None]] = queue.Queue()
         self._stop = threading.Event()
@@ -127,7 +132,7 @@ class ControllerLink:
 
     def _run(self) -> None:
         try:
-            sub = StatusSubscriber(self.status_endpoint, ctx=self._ctx)
+            sub = StatusSubscriber(self.status_endpoint, ctx=self._ctx, curve=self._curve)
         except (zmq.ZMQError, ValueError) as e:
             self._start_error = ValueError(f"cannot connect to {self.status_endpoint!r}: {e}")
             self._started.set()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gettext
 import logging
+import os
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from nion.swift import DocumentController, Panel, Workspace
 from nion.ui import Declarative
 from nion.utils import Observable
 
+from fusetomo.adapters.keys import keys_for
 from fusetomo.ui.nion.dataitems import AlignmentDataItem, SliceDataItems
 from fusetomo.ui.nion.link import ControllerLink, LinkParams, OperatorResult, Task
 from fusetomo.ui.nion.state import PanelDataError, PanelState
@@ -32,6 +34,7 @@ _ = gettext.gettext
 log = logging.getLogger(__name__)
 
 PANEL_ID = "fusetomo-panel"
+KEYS_ENV = "FUSETOMO_KEYS"  # a keys folder (`fusetomo keys DIR`) for authenticated controllers
 ENDPOINT_KEY = "fusetomo/status_endpoint"  # Swift's persistent settings: the last endpoint
 
 # Read-only lines and flags the view binds to (`@binding(name)`), with their initial values.
@@ -80,8 +83,12 @@ class FusetomoPanelHandler(Observable.Observable):
 
     def __init__(self, document_controller: DocumentController.DocumentController, *,
                  endpoint: str = "", link_params: LinkParams | None = None,
-                 link_factory: Callable[..., ControllerLink] = ControllerLink) -> None:
+                 link_factory: Callable[..., ControllerLink] = ControllerLink,
+                 keys: str | None = None) -> None:
+        """`keys`: the folder `fusetomo keys DIR` made, for a controller run with `--keys`
+        (the panel then authenticates as its viewer); None: ${FUSETOMO_KEYS}, if set."""
         super().__init__()
+        self._keys = keys if keys is not None else os.environ.get(KEYS_ENV) or None
         self._dc = weakref.ref(document_controller)
         self._endpoint = endpoint
         self._link_params = link_params
@@ -172,10 +179,11 @@ class FusetomoPanelHandler(Observable.Observable):
         self.endpoint = endpoint
         self.state, self.n_messages = PanelState(operator_endpoint=operator_endpoint), 0
         try:
+            extra = {} if self._keys is None else {"curve": keys_for(self._keys, "viewer")}
             link = self._link_factory(endpoint, post=self._post, on_message=self._on_message,
                                       on_error=self._on_error, on_result=self._on_result,
                                       operator_endpoint=operator_endpoint,
-                                      params=self._link_params)
+                                      params=self._link_params, **extra)
             link.start()
         except ValueError as e:
             self._show("result_text", str(e))
