@@ -85,6 +85,7 @@ def test_methods_needing_maps_exit_2_saying_so(files, tmp_path, capsys, method, 
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.slow
 def test_reconstruct_align_then_haadf(tmp_path, capsys):
     """--align with haadf: drift and a 1 deg rotation put in (nanocubes: a specimen whose
     projections tell the rotation; a sphere's do not), the resampled stack reconstructed;

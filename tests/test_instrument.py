@@ -260,6 +260,7 @@ def test_plan_without_chemical_tilt_is_refused():
 
 
 # -- command line --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_prints_endpoint_and_serves_the_series():
     cmd = [sys.executable, "-m", "fusetomo.cli", "instrument-sim", "--bind",
            "tcp://127.0.0.1:0", "--specimen", "core-shell", "--size", "16", "--speed", "1e4",

@@ -302,6 +302,7 @@ def test_hostile_messages_over_the_socket_get_errors_and_the_series_completes(tm
     assert read_run(run).seq["haadf"].tolist() == [1, seq]
 
 
+@pytest.mark.slow
 def test_a_resumed_controller_process_survives_what_would_have_killed_it(tmp_path,
                                                                           small_series):
     """`fusetomo control` as a process gets the messages that used to kill it, is killed
@@ -423,6 +424,7 @@ def test_live_demo_json(tmp_path):
     assert time.perf_counter() - t0 < 90
 
 
+@pytest.mark.slow
 def test_live_demo_reports_a_failing_instrument(tmp_path):
     proc = subprocess.run(
         fusetomo_argv("live-demo", "--out", str(tmp_path / "d"), "--specimen", "nope",
@@ -580,6 +582,7 @@ def test_importing_the_solver_starts_no_mpi_and_opens_no_socket():
 
 
 @pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_the_controller_listens_only_where_asked_on_loopback(tmp_path):
     with silent_endpoint() as nowhere:
         for extra, n in (([], 2), (["--operator", "none"], 1)):

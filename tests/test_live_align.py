@@ -139,6 +139,7 @@ def test_arrival_alignment_recovers_the_instruments_drift(stream):
     json.dumps(aligner.status())  # publishable as is
 
 
+@pytest.mark.slow
 def test_refinement_against_the_fused_model(stream):
     """Fed as the controller feeds it, the model refinement brings the shifts from the
     arrival's accuracy to a small fraction of a pixel, and the solver holds them."""

@@ -225,6 +225,7 @@ def test_rotation_beyond_the_old_search_range():
         assert est - extra == pytest.approx(base, abs=0.3)
 
 
+@pytest.mark.slow
 def test_alignment_matches_etspys_curated_alignment():
     """Our aligned stack against etspy's HAADF_Aligned.hspy, tilt by tilt."""
     import rsciio.hspy
@@ -245,6 +246,7 @@ def test_alignment_matches_etspys_curated_alignment():
     assert abs(a.rotation_deg - ETSPY_ROTATION_DEG) < 0.15
 
 
+@pytest.mark.slow
 def test_haadf_only_reconstruction_of_the_raw_mrc_keeps_the_shank(tmp_path, capsys):
     """The raw int16 MRC (vacuum near -31880) imported, aligned and reconstructed HAADF-only:
     the needle's shank, which runs along the tilt axis to the top of the field, is present

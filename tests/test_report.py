@@ -70,6 +70,7 @@ def _report(src: Path, out: Path, *extra: str) -> dict:
 
 
 # -- run files ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_report_of_a_run_file_matches_the_file(tmp_path, live_run, sim, capsys):
     doc = _report(live_run, tmp_path / "rep")
     expected = [*ALWAYS, "std_error", "progress"]
