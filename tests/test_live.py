@@ -12,6 +12,7 @@ volumes' maximum (in practice identical: the strict schedule makes the iteration
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -46,6 +47,7 @@ from fusetomo.adapters.protocol import (
     ACK,
     ERROR,
     HELLO,
+    MAX_HEADER_BYTES,
     SERIES_END,
     STATUS,
     encode,
@@ -300,6 +302,37 @@ def test_hostile_messages_over_the_socket_get_errors_and_the_series_completes(tm
     finally:
         drv.close()
     assert read_run(run).seq["haadf"].tolist() == [1, seq]
+
+
+def test_a_frame_over_the_socket_limit_drops_the_connection_not_the_controller(tmp_path,
+                                                                             small_series,
+                                                                             caplog):
+    """A frame larger than the controller's DEALER accepts (ZeroMQ's MAXMSGSIZE, set from
+    the series' geometry) is never buffered: ZeroMQ drops that connection, the controller
+    notices, connects again and says hello, and the series goes on."""
+    caplog.set_level(logging.WARNING, logger="fusetomo.live")
+    s = small_series
+    run = tmp_path / "run.h5"
+    drv = Driver()
+    try:
+        with controller_thread(drv.endpoint, run, STRICT) as (ctrl, result):
+            drv.wait_hello()
+            assert drv.exchange(start_frames(s)).type == ACK
+            assert ctrl.frame_limit == ctrl.session.frame_limit == 2 * MAX_HEADER_BYTES
+            header, _ = haadf_frames(s, 1, 0)
+            drv.sock.send_multipart([drv.peer, header, bytes(8 * 2**20)])  # 8 MiB
+            # Sent after the oversized frame on the same connection, so lost with it: sent
+            # again after the hello of the new connection (Driver.exchange).
+            assert drv.exchange(haadf_frames(s, 1, 0)).header["status"] == "recorded"
+            drv.sock.send_multipart([drv.peer, *encode(make(
+                SERIES_END, SID, 2, n_haadf=1, n_chem=0))])
+            wait_for(lambda: "code" in result or "error" in result, 30, "the controller")
+        assert result.get("code") == 0, result
+        assert ctrl.rejected == []  # never decoded, so never refused
+    finally:
+        drv.close()
+    assert read_run(run).seq["haadf"].tolist() == [1]
+    assert sum("disconnected; waiting for it" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.slow

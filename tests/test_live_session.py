@@ -27,6 +27,7 @@ from fusetomo.adapters.protocol import (
     CHEM_TILT,
     ERROR,
     HAADF_TILT,
+    MAX_HEADER_BYTES,
     SERIES_END,
     Message,
     SeriesStart,
@@ -246,6 +247,27 @@ def test_a_series_that_cannot_fit_in_memory_is_refused_at_its_start(tmp_path, sm
     # Recording only needs a few frames.
     rec = replace(STRICT, reconstruct=False)
     assert memory_needed(typed_start(s), rec) == 16 * 8 * 16 * 16
+
+
+def test_the_frame_limit_follows_the_series_geometry(tmp_path, small_series):
+    """Before series_start: twice the header limit; after: a float64 image of the series'
+    declared shape (never less than that floor). A frame over it is refused by decode."""
+    s = small_series
+    floor = 2 * MAX_HEADER_BYTES
+    ses = LiveSession(tmp_path / "run.h5", STRICT)
+    ses.start()
+    assert ses.frame_limit == floor == 131072
+    assert one_reply(ses.receive(start_frames(s, shape=[256, 300]))).header["status"] == \
+        "recorded"
+    assert ses.frame_limit == 8 * 256 * 300 == 614400
+    small = LiveSession(tmp_path / "small.h5", STRICT)
+    small.start()
+    small.receive(start_frames(s))
+    assert small.frame_limit == floor  # 16 x 16: the floor
+    big = np.zeros((200, 200), np.float32)  # 160000 bytes: over the floor
+    reply = one_reply(small.receive(haadf_frames(s, 1, image=big)))
+    assert (reply.type, reply.header["code"]) == (ERROR, "too_large"), reply.header
+    assert "160000" in reply.header["message"]
 
 
 def typed_start(s) -> SeriesStart:

@@ -87,6 +87,11 @@ class LiveController:
         return self.session.rejected
 
     @property
+    def frame_limit(self) -> int:
+        """The largest frame the instrument socket accepts now (0 before it is open)."""
+        return 0 if self._client is None else self._client.max_frame
+
+    @property
     def operator_endpoint(self) -> str | None:
         return None if self.operator is None else self.operator.endpoint
 
