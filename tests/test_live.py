@@ -637,11 +637,44 @@ def test_the_controller_listens_only_where_asked_on_loopback(tmp_path):
 
 # -- kills and signals at the end ---------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_controller_stopped_mid_series_exits_0_and_resume_completes(tmp_path, sig):
+    """SIGTERM or SIGINT (Ctrl-C) in the middle of a series: exit 0, the run file closed
+    (any HDF5 reader opens it), nothing recorded lost; --resume records the rest."""
+    run = tmp_path / "run.h5"
+    with instrument_thread(speed=60.0) as inst:
+        argv = fusetomo_argv("control", "--instrument", inst.endpoint, "--record", str(run),
+                             "--timeout", "30", "--log-level", "WARNING", *CLI_STRICT)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: recorded_tilts(run) >= 4 or proc.poll() is not None, 30,
+                     "4 recorded tilts")
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            proc.send_signal(getattr(signal, sig))
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == 0
+        with h5py.File(run, "r") as f:  # closed properly
+            n_stopped = len(f["run/haadf/seq"]) + len(f["run/chem/seq"])
+        assert 4 <= n_stopped < PLAN_TILTS and not describe_run(run)["complete"]
+        resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True,
+                                 timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        wait_for(lambda: inst.stats.end_acked, 10, "the instrument's series_end ack")
+    _check_each_tilt_once(run)
+    assert verify_run(run)["haadf_tilts"] == 11
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_a_controller_stopped_after_the_series_end_is_finished_by_resume(tmp_path, how):
-    """Killed (-9) or stopped (SIGTERM, exit 0) during its final iterations, after the series
-    end is recorded: `reconstruct` reads the run file as it was left, and `--resume`
-    runs the final iterations, records the final reconstruction and exits 0."""
+    """Killed (-9) or stopped (SIGTERM or SIGINT, exit 0) during its final iterations,
+    after the series end is recorded: `reconstruct` reads the run file as it was left, and
+    `--resume` runs the final iterations, records the final reconstruction and exits 0."""
     run = tmp_path / "run.h5"
     with instrument_thread(speed=1e4) as inst:
         argv = fusetomo_argv("control", "--instrument", inst.endpoint, "--record", str(run),
@@ -654,7 +687,7 @@ def test_a_controller_stopped_after_the_series_end_is_finished_by_resume(tmp_pat
             wait_for(lambda: describe_run(run)["complete"] if run.exists() else False, 60,
                      "the series end")
             time.sleep(0.5)  # well into the final iterations
-            proc.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+            proc.send_signal(getattr(signal, how))
             code = proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
