@@ -29,8 +29,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                       device=args.device, progress=not args.quiet,
                       uncertainty=args.uncertainty, align=align)
     res.save(args.out, source=args.series)
-    print(f"wrote {args.out}: {args.method}, {res.params['iterations']} iterations on "
-          f"{res.params['device']} in {res.elapsed:.1f} s")
+    stop = res.params.get("stop_reason")
+    print(f"wrote {args.out}: {args.method}, {res.params['iterations']} iterations"
+          f"{f' ({stop})' if stop else ''} on {res.params['device']} in "
+          f"{res.elapsed:.1f} s")
     model = model_lines(res.params)
     if model:
         print("\n".join(model))
@@ -54,7 +56,9 @@ def register(sub: Any) -> None:
     p.add_argument("series", help="series file (.h5)")
     p.add_argument("--out", required=True, help="reconstruction file to write (.h5)")
     p.add_argument("--method", choices=METHODS, default="fused")
-    p.add_argument("--iterations", type=positive_int, default=None)
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="fixed number of iterations (fused default: until the stopping rule "
+                        "says the volumes have converged, docs/model.md)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--align", action="store_true",

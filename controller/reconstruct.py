@@ -40,13 +40,13 @@ from fusetomo.controller.series_model import fusion_params_for, solver_for_serie
 from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import (
-    DEFAULT_ITERATIONS,
     GAMMA_START,
     CostHistory,
     FusedSolver,
     FusionParams,
 )
 from fusetomo.solver.nuisance import haadf_offsets
+from fusetomo.solver.stopping import StopRule
 
 METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
 HAADF_ONLY_METHODS = ("haadf", "sirt")  # what a series without spectrum images allows
@@ -86,9 +86,11 @@ def _maps(series: TiltSeries) -> np.ndarray:
     return np.stack([series.chem[e] for e in series.elements])
 
 
-def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParams,
+def _fused(series: TiltSeries, iterations: int | None, device: str, params: FusionParams,
            progress: bool, align: OfflineAlignParams | None = None,
            ) -> tuple[FusedSolver, dict[str, Any]]:
+    """The fused reconstruction: `iterations` fixed, or None for the stopping rule
+    (solver/stopping.py)."""
     p = fusion_params_for(series, params)
     extra: dict[str, Any] = {}
     if align is not None:
@@ -104,13 +106,21 @@ def _fused(series: TiltSeries, iterations: int, device: str, params: FusionParam
         solver.add_haadf(series.haadf_angles, series.haadf)
         solver.add_chem(series.common_chem_angles, series.chem)
     solver.initialize()
-    with tqdm(total=iterations, desc="fused", unit="it", disable=not progress,
-              leave=False) as bar:
-        for _ in range(iterations):
-            c = solver.step()
+    rule = StopRule()
+    with tqdm(total=iterations or rule.max_iterations, desc="fused", unit="it",
+              disable=not progress, leave=False) as bar:
+
+        def show(_k: int, c: dict[str, float]) -> None:
+            change = solver.history.change[-1]
             bar.set_postfix(haadf=f"{c['haadf']:.4g}", chem=f"{c['chem']:.4g}",
-                            tv=f"{c['tv']:.4g}", refresh=False)
+                            tv=f"{c['tv']:.4g}", change=f"{change:.2g}", refresh=False)
             bar.update()
+
+        if iterations is None:
+            extra["stop_reason"] = solver.run_until(rule, show)
+            extra["stop_tol"] = rule.tol
+        else:
+            solver.run(iterations, show)
     return solver, {**asdict(p), **extra}
 
 
@@ -232,10 +242,10 @@ def reconstruct(
     std_error = None
     warnings: tuple[str, ...] = ()
     if method == "fused":
-        k = DEFAULT_ITERATIONS if iterations is None else iterations
-        solver, fparams = _fused(series, k, dev, params or FusionParams(), progress, align)
+        solver, fparams = _fused(series, iterations, dev, params or FusionParams(), progress,
+                                 align)
         volumes, history = solver.volumes(), solver.history
-        info.update(iterations=k, **fparams)
+        info.update(iterations=len(history.haadf), **fparams)
         info.update(solver.model_summary())
         fit = solver.fit_check()
         info.update(fit.as_attrs())

@@ -57,6 +57,7 @@ from fusetomo.solver.growing import Growing
 from fusetomo.solver.iterative import mlem_step, sirt_weights
 from fusetomo.solver.linop import sirt_lipschitz
 from fusetomo.solver.projector import GeometryError, ParallelProjector
+from fusetomo.solver.stopping import StopReason, StopRule
 from fusetomo.solver.tv import Backend, prox_tv, tv_value
 
 # Iterations of a full offline reconstruction with the default parameters.
@@ -197,6 +198,8 @@ class CostHistory:
     haadf_scale: list[float] = field(default_factory=list)
     n_haadf_tilts: list[int] = field(default_factory=list)
     n_chem_tilts: list[int] = field(default_factory=list)
+    # ||x_k - x_k-1|| / ||x_k||: how much the volumes changed in the iteration
+    change: list[float] = field(default_factory=list)
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in asdict(self).items()}
@@ -870,7 +873,11 @@ class FusedSolver:
             tv_terms = self._tv_terms(x)
             x = x + p.lambda_haadf * dx_h + self._chem_step_fraction(x) * dx_c
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
+            x_before = self.x
             self.x = self._prox(x, weights)
+            d = self.x - x_before
+            norms = self._allreduce(np.array([float(xp.vdot(d, d)),
+                                              float(xp.vdot(self.x, self.x))]))
             if p.pin_level != "off" and p.chem_model == "poisson" and self.n_haadf:
                 self.x = self._pin_level(self.x)
 
@@ -885,6 +892,7 @@ class FusedSolver:
         h.haadf_scale.append(c)
         h.n_haadf_tilts.append(self.n_haadf)
         h.n_chem_tilts.append(self.n_chem)
+        h.change.append(float(np.sqrt(norms[0] / max(norms[1], 1e-300))))
         return {"haadf": cost_h, "chem": cost_c, "tv": float(np.sum(tv_now))}
 
     def haadf_misfit(self, gamma: float, x: Any | None = None) -> float:
@@ -981,6 +989,21 @@ class FusedSolver:
             costs = self.step()
             if callback is not None:
                 callback(k, costs)
+
+    def run_until(self, rule: StopRule | None = None,
+                  callback: Callable[[int, dict], None] | None = None) -> StopReason:
+        """Iterate until the stopping rule (solver/stopping.py) says so; returns why."""
+        rule = rule or StopRule()
+        h = self.history
+        k = 0
+        while True:
+            costs = self.step()
+            k += 1
+            if callback is not None:
+                callback(k - 1, costs)
+            reason = rule.check(h.change, h.haadf, h.chem, k)
+            if reason is not None:
+                return reason
 
     # -- results --------------------------------------------------------------------------
     def volumes(self) -> dict[str, np.ndarray]:
