@@ -25,7 +25,8 @@ def iterate(s: LiveSession, phase: int | None) -> None:
         return
     run.record_costs(step.iteration, step.costs)
     p = s.params
-    if p.snapshot_every and step.iteration % p.snapshot_every == 0:
+    if (p.snapshot_every and step.iteration % p.snapshot_every == 0
+            and recon.solver.x is not None):
         run.record_snapshot(step.iteration, recon.solver.volumes())
     if step.settled:
         settle(s, step.settled)
@@ -62,6 +63,12 @@ def settle(s: LiveSession, done: tuple[Pending, ...]) -> None:
 def publish_slices(s: LiveSession) -> None:
     """The current volumes (and standard errors) as orthoslices, on the `slices` topic."""
     solver = s.solver
+    if solver is not None and solver.in_haadf_phase and solver.iteration:
+        # No spectrum image yet: the volume HAADF sees, under the name HAADF.
+        vol = solver.haadf_volume()[None]
+        s.publish("slices", STATUS, iteration=solver.iteration,
+                  slices=orthoslices(vol, ["HAADF"], s.params.slice_size))
+        return
     if solver is None or solver.x is None:
         return
     extra: dict[str, Any] = {}

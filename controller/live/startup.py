@@ -165,7 +165,11 @@ def finish(s: LiveSession) -> None:
     errors), the closing event."""
     recon, run = s.recon, s.run
     assert run is not None
-    if recon is not None and recon.ready:
+    if recon is not None and recon.ready and recon.solver.x is None:
+        iterating.settle(s, recon.take_settled())
+        log.warning("the series ended without a spectrum image: the HAADF volume was "
+                    "reconstructed, no element volumes")
+    elif recon is not None and recon.ready:
         iterating.settle(s, recon.take_settled())
         run.record_snapshot(recon.iteration, recon.solver.volumes())
         for h in s.hooks:
