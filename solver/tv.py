@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import sigpy as sp
 
+from fusetomo.solver import cpu_kernels
 from fusetomo.solver.backend import array_module
 
 Backend = Literal["slices", "sigpy"]
@@ -77,6 +79,11 @@ def _sigpy_ops(shape: tuple[int, ...]) -> tuple[Any, Any]:
 
 def tv_value(x: Any) -> Any:
     """Isotropic TV summed over the last three axes; one value per leading index."""
+    if isinstance(x, np.ndarray) and cpu_kernels.enabled():
+        try:
+            return cpu_kernels.tv_value(x)
+        except cpu_kernels.KernelUnavailableError:
+            pass  # NumPy below
     xp = array_module(x)
     g = gradient(x)
     mag = xp.sqrt(xp.sum(g * g, axis=0))
@@ -148,6 +155,12 @@ def fgp(b: Any, w: Any, *, iterations: int, nonnegative: bool = True,
     per leading index); with `halo`, `b` carries ghost slices that the hooks keep filled."""
     xp = array_module(b)
     step = fgp_step(w, b.dtype)
+    if isinstance(b, np.ndarray) and cpu_kernels.enabled():
+        try:
+            return cpu_kernels.fgp(b, w, step, iterations=iterations,
+                                   nonnegative=nonnegative, halo=halo)
+        except cpu_kernels.KernelUnavailableError:
+            pass  # NumPy below
     p = xp.zeros((3, *b.shape), dtype=b.dtype)
     p_new = xp.zeros_like(p)
     r = xp.zeros_like(p)
