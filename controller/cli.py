@@ -31,6 +31,7 @@ from fusetomo.adapters.seriesfile import (
     total_dose,
     write_series,
 )
+from fusetomo.controller.argtypes import add_threads_option, apply_threads
 from fusetomo.controller.argtypes import positive_int as _positive_int
 from fusetomo.controller.reconfile import FORMAT as RECON_FORMAT
 from fusetomo.controller.reconfile import (
@@ -226,6 +227,7 @@ def _add_simulation_options(p: argparse.ArgumentParser, *, size: int | None) -> 
     p.add_argument("--chem-step", type=float, default=15.0, help="degrees")
     p.add_argument("--tilt-range", type=float, nargs=2, default=(-70.0, 70.0),
                    metavar=("LO", "HI"), help="degrees")
+    add_threads_option(p)
     p.add_argument("--oversample", type=_positive_int, default=2,
                    help="simulate on a grid this many times finer (no inverse crime)")
 
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: estimated)")
     p.add_argument("--uncertainty", choices=("cheap", "accurate"), default=None,
                    help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
+    add_threads_option(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("export", help="export a reconstruction to EMD, MRC or TIFF stacks")
@@ -313,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already reported
         return e.code if isinstance(e.code, int) else 2
+    try:
+        apply_threads(args)  # --threads, else FUSETOMO_THREADS, else every core
+    except ValueError as e:  # a bad FUSETOMO_THREADS
+        _eprint(f"fusetomo: error: {e}")
+        return 2
     try:
         return int(args.func(args))
     except USER_ERRORS as e:

@@ -42,6 +42,7 @@ from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import SeriesFileError, file_format, write_series
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys, StatusSubscriber
 from fusetomo.controller.advisor import POLICIES, AdvisorError, AdvisorParams
+from fusetomo.controller.argtypes import add_threads_option
 from fusetomo.controller.argtypes import non_negative_int as _non_negative_int
 from fusetomo.controller.argtypes import positive_float as _positive_float
 from fusetomo.controller.argtypes import positive_int as _positive_int
@@ -80,6 +81,7 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
                    help="iterations while waiting, at most this many after each tilt "
                         "(default 50; 0: none)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    add_threads_option(p)
     p.add_argument("--align", action="store_true",
                    help="align each tilt on arrival (against the previous tilt and the "
                         "reprojection) and refine the alignment while waiting")
@@ -497,6 +499,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
            "--haadf-step", str(args.haadf_step), "--chem-step", str(args.chem_step),
            "--tilt-range", *(str(v) for v in args.tilt_range),
            "--drift", str(args.drift), "--axis-offset", str(args.axis_offset)]
+    threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    sim += threads
     advice: list[str] = []
     if args.policy is not None:
         # The instrument holds at each tilt and the controller's policy decides.
@@ -520,7 +524,7 @@ def run_live_demo(args: argparse.Namespace) -> int:
             str(args.final_iterations), "--max-idle-iterations",
             str(args.max_idle_iterations), "--device", args.device, "--timeout",
             str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else []),
-            "--seed", str(args.seed), *advice,
+            "--seed", str(args.seed), *advice, *threads,
             *(["--align", "--align-rotation", str(args.align_rotation)] if args.align
               else [])),
             READY_PREFIX, out / "controller.log")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusetomo.controller.argtypes import positive_int
+from fusetomo.controller.argtypes import add_threads_option, positive_int
 
 
 def _error(text: str) -> int:
@@ -132,4 +132,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--iterations", type=positive_int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="gpu: rank r uses GPU (local rank mod GPUs on its node)")
+    add_threads_option(p)  # per rank: with N ranks on one machine, cores / N
     p.set_defaults(func=cmd_reconstruct_slabs)

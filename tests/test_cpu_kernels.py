@@ -198,8 +198,47 @@ def test_set_threads_and_environment(monkeypatch) -> None:
     monkeypatch.delenv(backend.THREADS_ENV)
     assert backend.set_threads(0) == backend.available_cores()
     monkeypatch.setenv(backend.THREADS_ENV, "two")
-    with pytest.raises(ValueError, match="FUSETOMO_THREADS.*'two'"):
+    with pytest.raises(ValueError, match=r"FUSETOMO_THREADS.*'two'"):
         backend.set_threads(None)
     with pytest.raises(ValueError, match=">= 0"):
         backend.set_threads(-1)
     assert backend.available_cores() == len(os.sched_getaffinity(0))
+
+
+# -- --threads on the command line ---------------------------------------------------------
+COMPUTING_COMMANDS = [
+    ["simulate", "--size", "8", "--out", "x.h5"],
+    ["reconstruct", "s.h5", "--out", "r.h5"],
+    ["offline-demo"],
+    ["demo"],
+    ["control", "--instrument", "tcp://127.0.0.1:1", "--record", "r.h5"],
+    ["replay", "s.h5"],
+    ["instrument-sim"],
+    ["reconstruct-slabs", "s.h5", "--out", "r.h5"],
+    ["align", "s.h5", "--out", "a.h5"],
+]
+
+
+@pytest.mark.parametrize("argv", COMPUTING_COMMANDS, ids=lambda a: a[0])
+def test_threads_option_on_every_computing_command(argv: list[str]) -> None:
+    from fusetomo.controller.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(argv).threads is None
+    assert parser.parse_args([*argv, "--threads", "3"]).threads == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--threads", "-1"])
+
+
+def test_main_applies_threads_and_names_a_bad_environment(monkeypatch, tmp_path, capsys):
+    from fusetomo.controller.cli import main
+
+    out = tmp_path / "s.h5"
+    assert main(["simulate", "--size", "8", "--out", str(out), "--threads", "1"]) == 0
+    assert backend.threads() == 1
+    monkeypatch.setenv(backend.THREADS_ENV, "many")
+    assert main(["inspect", str(out)]) == 2
+    assert "FUSETOMO_THREADS: not a whole number: 'many'" in capsys.readouterr().err
+    monkeypatch.setenv(backend.THREADS_ENV, "2")
+    assert main(["inspect", str(out)]) == 0
+    assert backend.threads() == 2
