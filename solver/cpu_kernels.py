@@ -66,18 +66,30 @@ def disabled_reason() -> str | None:
 
 
 def _run(kernel: Any, *args: Any) -> None:
-    """Call a kernel with the wanted thread count; on a failure of numba itself (no
-    thread-safe layer, no compiler) switch the kernels off for the process and re-raise as
-    _KernelUnavailable, so the caller takes the NumPy path."""
+    """Call a kernel with the wanted thread count (capped at numba's NUMBA_NUM_THREADS, the
+    machine's cores unless set). If numba cannot run it, raise KernelUnavailableError so
+    that the caller takes the NumPy path; when no thread-safe threading layer loads, the
+    kernels are switched off for the process."""
     global _disabled_reason
     try:
         numba.set_num_threads(max(1, min(threads(), numba.config.NUMBA_NUM_THREADS)))
         kernel(*args)
-    except (ValueError, numba.core.errors.NumbaError) as e:
-        if isinstance(e, ValueError) and "threading layer" not in str(e):
+    except ValueError as e:
+        if "threading layer" not in str(e):
             raise
         _disabled_reason = f"{type(e).__name__}: {e}"
         raise KernelUnavailableError(_disabled_reason) from e
+    except numba.core.errors.NumbaError as e:  # e.g. a type the kernels were not written for
+        raise KernelUnavailableError(f"{type(e).__name__}: {e}") from e
+
+
+def takes(a: Any, *, floats_only: bool = False) -> bool:
+    """True when the kernels are on and `a` is a NumPy array they handle: real numbers (the
+    projector casts them as scipy would), or with `floats_only` float32 and float64 (TV)."""
+    if not isinstance(a, np.ndarray):
+        return False
+    ok = a.dtype in (np.float32, np.float64) if floats_only else a.dtype.kind in "fiub"
+    return ok and enabled()
 
 
 class KernelUnavailableError(RuntimeError):
@@ -226,7 +238,9 @@ if _HAVE_NUMBA:
 
 # -- projector entry points -------------------------------------------------------------------
 def _float(a: np.ndarray) -> np.ndarray:
-    return a if a.dtype.kind == "f" else a.astype(np.float32)
+    """float32 or float64, as scipy's product with the float32 matrix would give."""
+    dt = np.result_type(a.dtype, np.float32)
+    return a if a.dtype == dt else a.astype(dt)
 
 
 def forward(matrix: Any, vol: np.ndarray, n_tilts: int, n_det: int) -> np.ndarray:

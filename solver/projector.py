@@ -268,8 +268,7 @@ class ParallelProjector:
         return xp.ascontiguousarray(out.T).reshape(*lead, ns, self.n, self.n)
 
     def _use_kernels(self, a: Any) -> bool:
-        return self.device == sp.cpu_device and isinstance(a, np.ndarray) and \
-            cpu_kernels.enabled()
+        return self.device == sp.cpu_device and cpu_kernels.takes(a)
 
     def _transpose(self) -> Any:
         """The matrix's transpose as a CSR matrix (the adjoint kernel's rows are pixels),

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import sigpy as sp
 
 from fusetomo.solver import cpu_kernels
@@ -84,7 +83,7 @@ def _sigpy_ops(shape: tuple[int, ...]) -> tuple[Any, Any]:
 
 def tv_value(x: Any) -> Any:
     """Isotropic TV summed over the last three axes; one value per leading index."""
-    if isinstance(x, np.ndarray) and cpu_kernels.enabled():
+    if cpu_kernels.takes(x, floats_only=True) and x.ndim >= 3:
         try:
             return cpu_kernels.tv_value(x)
         except cpu_kernels.KernelUnavailableError:
@@ -160,7 +159,7 @@ def fgp(b: Any, w: Any, *, iterations: int, nonnegative: bool = True,
     per leading index); with `halo`, `b` carries ghost slices that the hooks keep filled."""
     xp = array_module(b)
     step = fgp_step(w, b.dtype)
-    if isinstance(b, np.ndarray) and cpu_kernels.enabled():
+    if cpu_kernels.takes(b, floats_only=True):
         try:
             return cpu_kernels.fgp(b, w, step, iterations=iterations,
                                    nonnegative=nonnegative, halo=halo)

@@ -242,3 +242,14 @@ def test_main_applies_threads_and_names_a_bad_environment(monkeypatch, tmp_path,
     monkeypatch.setenv(backend.THREADS_ENV, "2")
     assert main(["inspect", str(out)]) == 0
     assert backend.threads() == 2
+
+
+def test_other_dtypes_take_the_numpy_path_or_are_cast_as_scipy_does(monkeypatch) -> None:
+    proj = ParallelProjector(8, [0.0, 30.0])
+    ints = np.arange(2 * 64).reshape(2, 8, 8)
+    ref, got = both_paths(monkeypatch, lambda: proj.forward(ints))
+    assert_close(got, ref)  # float64, as scipy's float32 matrix @ int64 gives
+    half = np.random.default_rng(1).random((2, 6, 7)).astype(np.float16)
+    ref, got = both_paths(monkeypatch, lambda: prox_tv(half, 0.1, iterations=3))
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, ref)  # float16: the NumPy path itself
