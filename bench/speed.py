@@ -4,14 +4,16 @@
     python bench/speed.py --sizes 64 128 256 --iterations 2 --repeats 2   # recorded figures
     python bench/speed.py --device gpu                   # CuPy; needs fusetomo[gpu]
 
-For each reconstruction size N (volumes N^3 per element) and each thread count of
-`--threads` (default: 1 and every core; 0 means every core) it measures
+For each reconstruction size N (volumes N^3 per element), for today's single-threaded path
+('numpy_1': scipy.sparse and NumPy ufuncs, FUSETOMO_CPU_KERNELS=numpy; `--no-baseline` leaves
+it out) and for the numba kernels at each thread count of `--threads` (default: 1 and every
+core; 0 means every core), it measures
 - the set-up and the first fused step of a fresh solver (the first step includes the
   conventional ML-EM initialisation and the gamma estimate), with the peak memory of both:
   tracemalloc's peak on the CPU (NumPy and SciPy report their buffers to it), the CuPy
   memory pool's high-water mark on a GPU;
-- the median wall time of one fused iteration (`FusedSolver.step`), the thread counts
-  interleaved step by step on one solver (A, B, A, B...), so that all see the same load;
+- the median wall time of one fused iteration (`FusedSolver.step`), the runs interleaved
+  step by step (A, B, C, A, B, C...), so that all see the same load;
 - the time to answer: set-up + first step + (answer_iterations - 1) x the median iteration,
   with answer_iterations = 60, today's fixed count (`--answer run` runs them instead). Until
   the fused solver stops on a convergence rule (issue 20, item 2) an answer is 60
@@ -256,83 +258,91 @@ def fresh_solver(n: int, data: dict[str, Any], angles: tuple[np.ndarray, np.ndar
     return solver, out
 
 
+def configs(args: argparse.Namespace, device: sp.Device) -> list[tuple[str, str, int]]:
+    """(label, path, threads) of the runs to compare: today's single-threaded path
+    ('numpy_1', unless --no-baseline) and the kernels at each thread count ('1', '2' ...)."""
+    out = [("numpy_1", "numpy", 1)] if args.baseline and device == sp.cpu_device else []
+    return out + [(str(t), "numba", t) for t in thread_counts(args.threads, device)]
+
+
 def bench_size(n: int, args: argparse.Namespace, device: sp.Device) -> dict[str, Any]:
     haadf_angles = np.linspace(-args.tilt_range, args.tilt_range, args.haadf_tilts)
     chem_angles = np.linspace(-args.tilt_range, args.tilt_range, args.chem_tilts)
     angles = (haadf_angles, chem_angles)
     params = FusionParams()
     threads = thread_counts(args.threads, device)
-    default = backend.available_cores() if device != sp.cpu_device else threads[-1]
+    runs = configs(args, device)
+    default = runs[-1]  # the kernels at the last thread count (default: every core)
     t0 = time.perf_counter()
     data = make_data(n, args.elements, haadf_angles, chem_angles, GAMMA_START)
-    print(f"N={n}: data made in {time.perf_counter() - t0:.1f} s; threads {threads}; load "
-          f"{load_average()}", flush=True)
-    row: dict[str, Any] = {"N": n, "threads": threads, "load_average_start": load_average(),
+    print(f"N={n}: data made in {time.perf_counter() - t0:.1f} s; runs "
+          f"{[r[0] for r in runs]}; load {load_average()}", flush=True)
+    row: dict[str, Any] = {"N": n, "threads": threads, "runs": [r[0] for r in runs],
+                           "load_average_start": load_average(),
                            "memory_measure": "tracemalloc" if device == sp.cpu_device
                            else "cupy pool", "by_threads": {}}
 
-    # Set-up, first step and peak memory of a fresh solver at each thread count; the
-    # solver of the last count (the default: every core) is kept for the iterations.
-    solver: FusedSolver | None = None
-    for t in threads:
-        with cpu_path("numba", t):
-            if solver is not None:
-                del solver
-            solver, first = fresh_solver(n, data, angles, params, device, args.warmup)
-        row["by_threads"][str(t)] = first
-    assert solver is not None
+    # Set-up, first step and peak memory of a fresh solver for each run; one solver is
+    # kept per path (its state does not change the time of a step) for the iterations.
+    solvers: dict[str, FusedSolver] = {}
+    for label, path, t in runs:
+        with cpu_path(path, t):
+            solvers.pop(path, None)
+            solvers[path], row["by_threads"][label] = fresh_solver(n, data, angles, params,
+                                                                   device, args.warmup)
     # The model given all its nuisances, to measure what the estimation costs.
     plain = FusedSolver(n, n, data["elements"], data["Z"],
                         replace(params, gamma=GAMMA_START, haadf_offset="none"),
                         device=device, background=data["background"])
     plain.add_haadf(haadf_angles, data["haadf"])
     plain.add_chem(chem_angles, data["chem"])
-    with cpu_path("numba", default):
+    with cpu_path(default[1], default[2]):
         row["plain_warmup_step_s"] = [timed(plain.step, device)
                                       for _ in range(max(args.warmup, 1))]
-    steps: dict[int, list[float]] = {t: [] for t in threads}
+    steps: dict[str, list[float]] = {r[0]: [] for r in runs}
     plain_steps: list[float] = []
     for _ in range(args.iterations):  # interleaved, so that all see the same machine load
-        for t in threads:
-            with cpu_path("numba", t):
-                steps[t].append(timed(solver.step, device))
-        with cpu_path("numba", default):
+        for label, path, t in runs:
+            with cpu_path(path, t):
+                steps[label].append(timed(solvers[path].step, device))
+        with cpu_path(default[1], default[2]):
             plain_steps.append(timed(plain.step, device))
-    for t in threads:
-        r = row["by_threads"][str(t)]
-        r["iteration_s"] = statistics.median(steps[t]) if steps[t] else float("nan")
-        r["iteration_all_s"] = steps[t]
+    for label, _, _ in runs:
+        r = row["by_threads"][label]
+        r["iteration_s"] = statistics.median(steps[label]) if steps[label] else float("nan")
+        r["iteration_all_s"] = steps[label]
         r["time_to_answer_s"] = (r["setup_s"] + r["warmup_step_s"][0]
                                  + (args.answer_iterations - 1) * r["iteration_s"])
         r["time_to_answer"] = "estimated"
-    if args.answer == "run" and device == sp.cpu_device:
-        for t in threads:
-            with cpu_path("numba", t):
+    scale = solvers[default[1]].scale_tv
+    solvers.clear()
+    if args.answer == "run":
+        for label, path, t in runs:
+            with cpu_path(path, t):
                 t1 = time.perf_counter()
                 s2 = FusedSolver(n, n, data["elements"], data["Z"], params, device=device)
                 s2.add_haadf(haadf_angles, data["haadf"])
                 s2.add_chem(chem_angles, data["chem"])
                 s2.run(args.answer_iterations)
-                row["by_threads"][str(t)]["time_to_answer_s"] = time.perf_counter() - t1
-                row["by_threads"][str(t)]["time_to_answer"] = "measured"
+                s2.volumes()
+                row["by_threads"][label]["time_to_answer_s"] = time.perf_counter() - t1
+                row["by_threads"][label]["time_to_answer"] = "measured"
                 del s2
-    # Top-level figures (the default thread count), as before issue 20.
-    top = row["by_threads"][str(default)]
+    # Top-level figures (the default run), as before issue 20.
+    top = row["by_threads"][default[0]]
     for k in ("setup_s", "warmup_step_s", "peak_memory_MB", "iteration_s", "iteration_all_s",
               "time_to_answer_s"):
         row[k] = top[k]
     row["plain_iteration_s"] = statistics.median(plain_steps) if plain_steps else float("nan")
     row["nuisance_overhead"] = row["iteration_s"] / row["plain_iteration_s"] - 1.0
-    one = row["by_threads"][str(threads[0])]
+    b = row["by_threads"]
     print(f"N={n}: fused iteration " + ", ".join(
-        f"{row['by_threads'][str(t)]['iteration_s']:.3f} s ({t} thr.)" for t in threads)
+        f"{b[r[0]]['iteration_s']:.3f} s ({r[0]})" for r in runs)
         + f"; time to answer ({args.answer_iterations} it.) "
-        + ", ".join(f"{row['by_threads'][str(t)]['time_to_answer_s']:.1f} s ({t} thr.)"
-                    for t in threads)
+        + ", ".join(f"{b[r[0]]['time_to_answer_s']:.1f} s ({r[0]})" for r in runs)
         + f"; nuisances {100 * row['nuisance_overhead']:+.1f} % per iteration; peak "
-        f"{one['peak_memory_MB']:.0f} MB", flush=True)
-    scale = solver.scale_tv
-    del solver, plain
+        + ", ".join(f"{b[r[0]]['peak_memory_MB']:.0f} MB ({r[0]})" for r in runs), flush=True)
+    del plain
 
     row.update(bench_kernels(n, data, angles, params, scale, threads, device, args.repeats))
     row["load_average_end"] = load_average()
@@ -464,19 +474,20 @@ def scaling_figure(sc: dict[str, Any], hw: dict[str, Any], path: Path) -> None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'N':>5} {'thr':>4} {'set-up':>8} {'1st step':>9} {'iter':>8} {'answer':>8} "
+    head = (f"{'N':>5} {'threads':>7} {'set-up':>8} {'1st step':>9} {'iter':>8} {'answer':>8} "
             f"{'peak MB':>9} {'nuis.':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        for t in r["threads"]:
-            b = r["by_threads"][str(t)]
+        for t in r["runs"]:
+            b = r["by_threads"][t]
             lines.append(
-                f"{r['N']:>5} {t:>4} {b['setup_s']:>8.2f} {b['warmup_step_s'][0]:>9.2f} "
+                f"{r['N']:>5} {t:>7} {b['setup_s']:>8.2f} {b['warmup_step_s'][0]:>9.2f} "
                 f"{b['iteration_s']:>8.3f} {b['time_to_answer_s']:>8.1f} "
                 f"{b['peak_memory_MB']:>9.0f} {100 * r['nuisance_overhead']:>+5.0f}%")
     lines.append("(seconds; '1st step' includes the ML-EM initialisation and the gamma "
                  "estimate; 'answer' is set-up + 1st step + 59 iterations, today's fixed 60; "
-                 "'nuis.' is what estimating the nuisances adds per iteration, at every core)")
+                 "'nuis.' is what estimating the nuisances adds per iteration, at every core; "
+                 "'numpy_1' is today's single-threaded path)")
     kl = [f"{'N':>5} {'kernel':>14} " + " ".join(f"{k:>10}" for k in
                                                  rows[0].get("kernels", {}).get(
                                                      "tv_slices", {}))]
@@ -495,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 0],
                     help="thread counts to compare (0: every core; default 1 0)")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="leave out today's single-threaded path (numpy_1) from the fused "
+                         "iterations (its kernels are always timed)")
     ap.add_argument("--elements", type=int, default=4)
     ap.add_argument("--haadf-tilts", type=int, default=47)
     ap.add_argument("--chem-tilts", type=int, default=10)
@@ -551,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             "chem_tilts": args.chem_tilts, "tilt_range_deg": args.tilt_range,
             "iterations_timed": args.iterations, "warmup_steps": args.warmup,
             "kernel_repeats": args.repeats, "threads": args.threads,
+            "baseline": args.baseline,
             "answer": args.answer, "answer_iterations": args.answer_iterations,
             "fusion_params": asdict(FusionParams()),
         },
