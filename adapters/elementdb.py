@@ -27,7 +27,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.elements import atomic_number
+from fusetomo.core.errors import FusetomoError
 
 __all__ = ["EdgeFamily", "ElementDatabaseError", "XrayLine", "default_edge", "default_line",
            "edge", "eels_edges", "elements_with_data", "line", "xray_lines"]
@@ -44,7 +45,7 @@ _FAMILIES = (
 )
 
 
-class ElementDatabaseError(LookupError):
+class ElementDatabaseError(FusetomoError, LookupError):
     """No element database, or no line/edge of that name for that element; names both."""
 
     def __str__(self) -> str:
@@ -159,7 +160,7 @@ def edge(element: str, name: str) -> EdgeFamily:
 
 def elements_with_data() -> list[str]:
     """Symbols of the elements Z 3-92 that the database holds."""
-    from fusetomo.adapters.elements import ATOMIC_NUMBER
+    from fusetomo.core.elements import ATOMIC_NUMBER
 
     db = _database()
     return [s for s, z in ATOMIC_NUMBER.items() if 3 <= z <= 92 and s in db]

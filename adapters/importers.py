@@ -50,7 +50,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fusetomo.adapters.elements import UnknownElementError, atomic_number
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import write_series
 from fusetomo.adapters.sidecar import find_sidecar, read_angle_file
@@ -67,6 +66,7 @@ from fusetomo.adapters.vendor_read import (
     expand_paths,
     read_signals,
 )
+from fusetomo.core.elements import UnknownElementError, atomic_number
 
 __all__ = ["RSCIIO_PLUGINS", "ImportParams", "VendorFileError", "import_series",
            "import_to_file", "read_frames"]

@@ -21,13 +21,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.angles import angle_key
+from fusetomo.core.elements import atomic_number
+from fusetomo.core.errors import FusetomoError
 
 ChemKind = Literal["counts", "subtracted"]
 CHEM_KINDS: tuple[str, ...] = ("counts", "subtracted")
 
 
-class SeriesError(ValueError):
+class SeriesError(FusetomoError, ValueError):
     """A tilt series that breaks the contract; the message names the dataset and value."""
 
 
@@ -156,6 +158,8 @@ def _check_angles(name: str, angles: np.ndarray) -> None:
         raise SeriesError(f"{name}: non-finite angle in {angles.tolist()}")
     if np.any(np.abs(angles) > 90):
         raise SeriesError(f"{name}: angle outside [-90, 90] degrees: {angles.tolist()}")
-    uniq, counts = np.unique(np.round(angles, 6), return_counts=True)
-    if np.any(counts > 1):
-        raise SeriesError(f"{name}: duplicate tilt angle {float(uniq[counts > 1][0])}")
+    seen: set[int] = set()
+    for a in angles:
+        if angle_key(a) in seen:
+            raise SeriesError(f"{name}: duplicate tilt angle {float(a)}")
+        seen.add(angle_key(a))

@@ -37,8 +37,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fusetomo.adapters.elements import UnknownElementError, atomic_number
 from fusetomo.adapters.series import SeriesError, TiltSeries
+from fusetomo.core.angles import duplicate_angles
+from fusetomo.core.elements import UnknownElementError, atomic_number
 
 FORMAT = "fusetomo-series"
 RUN_FORMAT = "fusetomo-run"  # adapters/runfile.py: a series file plus the live record
@@ -164,9 +165,14 @@ def open_h5(path: str | Path, error: type[Exception] = SeriesFileError, *,
         f = h5py.File(path, "r", swmr=True) if swmr else h5py.File(path, "r")
     except (OSError, ValueError) as e:
         try:
-            if not swmr:
+            if swmr:
+                f = h5py.File(path, "r")
+            elif "open for write" in str(e):
+                # A run file whose writer is live, or was killed before it closed it: only
+                # an SWMR reader opens it (the committed records are intact).
+                f = h5py.File(path, "r", swmr=True)
+            else:
                 raise
-            f = h5py.File(path, "r")
         except (OSError, ValueError):
             raise error(f"{path}: not a readable HDF5 file ({e})") from None
     with f:
@@ -336,8 +342,7 @@ def file_format(path: str | Path) -> str:
 
 def duplicate_count(angles: np.ndarray) -> int:
     """How many angles repeat an earlier one (to 1e-6 degree)."""
-    a = np.round(np.asarray(angles, dtype=np.float64).ravel(), 6)
-    return int(a.size - np.unique(a).size)
+    return duplicate_angles(np.asarray(angles, dtype=np.float64).ravel())
 
 
 def _raw_angles(ds: Any) -> np.ndarray:

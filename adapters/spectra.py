@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from fusetomo.adapters.elements import UnknownElementError
+from fusetomo.core.elements import UnknownElementError
+from fusetomo.core.errors import FusetomoError
 
 __all__ = [
     "DEFAULT_EDX_LINES",
@@ -69,7 +70,7 @@ __all__ = [
 MIN_FIT_COUNTS = 10.0
 
 
-class SpectrumError(ValueError):
+class SpectrumError(FusetomoError, ValueError):
     """A spectrum image, energy axis, element or window that cannot give a map; the message
     names the value."""
 

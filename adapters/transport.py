@@ -12,8 +12,11 @@ Patterns (docs/protocol.md says why):
 - operator: the controller binds a ROUTER, viewers and the Nion Swift panel connect
   DEALERs and send `operator` messages (accept / skip / force an advice, pause, ...); each
   gets one `ack` reply.
-Everything binds to 127.0.0.1 unless told otherwise. CURVE encryption with client
-authentication is available for a microscope PC on another host (`CurveKeys`).
+Everything binds to 127.0.0.1 unless told otherwise. Every socket limits the size of the
+frames it accepts (headers only: 128 KiB; the controller's DEALER: the series' image size,
+once known; twice the 64 KiB header limit, so that a slightly too large header still gets
+its error reply). CURVE encryption with client authentication (ZAP) is available on every
+socket (`CurveKeys`; `fusetomo keys` makes the key files).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
 
 from fusetomo.adapters.protocol import (
     ACK,
+    MAX_HEADER_BYTES,
     OPERATOR,
     Message,
     ProtocolError,
@@ -36,34 +41,58 @@ from fusetomo.adapters.protocol import (
     encode,
     make,
 )
+from fusetomo.core.errors import FusetomoError
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
+# The largest frame a socket accepts that carries headers only (everything but tilts):
+# twice the header limit, so that a header a little too large still gets its error reply
+# (header_too_large), while a larger frame drops its sender before it is buffered.
+HEADER_LIMIT = 2 * MAX_HEADER_BYTES
 
 
 @dataclass(frozen=True)
 class CurveKeys:
-    """Key files made by `zmq.auth.create_certificates`. The server needs its secret key
-    and the folder of authorised client public keys; a client its own secret key and the
-    server's public key."""
+    """Key files made by `fusetomo keys` (or `zmq.auth.create_certificates`). A server (the
+    instrument's ROUTER; the controller's PUB and operator ROUTER) needs its secret key and
+    the folder of the public keys of the clients it accepts (ZAP authentication: any other
+    client is refused at the handshake); a client (the controller's DEALER; viewers' SUB
+    and operator DEALER) its own secret key and the server's public key."""
 
     secret_file: Path
     server_public_file: Path | None = None  # client side
     authorized_clients_dir: Path | None = None  # server side
 
 
-def _apply_server_curve(sock: zmq.Socket, ctx: zmq.Context, keys: CurveKeys):
+# One ZAP handler per context (ZeroMQ allows one): the keys folders it accepts.
+_AUTHS: dict[int, tuple[Any, set[str]]] = {}
+
+
+def _apply_server_curve(sock: zmq.Socket, ctx: zmq.Context, keys: CurveKeys) -> Any:
     from zmq.auth.thread import ThreadAuthenticator
 
-    auth = ThreadAuthenticator(ctx)
-    auth.start()
     if keys.authorized_clients_dir is None:
         raise ValueError("a CURVE server needs the folder of authorised client public keys")
-    auth.configure_curve(domain="*", location=str(keys.authorized_clients_dir))
+    folder = str(keys.authorized_clients_dir)
+    if not Path(folder).is_dir():
+        raise ValueError(f"{folder}: no such folder of authorised public keys")
+    auth, folders = _AUTHS.get(id(ctx), (None, set()))
+    new = auth is None
+    if new:
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+    if folder not in folders:
+        folders.add(folder)
+        # Every folder given for this context is accepted (the authenticator keeps one
+        # set of keys per domain): reload all of them.
+        auth.certs["*"] = {}
+        for f in sorted(folders):
+            auth.certs["*"].update(zmq.auth.load_certificates(f))
+    _AUTHS[id(ctx)] = (auth, folders)
     pub, sec = zmq.auth.load_certificate(str(keys.secret_file))
     if sec is None:
         raise ValueError(f"{keys.secret_file}: not a secret key file")
     sock.curve_secretkey, sock.curve_publickey, sock.curve_server = sec, pub, True
-    return auth
+    return auth if new else None
 
 
 def _apply_client_curve(sock: zmq.Socket, keys: CurveKeys) -> None:
@@ -75,11 +104,16 @@ def _apply_client_curve(sock: zmq.Socket, keys: CurveKeys) -> None:
 
 
 class _Endpoint:
-    def __init__(self, sock_type: int, ctx: zmq.Context | None) -> None:
+    """A socket whose inbound frames are limited to `max_frame` bytes (ZeroMQ's
+    MAXMSGSIZE: a peer that sends a larger frame is disconnected before it is buffered)."""
+
+    def __init__(self, sock_type: int, ctx: zmq.Context | None,
+                 max_frame: int = HEADER_LIMIT) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(sock_type)
         self.sock.linger = 0
-        self._auth = None
+        self.sock.maxmsgsize = max_frame
+        self._auth: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -90,6 +124,7 @@ class _Endpoint:
         self.sock.close(0)
         if self._auth is not None:
             self._auth.stop()
+            _AUTHS.pop(id(self.ctx), None)
 
     def __enter__(self):
         return self
@@ -99,7 +134,7 @@ class _Endpoint:
 
 
 class _Router(_Endpoint):
-    """A bound ROUTER answering any number of peers."""
+    """A bound ROUTER answering any number of peers (who send headers only)."""
 
     def __init__(self, bind: str, ctx: zmq.Context | None,
                  curve: CurveKeys | None = None) -> None:
@@ -111,6 +146,13 @@ class _Router(_Endpoint):
 
     def send(self, peer: bytes, msg: Message) -> None:
         self.sock.send_multipart([peer, *encode(msg)], copy=False)
+
+    def recv_frames(self, timeout_ms: int = 0) -> tuple[bytes, list[bytes]] | None:
+        """(peer, frames) of the next message, undecoded; None on time-out."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        peer, *frames = self.sock.recv_multipart(copy=True)
+        return peer, frames
 
     def recv(self, timeout_ms: int = 0) -> tuple[bytes, Message] | None:
         """Next message from a peer, None on time-out. A malformed message raises
@@ -138,8 +180,9 @@ class ControllerClient(_Endpoint):
     instrument recognises the controller after a reconnect."""
 
     def __init__(self, connect: str, *, identity: bytes = b"fusetomo-controller",
-                 ctx: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
-        super().__init__(zmq.DEALER, ctx)
+                 ctx: zmq.Context | None = None, curve: CurveKeys | None = None,
+                 max_frame: int = HEADER_LIMIT) -> None:
+        super().__init__(zmq.DEALER, ctx, max_frame)
         self.sock.identity = identity
         self.sock.reconnect_ivl = 100
         self.sock.reconnect_ivl_max = 2000
@@ -148,8 +191,29 @@ class ControllerClient(_Endpoint):
         self.address = connect
         self.sock.connect(connect)
 
-    def send(self, msg: Message) -> None:
-        self.sock.send_multipart(encode(msg), copy=False)
+    @property
+    def max_frame(self) -> int:
+        return int(self.sock.maxmsgsize)
+
+    def set_max_frame(self, n: int) -> None:
+        """Accept frames up to `n` bytes from now on. ZeroMQ applies a socket's limit when a
+        connection is made, so the connection is made again (the instrument then hears a
+        new hello and resends what was not acknowledged)."""
+        if n == self.max_frame:
+            return
+        self.sock.maxmsgsize = n
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """Connect again. ZeroMQ does so by itself after most disconnections, but not after
+        it dropped a peer for a frame over the limit."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disconnect(self.address)
+        self.sock.connect(self.address)
+
+    def send(self, msg: Message, *, block: bool = True) -> None:
+        """zmq.Again when not `block` and the message cannot be queued now."""
+        self.sock.send_multipart(encode(msg), flags=0 if block else zmq.NOBLOCK, copy=False)
 
     def recv_frames(self, timeout_ms: int) -> list[bytes] | None:
         """Raw frames (the controller decodes them itself to reply to bad ones)."""
@@ -162,9 +226,11 @@ class StatusPublisher(_Endpoint):
     """Controller side: PUB bound at `bind`; topic frame, then a protocol message."""
 
     def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None,
-                 hwm: int = 100) -> None:
+                 hwm: int = 100, curve: CurveKeys | None = None) -> None:
         super().__init__(zmq.PUB, ctx)
         self.sock.sndhwm = hwm
+        if curve is not None:
+            self._auth = _apply_server_curve(self.sock, self.ctx, curve)
         self.sock.bind(bind)
 
     def publish(self, topic: str, msg: Message) -> None:
@@ -178,20 +244,23 @@ class StatusSubscriber(_Endpoint):
     """Viewer side: SUB connected to a controller's status address."""
 
     def __init__(self, connect: str, topics: tuple[str, ...] = ("",), *,
-                 ctx: zmq.Context | None = None) -> None:
+                 ctx: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
         super().__init__(zmq.SUB, ctx)
         for t in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        if curve is not None:
+            _apply_client_curve(self.sock, curve)
         self.sock.connect(connect)
 
     def recv(self, timeout_ms: int) -> tuple[str, Message] | None:
+        """(topic, message), None on time-out; ProtocolError for a malformed message."""
         if not self.sock.poll(timeout_ms):
             return None
         topic, *frames = self.sock.recv_multipart(copy=True)
-        return topic.decode(errors="replace"), decode(frames)
+        return topic.decode(errors="replace"), decode(frames, HEADER_LIMIT)
 
 
-class OperatorError(ValueError):
+class OperatorError(FusetomoError, ValueError):
     """An operator command the controller rejected, or that got no reply in time."""
 
 
@@ -199,8 +268,9 @@ class OperatorServer(_Router):
     """Controller side: ROUTER bound at `bind` for operator commands from any number of
     viewers and panels (`recv`, and `reply` to the peer a message came from)."""
 
-    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None) -> None:
-        super().__init__(bind, ctx)
+    def __init__(self, bind: str = DEFAULT_BIND, *, ctx: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> None:
+        super().__init__(bind, ctx, curve)
 
     reply = _Router.send
 
@@ -211,8 +281,11 @@ class OperatorClient(_Endpoint):
 
     _ids = itertools.count(1)
 
-    def __init__(self, connect: str, *, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, connect: str, *, ctx: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> None:
         super().__init__(zmq.DEALER, ctx)
+        if curve is not None:
+            _apply_client_curve(self.sock, curve)
         self.sock.connect(connect)
         self.address = connect
 
@@ -231,7 +304,11 @@ class OperatorClient(_Endpoint):
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
                 raise OperatorError(f"no reply from the controller at {self.address} to "
                                     f"{action!r} within {timeout_s} s")
-            reply = decode(self.sock.recv_multipart(copy=True)).header
+            try:
+                reply = decode(self.sock.recv_multipart(copy=True), HEADER_LIMIT).header
+            except ProtocolError as e:
+                raise OperatorError(f"{action}: the controller's reply is malformed "
+                                    f"[{e.code}] {e}") from None
             if reply.get("type") == ACK and reply.get("ack_seq") == cid:
                 break
             if reply.get("type") == "error" and reply.get("bad_seq") in (cid, None):

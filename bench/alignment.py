@@ -63,7 +63,7 @@ from scipy import ndimage as ndi
 from skimage.registration import phase_cross_correlation
 
 from fusetomo.controller.live import final_refinement_due
-from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_reprojector
+from fusetomo.controller.live.aligner import LiveAligner, LiveAlignParams, solver_reprojector
 from fusetomo.controller.offline_align import aligned_solver
 from fusetomo.simulators.forward import TiltScheme, bin_projections, haadf_signal, simulate
 from fusetomo.simulators.specimens import make_specimen
@@ -269,7 +269,7 @@ def offline(sim: Any, data: dict[str, Any], ref_data: dict[str, Any],
 def live(sim: Any, data: dict[str, Any], args: argparse.Namespace,
          rotation: float, *, align: bool = True,
          gauge: np.ndarray | None = None) -> dict[str, Any]:
-    """The live route as controller/live.py runs it: each tilt aligned on arrival and given
+    """The live route as controller/live/ runs it: each tilt aligned on arrival and given
     to the solver with its fractional shift, k iterations, one model refinement in the idle
     time; after the series, the final iterations with a refinement every `final_every`.
     align=False: the same schedule with the images as they are (the drift-free reference),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.elements import atomic_number
 from fusetomo.simulators.specimens import Specimen
 
 R_CYL = 0.42

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fusetomo.core.angles import same_angle
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.design import Metric, candidate_gains
 from fusetomo.solver.uncertainty import UncertaintyParams, UncertaintyState, estimate_std_error
 
@@ -42,10 +44,10 @@ if TYPE_CHECKING:
 ACQUIRE, WAIT, STOP = "acquire_now", "wait", "stop_spectroscopy"
 ACTIONS = (ACQUIRE, WAIT, STOP)
 POLICIES = ("adaptive", "uniform", "random")
-ANGLE_TOL = 1e-3
+SPACING_TOL = 1e-3  # degrees of slack in the minimum spacing between spectrum images
 
 
-class AdvisorError(ValueError):
+class AdvisorError(FusetomoError, ValueError):
     """Bad advisor parameters or a request it cannot answer; the message names the value."""
 
 
@@ -145,7 +147,7 @@ def auto_spacing(planned: Sequence[float], chem_maps: int | None) -> float:
 
 
 def _far_enough(angle: float, taken: Sequence[float], spacing: float) -> bool:
-    return all(abs(angle - t) >= spacing - ANGLE_TOL for t in taken)
+    return all(abs(angle - t) >= spacing - SPACING_TOL for t in taken)
 
 
 class _Policy:
@@ -209,10 +211,10 @@ class _FixedPolicy(_Policy):
         stop = self._budget_advice(s)
         if stop is not None:
             return stop
-        if any(abs(s.angle - t) < ANGLE_TOL for t in self.targets):
+        if any(same_angle(s.angle, t) for t in self.targets):
             return self._new(s, ACQUIRE, f"{self.name} plan: a spectrum image at "
                              f"{s.angle:+.1f} deg")
-        nxt = [a for a in s.remaining if any(abs(a - t) < ANGLE_TOL for t in self.targets)]
+        nxt = [a for a in s.remaining if any(same_angle(a, t) for t in self.targets)]
         return self._new(s, WAIT, f"{self.name} plan: next spectrum image at "
                          f"{nxt[0]:+.1f} deg" if nxt else f"{self.name} plan: no more "
                          "spectrum images planned", best_angle=nxt[0] if nxt else None)
@@ -266,11 +268,11 @@ class AdaptiveAdvisor(_Policy):
         here_ok = _far_enough(s.angle, s.chem_angles, self.spacing)
         if solver is None or not solver.ready or solver.n_chem == 0:
             first = self._first_targets
-            if here_ok and (not first or any(abs(s.angle - t) < ANGLE_TOL for t in first)):
+            if here_ok and (not first or any(same_angle(s.angle, t) for t in first)):
                 return self._new(s, ACQUIRE, "no spectrum image yet: nothing can be predicted "
                                  "before the first, taken where even spacing puts one")
             if here_ok:
-                nxt = [a for a in s.remaining if any(abs(a - t) < ANGLE_TOL for t in first)]
+                nxt = [a for a in s.remaining if any(same_angle(a, t) for t in first)]
                 return self._new(s, WAIT, "no spectrum image yet: the first goes where even "
                                  f"spacing puts one ({nxt[0]:+.1f} deg)" if nxt else
                                  "no spectrum image yet", best_angle=nxt[0] if nxt else None)
@@ -326,7 +328,7 @@ class AdaptiveAdvisor(_Policy):
         for i in np.argsort(-gain, kind="stable"):
             if len(picks) >= k:
                 break
-            if all(abs(angles[i] - angles[j]) >= self.spacing - ANGLE_TOL for j in picks):
+            if all(abs(angles[i] - angles[j]) >= self.spacing - SPACING_TOL for j in picks):
                 picks.append(int(i))
         return picks
 

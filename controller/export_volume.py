@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.adapters.reconfile import ReconFileError, read_recon
 from fusetomo.adapters.series import TiltSeries
-from fusetomo.controller.reconfile import ReconFileError, read_recon
 
 __all__ = ["export_mrc", "export_tiff", "write_stack_mrc"]
 

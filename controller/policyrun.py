@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.adapters.instrument.plans import make_plan
 from fusetomo.controller.advisor import ACQUIRE, Advice, AdvisorParams, SeriesState, make_policy
 from fusetomo.controller.series_model import solver_for_series
+from fusetomo.core.angles import angle_key
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
-from fusetomo.simulators.schemes import make_plan
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.metrics import nrmse
 
@@ -82,8 +83,8 @@ def run_policy(policy_name: str, advisor: AdvisorParams, p: PolicyRunParams,
     t0 = time.perf_counter()
     order, sim = prepared if prepared is not None else plan_and_series(p)
     s = sim.series
-    h_index = {round(a, 6): i for i, a in enumerate(s.haadf_angles.tolist())}
-    c_index = {round(a, 6): i for i, a in enumerate(s.common_chem_angles.tolist())}
+    h_index = {angle_key(a): i for i, a in enumerate(s.haadf_angles.tolist())}
+    c_index = {angle_key(a): i for i, a in enumerate(s.common_chem_angles.tolist())}
     solver = solver_for_series(s, device=resolve_device(p.device))
     policy = make_policy(policy_name, advisor, order)
     dose_per_map = float(s.attrs.get("chem_dose_e_per_A2") or 1.0)
@@ -91,7 +92,7 @@ def run_policy(policy_name: str, advisor: AdvisorParams, p: PolicyRunParams,
     advices: list[Advice] = []
     secs: list[float] = []
     for k, angle in enumerate(order):
-        i = h_index[round(angle, 6)]
+        i = h_index[angle_key(angle)]
         solver.add_haadf(angle, s.haadf[i])
         if solver.ready:
             solver.run(p.iterations_per_tilt)
@@ -105,7 +106,7 @@ def run_policy(policy_name: str, advisor: AdvisorParams, p: PolicyRunParams,
         adv.decision = "acquire" if adv.action == ACQUIRE else "continue"
         advices.append(adv)
         if adv.action == ACQUIRE:
-            j = c_index[round(angle, 6)]
+            j = c_index[angle_key(angle)]
             solver.add_chem(angle, {e: s.chem[e][j][None] for e in s.elements})
             taken.append(angle)
             solver.run(p.iterations_per_tilt)

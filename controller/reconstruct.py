@@ -28,6 +28,7 @@ import numpy as np
 import sigpy as sp
 from tqdm.auto import tqdm
 
+from fusetomo.adapters.reconfile import write_recon
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import total_dose
 from fusetomo.controller.offline_align import (
@@ -35,8 +36,8 @@ from fusetomo.controller.offline_align import (
     align_for_fusion,
     aligned_solver,
 )
-from fusetomo.controller.reconfile import write_recon
 from fusetomo.controller.series_model import fusion_params_for, solver_for_series
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import (
     DEFAULT_ITERATIONS,
@@ -51,7 +52,7 @@ METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
 HAADF_ONLY_METHODS = ("haadf", "sirt")  # what a series without spectrum images allows
 
 
-class MethodError(ValueError):
+class MethodError(FusetomoError, ValueError):
     """An unknown reconstruction method, or one whose implementation is not installed."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusetomo.adapters.instrument.plans import TiltScheme
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.simulators.specimens import Specimen, make_specimen
 from fusetomo.solver.projector import ParallelProjector
@@ -23,36 +24,6 @@ from fusetomo.solver.projector import ParallelProjector
 # Counts per electron per unit projected concentration (per voxel length) of a chemical
 # map: only used to turn the dose scale into e/A^2 for dose accounting.
 CHEM_YIELD = 4e-7
-
-
-@dataclass(frozen=True)
-class TiltScheme:
-    """Tilt angles: a range with HAADF and chemical steps, or explicit lists (degrees)."""
-
-    tilt_range: tuple[float, float] = (-70.0, 70.0)
-    haadf_step: float = 3.0
-    chem_step: float = 15.0
-    haadf_angles: tuple[float, ...] | None = None
-    chem_angles: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        lo, hi = self.tilt_range
-        if not -90 <= lo < hi <= 90:
-            raise ValueError(f"tilt range must satisfy -90 <= lo < hi <= 90, got {(lo, hi)}")
-        if self.haadf_step <= 0 or self.chem_step <= 0:
-            raise ValueError("tilt steps must be > 0")
-
-    def haadf(self) -> np.ndarray:
-        if self.haadf_angles is not None:
-            return np.asarray(self.haadf_angles, dtype=np.float64)
-        lo, hi = self.tilt_range
-        return np.arange(lo, hi + 1e-9, self.haadf_step)
-
-    def chem(self) -> np.ndarray:
-        if self.chem_angles is not None:
-            return np.asarray(self.chem_angles, dtype=np.float64)
-        lo, hi = self.tilt_range
-        return np.arange(lo, hi + 1e-9, self.chem_step)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.elements import atomic_number
+from fusetomo.core.errors import FusetomoError
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 
 
-class SpecimenError(ValueError):
+class SpecimenError(FusetomoError, ValueError):
     """Bad specimen name, size or file."""
 
 

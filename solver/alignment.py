@@ -53,6 +53,7 @@ import sigpy as sp
 from scipy.optimize import minimize_scalar
 from skimage.registration import phase_cross_correlation
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.backend import to_device, to_numpy
 from fusetomo.solver.iterative import sirt_step, sirt_weights
 from fusetomo.solver.projector import ParallelProjector
@@ -83,7 +84,7 @@ __all__ = [
 BackgroundMethod = Literal["border", "percentile", "none"]
 
 
-class AlignmentError(ValueError):
+class AlignmentError(FusetomoError, ValueError):
     """Images or parameters that alignment cannot work with; the message names the value."""
 
 

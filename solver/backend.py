@@ -17,10 +17,12 @@ import numpy as np
 import sigpy as sp
 import sigpy.config
 
+from fusetomo.core.errors import FusetomoError
+
 DeviceChoice = Literal["auto", "cpu", "gpu"]
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(FusetomoError, RuntimeError):
     """A GPU was asked for but CuPy or a CUDA device is missing."""
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import sigpy as sp
 
-from fusetomo.adapters.elements import atomic_number
+from fusetomo.core.elements import atomic_number
 from fusetomo.solver.backend import DeviceChoice, resolve_device, to_device, to_numpy
 from fusetomo.solver.fusion import check_fusion_weights
 

@@ -40,11 +40,12 @@ from typing import Any
 import numpy as np
 import sigpy as sp
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.solver import cpu_kernels
 from fusetomo.solver.backend import sparse_module, to_device
 
 
-class GeometryError(ValueError):
+class GeometryError(FusetomoError, ValueError):
     """A volume or projection stack whose shape does not fit the projector."""
 
 

@@ -45,6 +45,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import sigpy as sp
 
+from fusetomo.core.errors import FusetomoError
+from fusetomo.core.mpi import start_mpi
 from fusetomo.solver import nuisance as nz
 from fusetomo.solver.backend import DeviceChoice, array_module, resolve_device, to_numpy
 from fusetomo.solver.fusion import FusedSolver, FusionParams
@@ -53,7 +55,7 @@ from fusetomo.solver.tv import Halo, fgp, gradient
 Op = Literal["sum", "max"]
 
 
-class SlabError(ValueError):
+class SlabError(FusetomoError, ValueError):
     """A decomposition that cannot work (more ranks than slices, mismatched ranks)."""
 
 
@@ -143,8 +145,7 @@ class MPIComm:
     unique id broadcast over MPI)."""
 
     def __init__(self, comm: Any = None, transport: Literal["host", "nccl"] = "host") -> None:
-        from mpi4py import MPI
-
+        MPI = start_mpi()  # MPI starts here, not when sigpy is imported (core/mpi.py)
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = int(self.comm.Get_rank()), int(self.comm.Get_size())

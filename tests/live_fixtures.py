@@ -1,5 +1,6 @@
 """Helpers for the live-loop tests: a hand-driven fake instrument, threads running the
-simulated instrument and the controller, and free ports."""
+simulated instrument and the controller (each joined on leaving its block, checked to have
+stopped, its error re-raised), and an address where nothing listens."""
 
 from __future__ import annotations
 
@@ -26,15 +27,21 @@ STRICT = LiveParams(device="cpu", iterations_per_tilt=2, idle_iterations=False,
                     interleave=False, final_iterations=3, heartbeat_s=0.3)
 
 
-def free_port() -> int:
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A loopback address nothing listens on, for as long as the block runs: the port is
+    bound (port 0, chosen by the system) but not listening, so connections are refused and
+    no other process can take it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Driver:
     """A fake instrument driven by the test: a ROUTER that learns the controller from its
-    hello, then sends raw frames one message at a time and returns the reply."""
+    hello, then sends raw frames one message at a time and returns the reply. As an
+    instrument does, it sends the message again when the controller says hello before
+    replying (the controller reconnects once it knows the series' image size)."""
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
@@ -45,12 +52,21 @@ class Driver:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.peer: bytes | None = None
 
+    @staticmethod
+    def client(endpoint: str) -> zmq.Socket:
+        """A bare DEALER connected to `endpoint` (a controller the test plays itself)."""
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(endpoint)
+        return sock
+
     def wait_hello(self, timeout: float = 10.0) -> Message:
         msg = self._next(timeout, skip_hello=False)
         assert msg.type == HELLO, msg.header
         return msg
 
-    def _next(self, timeout: float, *, skip_hello: bool) -> Message:
+    def _next(self, timeout: float, *, skip_hello: bool,
+              resend: list[bytes] | None = None) -> Message:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -60,14 +76,17 @@ class Driver:
             self.peer = peer
             msg = decode(frames)
             if skip_hello and msg.type == HELLO:
+                if resend is not None:
+                    self.sock.send_multipart([peer, *resend])
                 continue
             return msg
 
     def exchange(self, frames: list[bytes], timeout: float = 10.0) -> Message:
-        """Send one message's frames; the controller's reply (hellos skipped)."""
+        """Send one message's frames; the controller's reply (hellos skipped; the message
+        is sent again after one, as it may have been lost with a connection)."""
         assert self.peer is not None, "wait_hello first"
         self.sock.send_multipart([self.peer, *frames])
-        return self._next(timeout, skip_hello=True)
+        return self._next(timeout, skip_hello=True, resend=frames)
 
     def close(self) -> None:
         self.sock.close(0)
@@ -75,10 +94,12 @@ class Driver:
 
 
 @contextmanager
-def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT,
+def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT, *,
+                      raise_error: bool = True,
                       **kwargs: Any) -> Iterator[tuple[LiveController, dict[str, Any]]]:
-    """A LiveController running in a thread; `result` gets 'code' or 'error'. Stopped (and
-    joined) on leaving the block."""
+    """A LiveController running in a thread; `result` gets 'code' or 'error'. Stopped and
+    joined on leaving the block, which fails if the thread did not stop, and re-raises its
+    error unless `raise_error` is False (the test then checks `result` itself)."""
     ctrl = LiveController(address, run_path, params, **kwargs)
     stop = threading.Event()
     result: dict[str, Any] = {}
@@ -97,21 +118,36 @@ def controller_thread(address: str, run_path: Path, params: LiveParams = STRICT,
     finally:
         stop.set()
         t.join(30)
+        assert not t.is_alive(), "the controller thread did not stop"
+    if raise_error and "error" in result:
+        raise result["error"]
 
 
 @contextmanager
 def instrument_thread(**kwargs: Any) -> Iterator[SimulatedInstrument]:
-    """The simulated instrument serving in a thread (stopped on leaving the block)."""
+    """The simulated instrument serving in a thread (stopped, joined and checked on leaving
+    the block; an error in the thread is re-raised)."""
     inst = SimulatedInstrument(InstrumentParams(**{**SMALL, "speed": 1e4, **kwargs}))
     inst.bind()
     stop = threading.Event()
-    t = threading.Thread(target=inst.serve, args=(stop,), daemon=True)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            inst.serve(stop)
+        except BaseException as e:  # re-raised in the test
+            errors.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
     t.start()
     try:
         yield inst
     finally:
         stop.set()
-        t.join(10)
+        t.join(30)
+        assert not t.is_alive(), "the instrument thread did not stop"
+    if errors:
+        raise errors[0]
 
 
 def wait_for(cond, timeout: float, what: str, interval: float = 0.05) -> None:

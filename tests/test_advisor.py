@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from fusetomo.adapters.instrument.plans import make_plan
 from fusetomo.adapters.runfile import read_run, read_snapshot
 from fusetomo.adapters.transport import OperatorClient, OperatorError, StatusSubscriber
 from fusetomo.controller.advisor import (
@@ -23,9 +24,8 @@ from fusetomo.controller.advisor import (
     make_policy,
 )
 from fusetomo.controller.live import LiveParams
-from fusetomo.controller.live_advice import AdviceDesk, AdviceParams
+from fusetomo.controller.live.advice import AdviceDesk, AdviceParams
 from fusetomo.controller.policyrun import PolicyRunParams, plan_and_series, run_policy
-from fusetomo.simulators.schemes import make_plan
 from fusetomo.solver.design import candidate_gains
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.metrics import nrmse
@@ -263,13 +263,14 @@ def test_live_manual_advice_operator_answers(tmp_path):
     assert any(o["status"] == "rejected" for o in ops)
 
 
+@pytest.mark.slow
 def test_demo_policy_json(tmp_path):
     """`fusetomo demo --policy uniform --chem-maps 2 --json`: the instrument holds, the
     controller's policy decides, and the summary has the issue's keys."""
     import json
     import subprocess
 
-    from fusetomo.controller.cli_live import fusetomo_argv
+    from fusetomo.cli.children import fusetomo_argv
 
     out = tmp_path / "demo"
     proc = subprocess.run(

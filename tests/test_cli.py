@@ -13,9 +13,9 @@ import pytest
 from bad_series import CASES
 from ncempy.io import emd
 
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.adapters.seriesfile import read_series, read_truth
-from fusetomo.controller.cli import main
-from fusetomo.controller.reconfile import read_recon
+from fusetomo.cli import main
 from fusetomo.solver.backend import gpu_available
 
 SIM = ["--size", "24", "--haadf-step", "5", "--chem-step", "35", "--seed", "2"]
@@ -162,7 +162,7 @@ def test_demo_json(tmp_path, capsys):
 
 def test_console_script(files, tmp_path):
     exe = shutil.which("fusetomo")
-    cmd = [exe] if exe else [sys.executable, "-m", "fusetomo.controller.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "fusetomo.cli"]
     out = tmp_path / "r.h5"
     proc = subprocess.run([*cmd, "reconstruct", str(files["series"]), "--out", str(out),
                            "--iterations", "2", "--device", "cpu"],

@@ -221,7 +221,7 @@ COMPUTING_COMMANDS = [
 
 @pytest.mark.parametrize("argv", COMPUTING_COMMANDS, ids=lambda a: a[0])
 def test_threads_option_on_every_computing_command(argv: list[str]) -> None:
-    from fusetomo.controller.cli import build_parser
+    from fusetomo.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(argv).threads is None
@@ -231,7 +231,7 @@ def test_threads_option_on_every_computing_command(argv: list[str]) -> None:
 
 
 def test_main_applies_threads_and_names_a_bad_environment(monkeypatch, tmp_path, capsys):
-    from fusetomo.controller.cli import main
+    from fusetomo.cli import main
 
     out = tmp_path / "s.h5"
     assert main(["simulate", "--size", "8", "--out", str(out), "--threads", "1"]) == 0

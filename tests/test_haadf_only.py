@@ -11,10 +11,10 @@ import tifffile
 from bad_series import small_simulation
 from scipy import ndimage as ndi
 
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.adapters.series import TiltSeries
 from fusetomo.adapters.seriesfile import read_series, write_series
-from fusetomo.controller.cli import main
-from fusetomo.controller.reconfile import read_recon
+from fusetomo.cli import main
 from fusetomo.controller.reconstruct import reconstruct
 from fusetomo.solver.alignment import gauge_free, to_axis_frame
 

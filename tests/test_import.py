@@ -10,7 +10,7 @@ import tifffile
 from fusetomo.adapters.importers import ImportParams, VendorFileError, import_series
 from fusetomo.adapters.seriesfile import read_series
 from fusetomo.adapters.spectra import edx_maps, eels_maps
-from fusetomo.controller.cli import main
+from fusetomo.cli import main
 
 rsciio_hspy = pytest.importorskip("rsciio.hspy")
 rsciio_emd = pytest.importorskip("rsciio.emd")

@@ -7,27 +7,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from instrument_fixtures import FAST, FakeController, tilts
+from threads import CheckedThread
 
+from fusetomo.adapters.instrument.plans import DOSE_SYMMETRIC, dose_symmetric, sequential
 from fusetomo.adapters.protocol import (
     ACK,
     CHEM_TILT,
-    COMMAND,
-    ERROR,
     HAADF_TILT,
-    HELLO,
     SERIES_END,
     SERIES_START,
-    Message,
-    decode,
-    make,
 )
 from fusetomo.adapters.seriesfile import total_dose, write_series
-from fusetomo.adapters.transport import ControllerClient
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.simulators.instrument import (
     InstrumentError,
@@ -35,89 +31,23 @@ from fusetomo.simulators.instrument import (
     SimulatedInstrument,
     apply_shift,
 )
-from fusetomo.simulators.schemes import DOSE_SYMMETRIC, dose_symmetric, sequential
 
-FAST = {"size": 16, "speed": 1e4, "tilt_range": (-60.0, 60.0), "haadf_step": 6.0,
-        "chem_step": 30.0, "seed": 3}
 TILTS = (HAADF_TILT, CHEM_TILT)
 
 
-class FakeController:
-    """Just enough of a controller: hello, acks, commands, and a record of what arrived."""
-
-    def __init__(self, endpoint: str, identity: bytes = b"test-controller") -> None:
-        self.client = ControllerClient(endpoint, identity=identity)
-        self.series = "unknown"
-        self.received: list[Message] = []
-
-    def close(self) -> None:
-        self.client.close()
-
-    def send(self, mtype: str, seq: int = 0, **fields) -> None:
-        self.client.send(make(mtype, self.series, seq, **fields))
-
-    def hello(self, last_seq: int = -1) -> None:
-        self.send(HELLO, last_seq=last_seq)
-
-    def ack(self, seq: int) -> None:
-        self.send(ACK, ack_seq=seq, status="recorded")
-
-    def command(self, cmd: str, cid: int, **args) -> None:
-        self.send(COMMAND, cmd=cmd, id=cid, **args)
-
-    def recv(self, timeout: float = 3.0) -> Message | None:
-        frames = self.client.recv_frames(int(timeout * 1000))
-        if frames is None:
-            return None
-        msg = decode(frames)
-        if msg.type == SERIES_START:
-            self.series = msg.header["series"]
-        self.received.append(msg)
-        return msg
-
-    def collect(self, until: Callable[[Message], bool] | None = None, *, ack: bool = True,
-                quiet: float = 3.0) -> list[Message]:
-        """Receive (acking data if `ack`) until `until(msg)` holds or `quiet` s pass."""
-        got: list[Message] = []
-        while True:
-            msg = self.recv(quiet)
-            if msg is None:
-                return got
-            got.append(msg)
-            if ack and msg.type not in (ACK, ERROR):
-                self.ack(msg.seq)
-            if until is not None and until(msg):
-                return got
-
-    def reply_to(self, cid: int, timeout: float = 3.0) -> Message:
-        """The ack of command `cid` (data arriving meanwhile is kept and acked)."""
-        got = self.collect(lambda m: m.type == ACK and m.header["ack_seq"] == cid,
-                           quiet=timeout)
-        assert got and got[-1].type == ACK, f"no reply to command {cid}: {got}"
-        return got[-1]
-
-
 @contextmanager
-def running(**kwargs) -> Iterator[tuple[SimulatedInstrument, FakeController, threading.Thread]]:
+def running(**kwargs) -> Iterator[tuple[SimulatedInstrument, FakeController, CheckedThread]]:
     inst = SimulatedInstrument(InstrumentParams(**kwargs))
     endpoint = inst.bind()
     stop = threading.Event()
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(stats=inst.serve(stop)),
-                              daemon=True)
-    thread.start()
+    thread = CheckedThread(inst.serve, stop, name="instrument", start=True)
     ctl = FakeController(endpoint)
     try:
         yield inst, ctl, thread
     finally:
         stop.set()
-        thread.join(5)
         ctl.close()
-        assert not thread.is_alive()
-
-
-def tilts(msgs: list[Message], mtype: str = HAADF_TILT) -> list[Message]:
-    return [m for m in msgs if m.type == mtype]
+        thread.finish(5)
 
 
 def offline(**kw):
@@ -188,85 +118,11 @@ def test_dose_symmetric_order():
     assert sorted(angles) == sequential((-60, 60), 6, 30).haadf_angles
 
 
-# -- delivery -----------------------------------------------------------------------------
-def test_second_hello_resends_exactly_the_unacked_after_last_seq():
-    with running(**FAST, window=200) as (inst, ctl, thread):
-        ctl.hello()
-        first = ctl.collect(lambda m: m.type == SERIES_END, ack=False)
-        n = len(first)
-        assert [m.seq for m in first] == list(range(n))
-        acked = {s for s in range(n - 1) if s % 3 == 0}  # not series_end
-        for s in sorted(acked):
-            ctl.ack(s)
-        k = 10
-        ctl.hello(last_seq=k)
-        again = ctl.collect(ack=False, quiet=0.5)
-        assert [m.seq for m in again] == [s for s in range(k + 1, n) if s not in acked]
-        for a, b in zip(again, (first[m.seq] for m in again), strict=True):
-            assert a.header["type"] == b.header["type"]
-            for x, y in zip(a.arrays, b.arrays, strict=True):
-                np.testing.assert_array_equal(x, y)
-        assert inst.stats.resent == len(again)  # seq <= k counted as recorded, not resent
-        for m in again:
-            ctl.ack(m.seq)
-        thread.join(5)
-        assert not thread.is_alive() and inst.unacked == []
-
-
-def test_window_limits_unacked_messages_in_flight():
-    with running(**FAST, window=5) as (inst, ctl, _):
-        ctl.hello()
-        got = ctl.collect(ack=False, quiet=0.4)
-        assert [m.seq for m in got] == [0, 1, 2, 3, 4]
-        ctl.ack(0)
-        ctl.ack(2)
-        more = ctl.collect(ack=False, quiet=0.4)
-        assert [m.seq for m in more] == [5, 6]
-        ctl.hello(last_seq=1)  # 0 and 1 recorded; 3, 4, 5, 6 are resent, then 7
-        again = ctl.collect(ack=False, quiet=0.4)
-        assert [m.seq for m in again] == [3, 4, 5, 6, 7]
-        assert len(inst.unacked) > 5  # the plan ran on; the outbox keeps the rest
-
-
-def test_malformed_and_unexpected_messages_get_errors_and_the_series_goes_on():
-    with running(**FAST) as (inst, ctl, thread):
-        ctl.client.sock.send_multipart([b"{not json"])
-        err = ctl.recv()
-        assert err.type == ERROR and err.header["code"] == "bad_json"
-        ctl.client.sock.send_multipart([b'{"type":"hello","v":1,"series":"x","seq":4,'
-                                        b'"t_sent":0}'])
-        err = ctl.recv()
-        assert err.header["code"] == "missing_field" and "last_seq" in err.header["message"]
-        assert err.header["bad_seq"] == 4
-        ctl.send(SERIES_END, seq=7, n_haadf=0, n_chem=0)
-        err = ctl.recv()
-        assert err.header["code"] == "unexpected_type" and err.header["bad_seq"] == 7
-        ctl.send(ERROR, code="checksum", message="seq 3 was damaged")
-        ctl.hello()
-        msgs = ctl.collect(lambda m: m.type == SERIES_END)
-        thread.join(5)
-        assert msgs[-1].header["n_haadf"] == 21 and not thread.is_alive()
-    assert inst.stats.errors_sent == 3 and inst.stats.errors_received == 1
+# Delivery (hello, resend, window), malformed messages, pause before start, continue:
+# tests/test_instrument_session.py, for both backends.
 
 
 # -- commands ------------------------------------------------------------------------------
-def test_pause_before_start_then_resume():
-    with running(**FAST) as (inst, ctl, thread):
-        ctl.command("pause", 1)
-        ack = ctl.reply_to(1)
-        assert ack.header["status"] == "done" and ack.header["cmd"] == "pause"
-        ctl.hello()
-        got = ctl.collect(quiet=0.4)
-        assert [m.type for m in got] == [SERIES_START]
-        assert inst.paused and inst.stats.steps_done == 0
-        ctl.command("resume", 2)
-        msgs = ctl.collect(lambda m: m.type == SERIES_END)
-        replies = [m for m in msgs if m.type == ACK]
-        assert [r.header["ack_seq"] for r in replies] == [2]
-        assert len(tilts(msgs)) == 21
-        thread.join(5)
-
-
 def test_pause_mid_series_stops_before_the_next_step():
     # Steps take 7/200 s (HAADF) and 63/200 s (spectrum): slow enough to pause in between.
     kw = {**FAST, "speed": 200.0, "tilt_range": (-30.0, 30.0), "chem_step": 60.0}
@@ -405,7 +261,7 @@ def test_plan_without_chemical_tilt_is_refused():
 
 # -- command line --------------------------------------------------------------------------
 def test_cli_prints_endpoint_and_serves_the_series():
-    cmd = [sys.executable, "-m", "fusetomo.controller.cli", "instrument-sim", "--bind",
+    cmd = [sys.executable, "-m", "fusetomo.cli", "instrument-sim", "--bind",
            "tcp://127.0.0.1:0", "--specimen", "core-shell", "--size", "16", "--speed", "1e4",
            "--scheme", "dose-symmetric", "--tilt-range", "-30", "30", "--haadf-step", "10",
            "--chem-step", "30", "--drift", "0.5", "--log-level", "WARNING"]
@@ -436,7 +292,7 @@ def test_cli_prints_endpoint_and_serves_the_series():
 
 
 def test_cli_reports_bad_values():
-    from fusetomo.controller.cli import main
+    from fusetomo.cli import main
 
     assert main(["instrument-sim", "--size", "16", "--haadf-step", "0"]) == 2
     assert main(["instrument-sim", "--size", "16", "--bind", "nonsense://x"]) == 2

@@ -87,6 +87,7 @@ def _solver(sim, haadf, chem, shifts, partner, chem_shifts=None):
     return solver, ja.split_shifts(shifts)[0]
 
 
+@pytest.mark.slow
 def test_joint_refinement_recovers_sub_pixel_shifts(shifted_series):
     sim, haadf, chem, true, partner, start = shifted_series
     ang = sim.series.haadf_angles

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from threads import CheckedThread
 
 from fusetomo.adapters.protocol import (
     ACK,
@@ -20,7 +21,7 @@ from fusetomo.adapters.protocol import (
     make,
 )
 from fusetomo.adapters.transport import ControllerClient
-from fusetomo.controller.live_align import LiveAligner, LiveAlignParams, solver_reprojector
+from fusetomo.controller.live.aligner import LiveAligner, LiveAlignParams, solver_reprojector
 from fusetomo.simulators.instrument import InstrumentParams, SimulatedInstrument
 from fusetomo.solver.alignment import AlignmentError, fit_axis, gauge_free
 from fusetomo.solver.fusion import FusedSolver
@@ -36,8 +37,7 @@ def stream():
         drift_sigma_px=DRIFT, axis_offset_px=OFFSET))
     endpoint = inst.bind()
     stop = threading.Event()
-    t = threading.Thread(target=inst.serve, args=(stop,), daemon=True)
-    t.start()
+    t = CheckedThread(inst.serve, stop, name="instrument", start=True)
     client = ControllerClient(endpoint, identity=b"align-test")
     series, msgs = "unknown", []
     try:
@@ -55,8 +55,8 @@ def stream():
                 break
     finally:
         stop.set()
-        t.join(10)
         client.close()
+        t.finish(10)
     start = next(m for m in msgs if m.type == SERIES_START)
     return start, [m for m in msgs if m.type in (HAADF_TILT, CHEM_TILT)]
 

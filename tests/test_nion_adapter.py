@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,33 +33,26 @@ import pytest
 pytest.importorskip("nion.usim_device")
 pytest.importorskip("nion.instrumentation")
 
+from instrument_fixtures import FakeController, FakeMicroscope, fake_config, serving
 from live_fixtures import STRICT, controller_thread
 
 from fusetomo.adapters.nion import (
-    HaadfScan,
     NionAdapterError,
     NionMicroscope,
     NionTomoAdapter,
     NionTomoConfig,
-    Outbox,
-    SpectrumImage,
     element_maps,
 )
 from fusetomo.adapters.protocol import (
     ACK,
     CHEM_TILT,
     COMMAND,
-    ERROR,
     HAADF_TILT,
     HELLO,
     SERIES_END,
     SERIES_START,
-    Message,
-    decode,
-    make,
 )
 from fusetomo.adapters.runfile import read_run
-from fusetomo.adapters.transport import ControllerClient
 from fusetomo.simulators.usim_tomo import UsimTomo, UsimTomoParams
 
 SIZE = 32
@@ -136,22 +128,7 @@ def test_a_microscope_without_the_tilt_control_is_named(usim):
 
 
 # -- end to end: usim -> adapter -> controller -> run file --------------------------------
-@contextmanager
-def serving(adapter: NionTomoAdapter) -> Iterator[dict]:
-    adapter.bind()
-    stop = threading.Event()
-    out: dict = {}
-    t = threading.Thread(target=lambda: out.update(stats=adapter.serve(stop)), daemon=True)
-    t.start()
-    try:
-        yield out
-    finally:
-        t.join(5)  # serve returns by itself once the series end is acknowledged
-        stop.set()
-        t.join(30)
-        assert not t.is_alive()
-
-
+@pytest.mark.slow
 def test_usim_series_end_to_end_through_the_live_controller(usim, tmp_path):
     config = _config(usim)
     adapter = NionTomoAdapter(config, NionMicroscope(config))
@@ -181,101 +158,11 @@ def test_usim_series_end_to_end_through_the_live_controller(usim, tmp_path):
 
 
 # -- protocol behaviour against a fake microscope and a fake controller ---------------------
-class FakeMicroscope:
-    """A `Microscope` that returns known images instantly (or blocks until aborted)."""
-
-    def __init__(self, size: int = 8, *, block: bool = False, fail_at: float | None = None):
-        self.size = size
-        self.angle = 0.0
-        self.block = block
-        self.fail_at = fail_at
-        self.aborted = threading.Event()
-        self.moves: list[float] = []
-        self.energy = np.arange(400.0, 1200.0, 1.0)
-
-    def tilt_deg(self) -> float:
-        return self.angle
-
-    def set_tilt(self, angle_deg: float) -> float:
-        if self.fail_at is not None and angle_deg == self.fail_at:
-            self.fail_at = None  # fails once
-            raise NionAdapterError(f"the stage did not confirm StageOutA = {angle_deg}")
-        self.angle = angle_deg
-        self.moves.append(angle_deg)
-        return angle_deg
-
-    def beam_current_pa(self) -> float | None:
-        return 100.0
-
-    def field_of_view_nm(self) -> float | None:
-        return 4.0
-
-    def _image(self) -> np.ndarray:
-        return np.full((self.size, self.size), 1.0 + self.angle, np.float32)
-
-    def acquire_haadf(self, dwell_us: float) -> HaadfScan:
-        if self.block:
-            self.aborted.wait(10)
-            from fusetomo.adapters.nion import AcquisitionAbortedError
-            raise AcquisitionAbortedError("aborted")
-        return HaadfScan(self._image(), dwell_us, 0.5)
-
-    def acquire_spectrum_image(self, exposure_ms: float) -> SpectrumImage:
-        # a flat 1/E^3 background with an O K edge of 100 counts per eV times exposure
-        si = np.broadcast_to(1e8 * self.energy**-3.0, (self.size, self.size, self.energy.size))
-        si = si + 100.0 * exposure_ms * (self.energy >= 532)
-        return SpectrumImage(self._image(), np.ascontiguousarray(si), self.energy, "eV",
-                             exposure_ms, 0.5)
-
-    def abort(self) -> None:
-        self.aborted.set()
-
-
-class FakeController:
-    def __init__(self, endpoint: str) -> None:
-        self.client = ControllerClient(endpoint, identity=b"test-controller")
-        self.series = "*"
-
-    def close(self) -> None:
-        self.client.close()
-
-    def send(self, mtype: str, seq: int = 0, **fields) -> None:
-        self.client.send(make(mtype, self.series, seq, **fields))
-
-    def recv(self, timeout: float = 5.0) -> Message | None:
-        frames = self.client.recv_frames(int(timeout * 1000))
-        if frames is None:
-            return None
-        msg = decode(frames)
-        if msg.type == SERIES_START:
-            self.series = msg.header["series"]
-        return msg
-
-    def until(self, pred, *, ack: bool = True, timeout: float = 5.0) -> list[Message]:
-        got = []
-        while True:
-            msg = self.recv(timeout)
-            assert msg is not None, f"nothing more after {[m.type for m in got]}"
-            got.append(msg)
-            if ack and msg.type in (SERIES_START, HAADF_TILT, CHEM_TILT, SERIES_END):
-                self.send(ACK, ack_seq=msg.seq, status="recorded")
-            if pred(msg):
-                return got
-
-    def reply(self, cid: int) -> list[Message]:
-        return self.until(lambda m: m.type == ACK and m.header.get("ack_seq") == cid)
-
-
-def _fake_config(**kw) -> NionTomoConfig:
-    base = dict(elements=("O",), size=8, haadf_dwell_us=2.0, exposure_ms=3.0,
-                haadf_angles=(-20.0, 0.0, 20.0), chem_angles=(0.0,), auto=False)
-    base.update(kw)
-    return NionTomoConfig(**base)
-
-
+# Delivery, malformed messages, pause and continue, for this adapter and the simulated
+# instrument alike: tests/test_instrument_session.py.
 @contextmanager
 def fake_session(microscope: FakeMicroscope, **kw) -> Iterator[tuple]:
-    adapter = NionTomoAdapter(_fake_config(**kw), microscope)
+    adapter = NionTomoAdapter(fake_config(**kw), microscope)
     with serving(adapter) as out:
         ctl = FakeController(adapter.endpoint)
         try:
@@ -349,38 +236,6 @@ def test_a_failed_step_pauses_the_plan_and_resume_retries_it():
         assert [x.header["angle"] for x in msgs if x.type == HAADF_TILT] == [0.0, 20.0]
 
 
-def test_hello_resends_the_unacknowledged_in_order():
-    m = FakeMicroscope()
-    with fake_session(m, auto=True) as (_, ctl, _out):
-        ctl.send(HELLO, last_seq=-1)
-        got = ctl.until(lambda x: x.type == SERIES_END, ack=False)
-        seqs = [x.seq for x in got]
-        assert seqs == list(range(len(seqs)))  # 0 .. end, no gap
-        ctl.send(COMMAND, cmd="nonsense", id=1)  # refused by decode on the instrument side
-        err = ctl.recv()
-        assert err is not None and err.type == ERROR and err.header["code"] == "unknown_command"
-        ctl.send(HELLO, last_seq=2)  # recorded up to 2: the rest comes again
-        again = ctl.until(lambda x: x.type == SERIES_END)
-        assert [x.seq for x in again] == seqs[3:]
-
-
-def test_outbox_window_and_acks():
-    box = Outbox("s", window=2)
-    for _ in range(4):
-        box.emit(HAADF_TILT, [np.zeros((2, 2), np.float32)], angle=0.0, dose_e_per_A2=0.0)
-    sent: list[int] = []
-    assert box.flush(lambda peer, msg: sent.append(msg.seq)) == 0  # no controller yet
-    box.on_hello(b"c", -1)
-    box.flush(lambda peer, msg: sent.append(msg.seq))
-    assert sent == [0, 1]  # the window
-    assert box.on_ack(0) and not box.on_ack(0)
-    box.flush(lambda peer, msg: sent.append(msg.seq))
-    assert sent == [0, 1, 2]
-    assert box.on_hello(b"c", 1) == 1  # 2 was in flight: it is due again
-    box.flush(lambda peer, msg: sent.append(msg.seq))
-    assert sent == [0, 1, 2, 2, 3] and box.unacked == [2, 3]
-
-
 def test_bad_config_is_named():
     with pytest.raises(NionAdapterError, match="'Xx'"):
         NionTomoConfig(elements=("Xx",))
@@ -396,12 +251,13 @@ def test_bad_config_is_named():
     assert math.isclose(plan.chem_angles[0], -70.0) and math.isclose(plan.chem_angles[-1], 65.0)
 
 
+@pytest.mark.slow
 def test_usim_series_holding_for_the_advisor(usim, tmp_path):
     """usim -> adapter holding at each tilt -> controller whose uniform policy asks for two
     spectrum images: they are taken at the policy's tilts, sent without repeating their
     HAADF image, and the maps follow the element projections."""
     from fusetomo.controller.advisor import AdvisorParams, UniformPolicy
-    from fusetomo.controller.live_advice import AdviceParams
+    from fusetomo.controller.live.advice import AdviceParams
 
     config = dataclasses.replace(_config(usim), hold_for_advice=True, chem_angles=None)
     adapter = NionTomoAdapter(config, NionMicroscope(config))
@@ -427,11 +283,3 @@ def test_usim_series_holding_for_the_advisor(usim, tmp_path):
     assert decisions.count("acquire") == 2 and len(decisions) == len(adapter.plan)
 
 
-def test_continue_is_refused_when_not_holding():
-    m = FakeMicroscope()
-    with fake_session(m) as (_adapter, ctl, _out):
-        ctl.send(HELLO, last_seq=-1)
-        ctl.until(lambda x: x.type == SERIES_START)
-        ctl.send(COMMAND, cmd="continue", id=5)
-        reply = ctl.reply(5)[-1].header
-        assert reply["status"] == "rejected" and "not holding" in reply["reason"]

@@ -290,7 +290,7 @@ def test_panel_answers_a_live_controller_in_manual_mode(swift, tmp_path) -> None
     from fusetomo.adapters.runfile import read_run
     from fusetomo.controller.advisor import AdvisorParams
     from fusetomo.controller.live import LiveParams
-    from fusetomo.controller.live_advice import AdviceParams
+    from fusetomo.controller.live.advice import AdviceParams
     from tests.live_fixtures import controller_thread, instrument_thread, wait_for
 
     params = LiveParams(device="cpu", iterations_per_tilt=1, idle_iterations=False,

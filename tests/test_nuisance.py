@@ -217,7 +217,7 @@ def test_vacuum_helpers_on_a_known_image() -> None:
 
 
 def test_inspect_and_report_show_the_model(sim, tmp_path: Path) -> None:
-    from fusetomo.controller.reconfile import describe_recon
+    from fusetomo.adapters.reconfile import describe_recon
     from fusetomo.controller.report import make_report
 
     src = write_series(tmp_path / "raw.h5", _raw(sim))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from shifted_series import shifted_series
 
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.cli import main
+from fusetomo.cli import main
 from fusetomo.controller.offline_align import aligned_solver
-from fusetomo.controller.reconfile import read_recon
 from fusetomo.controller.reconstruct import MethodError, reconstruct
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver import alignment as al
@@ -34,6 +34,7 @@ def _error(sim, volumes) -> float:
     return float(np.mean([nrmse(sim.truth[e], volumes[e]) for e in sim.truth]))
 
 
+@pytest.mark.slow
 def test_reconstruct_align_matches_the_true_shifts(series_pair, tmp_path, capsys):
     sim, still, drifted, drift = series_pair
     e_still = _error(sim, reconstruct(still, iterations=60, device="cpu",

@@ -38,7 +38,7 @@ def test_wheel_top_level_is_only_fusetomo(wheel: Path) -> None:
 def test_wheel_declares_console_script_and_extras(wheel: Path) -> None:
     zf = zipfile.ZipFile(wheel)
     info = next(n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt"))
-    assert "fusetomo = fusetomo.controller.cli:main" in zf.read(info).decode()
+    assert "fusetomo = fusetomo.cli:main" in zf.read(info).decode()
     meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     for extra in ("gpu", "nion", "viewer", "test"):
         assert f"Provides-Extra: {extra}" in meta

@@ -24,7 +24,7 @@ import pytest
 from realdata import require
 
 from fusetomo.adapters.importers import ImportParams, VendorFileError, import_series
-from fusetomo.controller.cli import main
+from fusetomo.cli import main
 from fusetomo.solver import alignment as al
 
 pytest.importorskip("rsciio")
@@ -250,8 +250,8 @@ def test_haadf_only_reconstruction_of_the_raw_mrc_keeps_the_shank(tmp_path, caps
     the needle's shank, which runs along the tilt axis to the top of the field, is present
     in every slice (no slice of it below half the median), and the mass per slice follows
     the projections' (correlation > 0.95)."""
+    from fusetomo.adapters.reconfile import read_recon
     from fusetomo.adapters.seriesfile import write_series
-    from fusetomo.controller.reconfile import read_recon
     from fusetomo.solver.nuisance import haadf_offsets
 
     s = needle(4)

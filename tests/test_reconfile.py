@@ -11,8 +11,7 @@ import pytest
 from bad_series import small_simulation
 from ncempy.io import emd
 
-from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.reconfile import (
+from fusetomo.adapters.reconfile import (
     FORMAT,
     ReconFileError,
     describe_recon,
@@ -20,6 +19,7 @@ from fusetomo.controller.reconfile import (
     read_recon,
     write_recon,
 )
+from fusetomo.adapters.seriesfile import write_series
 from fusetomo.controller.reconstruct import METHODS, MethodError, reconstruct
 from fusetomo.solver.fusion import CostHistory, FusionParams
 from fusetomo.solver.metrics import nrmse

@@ -14,8 +14,8 @@ from live_fixtures import SMALL, controller_thread, instrument_thread, wait_for
 from matplotlib.image import imread
 
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.cli import main
-from fusetomo.controller.cli_live import live_summary
+from fusetomo.cli import main
+from fusetomo.cli.demo import live_summary
 from fusetomo.controller.report import ReportParams, composition_fractions
 from fusetomo.simulators.forward import TiltScheme, simulate
 
@@ -118,6 +118,7 @@ def test_report_of_a_run_file_matches_the_file(tmp_path, live_run, sim, capsys):
 
 
 # -- reconstruction and series files ----------------------------------------------------------
+@pytest.mark.slow
 def test_report_of_a_reconstruction_file(tmp_path, sim, capsys):
     series = tmp_path / "series.h5"
     write_series(series, sim.series, sim.truth)
@@ -198,3 +199,46 @@ def test_bad_input_exits_2_naming_file_and_dataset(tmp_path, live_run, capsys):
     assert main(["report", str(live_run), "--out", str(tmp_path / "o5"), "--truth",
                  str(no_truth)]) == 2
     assert "/truth is missing" in capsys.readouterr().err
+
+
+def test_report_of_a_run_with_fewer_slices_than_detector_pixels(tmp_path):
+    """[8, 16] images, volumes [8, 16, 16]: every figure is drawn (the planes of each axis
+    within its own length), and the numbers are those of the recorded volumes."""
+    from fusetomo.adapters.protocol import CHEM_TILT, HAADF_TILT, SERIES_END, SERIES_START, make
+    from fusetomo.adapters.runfile import RunFile
+    from fusetomo.controller.report import make_report
+    from fusetomo.controller.report.numbers import _cut, _planes
+
+    ns, nd, els = 8, 16, ["Co", "O"]
+    path = tmp_path / "run.h5"
+    rng = np.random.default_rng(0)
+    start = make(SERIES_START, "flat", 0, elements=els, Z={"Co": 27, "O": 8}, shape=[ns, nd],
+                 scheme={}, dose_budget_e_per_A2=None, pixel_size_nm=0.5)
+    vols = {}
+    with RunFile.create(path, start) as run:
+        seq = 1
+        for i, a in enumerate(np.arange(-60.0, 61.0, 20.0)):
+            run.record_tilt(make(HAADF_TILT, "flat", seq, [rng.random((ns, nd), np.float32)],
+                                 angle=float(a), dose_e_per_A2=1.0))
+            seq += 1
+            if i % 2 == 0:
+                run.record_tilt(make(CHEM_TILT, "flat", seq,
+                                     [rng.random((ns, nd), np.float32) for _ in els],
+                                     angle=float(a), elements=els, dose_e_per_A2=5.0))
+                seq += 1
+            run.record_costs(i, {"haadf": 1.0, "chem": 1.0, "tv": 1.0, "n_haadf": i + 1,
+                                 "n_chem": i // 2 + 1})
+            vols = {e: rng.random((ns, nd, nd), dtype=np.float32) for e in els}
+            run.record_snapshot(i, vols)
+            run.record_std_error(i, vols)
+        run.mark_complete(make(SERIES_END, "flat", seq, n_haadf=run.haadf_count,
+                               n_chem=run.chem_count))
+    doc = make_report(path, tmp_path / "report")
+    assert set(doc["figures"]) >= {"orthoslices_Co", "orthoslices_O", "overlay", "std_error",
+                                   "stoichiometry", "convergence", "dose", "progress"}
+    planes = _planes(vols)
+    assert 0 <= planes["s"] < ns and 0 <= planes["u"] < nd and 0 <= planes["v"] < nd
+    assert _cut(vols["Co"], "s", planes["s"]).shape == (nd, nd)
+    assert _cut(vols["Co"], "u", planes["u"]).shape == (ns, nd)
+    assert doc["mean_std_error"]["Co"] == pytest.approx(float(vols["Co"][
+        (vols["Co"] + vols["O"]) > 0.25 * (vols["Co"] + vols["O"]).max()].mean()), rel=1e-5)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusetomo.simulators.forward import TiltScheme
-from fusetomo.simulators.schemes import (
+from fusetomo.adapters.instrument.plans import (
     DOSE_SYMMETRIC,
     SEQUENTIAL,
     PlanStep,
@@ -17,6 +16,7 @@ from fusetomo.simulators.schemes import (
     make_plan,
     sequential,
 )
+from fusetomo.simulators.forward import TiltScheme
 
 
 def test_sequential_goes_end_to_end_on_the_forward_grid():

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fusetomo.adapters.reconfile import read_recon
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.reconfile import read_recon
 from fusetomo.simulators.forward import TiltScheme, simulate
 from fusetomo.solver.fusion import FusedSolver, FusionParams
 from fusetomo.solver.slabs import (
@@ -165,7 +165,7 @@ def test_mpi_two_ranks_match_single_device(sim, reference, tmp_path):
     against the single-device solver on the same series."""
     series = write_series(tmp_path / "s.h5", sim.series, sim.truth)
     out = tmp_path / "r.h5"
-    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "fusetomo.controller.cli",
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "fusetomo.cli",
            "reconstruct-slabs", str(series), "--out", str(out), "--iterations",
            str(ITERATIONS), "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)

@@ -85,9 +85,20 @@ def test_size_validator_accepts_32_to_512_and_rejects_out_of_range() -> None:
 
 
 def test_every_seed_gives_a_specimen() -> None:
+    """Seeds 0..99 each give a distinct specimen of the right elements and shape, with
+    concentrations in [0, 1] and every element of the particles present (the small Au
+    spheres of the nanocubes may fall between the voxels of an 8^3 grid)."""
+    seen: dict[str, set[bytes]] = {"nanocubes": set(), "core-shell": set()}
     for seed in range(100):
-        nanocubes(8, seed)
-        core_shell(8, seed)
+        for spec, els in ((nanocubes(8, seed), ["Co", "Cu", "O", "Au"]),
+                          (core_shell(8, seed), ["Co", "S", "O"])):
+            assert spec.elements == els and spec.volumes.shape == (len(els), 8, 8, 8)
+            assert spec.volumes.dtype == np.float32
+            assert spec.volumes.min() >= 0.0 and spec.volumes.max() <= 1.0
+            present = {e for i, e in enumerate(els) if np.count_nonzero(spec.volumes[i])}
+            assert present >= set(els) - {"Au"}, (spec.name, seed, present)
+            seen[spec.name].add(spec.volumes.tobytes())
+    assert {k: len(v) for k, v in seen.items()} == {"nanocubes": 100, "core-shell": 100}
 
 
 def test_make_specimen_errors() -> None:

@@ -279,8 +279,8 @@ def test_edx_maps_keep_negative_values_and_report_the_side_window_background():
 
 def test_lines_and_edges_come_from_the_element_database_for_z_3_to_92():
     from fusetomo.adapters import elementdb
-    from fusetomo.adapters.elements import ATOMIC_NUMBER
     from fusetomo.adapters.spectra import edx_window, eels_window
+    from fusetomo.core.elements import ATOMIC_NUMBER
 
     symbols = elementdb.elements_with_data()
     assert [ATOMIC_NUMBER[s] for s in symbols] == list(range(3, 93))

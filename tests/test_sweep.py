@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.controller.cli import main
+from fusetomo.cli import main
 from fusetomo.controller.sweep import (
     SweepConfigError,
     SweepFailedError,

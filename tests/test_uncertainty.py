@@ -177,6 +177,7 @@ def test_cg_solves_the_system(tiny) -> None:
     assert len(its) == 3 and max(its) < 300
 
 
+@pytest.mark.slow
 def test_sampling_approaches_dense_inverse_diagonal(tiny, dense_inverse_diag) -> None:
     """Relative error ~ sqrt(2 / probes): 2048 probes, median error <= 5%, every voxel
     within 20%, and 16x more probes shrink the error at least 2.5x."""
@@ -200,6 +201,7 @@ def test_hutchinson_approaches_dense_inverse_diagonal(tiny, dense_inverse_diag) 
     assert err_many < np.median(np.abs(few / exact - 1)) / 2
 
 
+@pytest.mark.slow
 def test_estimator_covariance_is_the_sandwich(tiny) -> None:
     """covariance='estimator': diag(H^-1 F H^-1), below the Laplace diag(H^-1)."""
     m = LaplaceModel(tiny, UncertaintyParams(), dtype=np.float64)

@@ -29,6 +29,7 @@ pytest.importorskip("PySide6.QtWidgets")
 import pyqtgraph as pg
 import zmq
 from PySide6 import QtGui, QtWidgets
+from threads import CheckedThread
 
 from fusetomo.adapters.protocol import (
     ACK,
@@ -45,7 +46,7 @@ from fusetomo.adapters.protocol import (
 )
 from fusetomo.adapters.runfile import RunFile
 from fusetomo.adapters.transport import StatusPublisher
-from fusetomo.controller.cli import main
+from fusetomo.cli import main
 from fusetomo.ui.viewer.model import ViewerModel, ViewerState
 from fusetomo.ui.viewer.render import ELEMENT_COLOURS, rgb_overlay
 from fusetomo.ui.viewer.runsource import RecordedRun
@@ -332,7 +333,7 @@ class Publisher:
         self.endpoint = self.pub.endpoint
         self.iteration, self.slices = iteration, slices
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread = CheckedThread(self._loop, name="publisher")
 
     def _loop(self) -> None:
         seq = 0
@@ -354,8 +355,10 @@ class Publisher:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
-        self.thread.join(5)
-        self.pub.close()
+        try:
+            self.thread.finish(5)
+        finally:
+            self.pub.close()
 
 
 def test_live_viewer_receives_and_renders(qapp, tmp_path: Path) -> None:
@@ -417,8 +420,7 @@ class FakeRouter:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.received: list[dict] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        self.thread = CheckedThread(self._loop, name="operator-router", start=True)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -439,9 +441,11 @@ class FakeRouter:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(5)
-        self.sock.close(0)
-        self.ctx.term()
+        try:
+            self.thread.finish(5)
+        finally:
+            self.sock.close(0)
+            self.ctx.term()
 
 
 def _wait_reply(qapp, win: ViewerWindow, n: int, router: FakeRouter) -> None:
@@ -501,7 +505,7 @@ def test_view_state_defaults_draw_without_data(qapp, tmp_path: Path) -> None:
 
 def test_view_names_the_missing_extra_and_display(run_path: Path, monkeypatch,
                                                   capsys) -> None:
-    import fusetomo.controller.cli_view as cli_view
+    import fusetomo.cli.view as cli_view
 
     real = cli_view.importlib.import_module
 

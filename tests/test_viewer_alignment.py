@@ -73,7 +73,7 @@ def test_model_decodes_a_published_alignment() -> None:
 
 def test_model_decodes_the_live_aligners_own_status() -> None:
     """The controller's real status dict (a few tilts aligned at arrival) decodes as is."""
-    from fusetomo.controller.live_align import LiveAligner
+    from fusetomo.controller.live.aligner import LiveAligner
 
     aligner = LiveAligner()
     yy, xx = np.mgrid[0:16, 0:24]
@@ -283,7 +283,7 @@ def test_window_plots_the_shifts_sorted_by_angle(qapp, tmp_path: Path) -> None:
 
 
 def test_run_screenshot_with_alignment(qapp, run_path: Path, tmp_path: Path, capsys) -> None:
-    from fusetomo.controller.cli import main
+    from fusetomo.cli import main
     from fusetomo.ui.viewer.window import ViewerWindow
 
     win = ViewerWindow(ViewerModel(), run=RecordedRun(run_path), refresh_ms=50)

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.ui.fields import integer as _int
 from fusetomo.ui.fields import number as _num
 
 DASH = "—"
 
 
-class AlignmentDataError(ValueError):
+class AlignmentDataError(FusetomoError, ValueError):
     """A published alignment that cannot be decoded; the message names the field and value."""
 
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
+
 PLANES = ("s", "u", "v")  # slice normal to the tilt axis, then the two other axes
 
 
-class SliceDataError(ValueError):
+class SliceDataError(FusetomoError, ValueError):
     """A published slice that cannot be decoded; the message names the field and value."""
 
 

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusetomo.adapters.delivery import Outbox
-from fusetomo.adapters.nion.config import EDX, EELS, NionAdapterError, NionTomoConfig
-from fusetomo.adapters.nion.microscope import (
+from fusetomo.adapters.instrument.delivery import Outbox
+from fusetomo.adapters.instrument.microscope import (
     AcquisitionAbortedError,
     HaadfScan,
     Microscope,
     SpectrumImage,
     pixel_dose,
 )
+from fusetomo.adapters.nion.config import EDX, EELS, NionAdapterError, NionTomoConfig
 from fusetomo.adapters.nion.tomo_adapter import AdapterStats, NionTomoAdapter, element_maps
 
 __all__ = [

@@ -6,15 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fusetomo.adapters.elements import ATOMIC_NUMBER
-from fusetomo.adapters.spectra import (
-    DEFAULT_EDX_LINES,
-    DEFAULT_EELS_EDGES,
-    EdgeWindow,
-    EdxWindow,
-)
-from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
-from fusetomo.simulators.schemes import (
+from fusetomo.adapters.instrument.plans import (
     ORDERS,
     SEQUENTIAL,
     SchemeError,
@@ -22,12 +14,21 @@ from fusetomo.simulators.schemes import (
     from_angles,
     make_plan,
 )
+from fusetomo.adapters.spectra import (
+    DEFAULT_EDX_LINES,
+    DEFAULT_EELS_EDGES,
+    EdgeWindow,
+    EdxWindow,
+)
+from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.core.elements import ATOMIC_NUMBER
+from fusetomo.core.errors import FusetomoError
 
 EELS, EDX = "eels", "edx"
 SERIES_ID_MAX = 200
 
 
-class NionAdapterError(ValueError):
+class NionAdapterError(FusetomoError, ValueError):
     """A bad adapter setting, or a microscope that lacks what the adapter needs; the message
     names the value (a missing control, device or channel by its name)."""
 

@@ -1,7 +1,8 @@
 """The microscope behind the adapter: stage tilt, HAADF scans and spectrum images.
 
-`Microscope` is what the adapter needs (a `typing.Protocol`); `NionMicroscope` provides it
-through nionswift-instrumentation (23.x), the same objects Nion Swift's own panels drive:
+`Microscope` (adapters/instrument/microscope.py) is what the adapter needs; `NionMicroscope`
+provides it through nionswift-instrumentation (23.x), the same objects Nion Swift's own
+panels drive:
 
 - the STEM controller (`stem_controller.STEMController`, registered as "stem_controller"):
   `TryGetVal(name)` to check and read the tilt control, `SetValAndConfirm(name, radians,
@@ -24,66 +25,18 @@ import copy
 import logging
 import math
 import uuid
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from fusetomo.adapters.instrument.microscope import (
+    AcquisitionAbortedError,
+    HaadfScan,
+    SpectrumImage,
+)
 from fusetomo.adapters.nion.config import NionAdapterError, NionTomoConfig
 
 log = logging.getLogger("fusetomo.nion")
-
-ELEMENTARY_CHARGE = 1.602176634e-19  # C
-
-
-class AcquisitionAbortedError(RuntimeError):
-    """An acquisition stopped by `abort` before it finished."""
-
-
-@dataclass
-class HaadfScan:
-    image: np.ndarray  # [size, size], axis 0 along the tilt axis
-    dwell_us: float
-    pixel_nm: float | None
-
-
-@dataclass
-class SpectrumImage:
-    haadf: np.ndarray  # [size, size], the simultaneous HAADF image
-    si: np.ndarray  # [size, size, n_channels]
-    energy: np.ndarray  # [n_channels], channel centres
-    energy_units: str  # 'eV' or 'keV' (from the camera's calibration)
-    exposure_ms: float
-    pixel_nm: float | None
-
-
-class Microscope(Protocol):
-    """What the tomography adapter needs from a microscope. Calls come from one worker
-    thread, except `abort`, which may come from another while an acquisition runs."""
-
-    def tilt_deg(self) -> float: ...
-
-    def set_tilt(self, angle_deg: float) -> float:
-        """Move the stage, wait until it is there; return the tilt read back (degrees)."""
-        ...
-
-    def acquire_haadf(self, dwell_us: float) -> HaadfScan: ...
-
-    def acquire_spectrum_image(self, exposure_ms: float) -> SpectrumImage: ...
-
-    def abort(self) -> None: ...
-
-    def beam_current_pa(self) -> float | None: ...
-
-    def field_of_view_nm(self) -> float | None: ...
-
-
-def pixel_dose(current_pa: float | None, dwell_s: float, pixel_nm: float | None) -> float:
-    """Electrons per square Angstrom of one pixel's dwell: I t / (e A_pixel); 0 if unknown."""
-    if not current_pa or not pixel_nm:
-        return 0.0
-    return current_pa * 1e-12 * dwell_s / ELEMENTARY_CHARGE / (pixel_nm * 10.0) ** 2
-
 
 class NionMicroscope:
     """`Microscope` through nionswift-instrumentation's STEM controller, scan and camera.

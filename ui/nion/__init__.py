@@ -10,3 +10,5 @@ keeps live data items with the orthoslices of each element and of its standard e
 Swift finds it through the thin `nionswift_plugin.fusetomo` package, which imports
 `fusetomo.ui.nion.panel`.
 """
+
+__all__: list[str] = []  # the panel is loaded by Swift through `nionswift_plugin.fusetomo`

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fusetomo.core.errors import FusetomoError
 from fusetomo.ui.alignment import Alignment, decode_alignment
 from fusetomo.ui.slices import PLANES, OrthoSlices, decode_slices
 
@@ -24,7 +25,7 @@ COST_TERMS = ("haadf", "chem", "tv")
 DASH = "—"
 
 
-class PanelDataError(ValueError):
+class PanelDataError(FusetomoError, ValueError):
     """A status message whose content cannot be shown; names the field and the value."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fusetomo.adapters.protocol import Message
+from fusetomo.core.errors import FusetomoError
 from fusetomo.ui.alignment import Alignment, decode_alignment
 from fusetomo.ui.fields import integer as _int
 from fusetomo.ui.fields import number as _num
@@ -29,7 +30,7 @@ ANSWERS = ("accept", "skip", "force")
 MAX_COST_ROWS = 100_000  # a long run's history stays bounded (oldest rows dropped)
 
 
-class ViewerDataError(ValueError):
+class ViewerDataError(FusetomoError, ValueError):
     """A status message whose content cannot be shown; names the field and the value."""
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from fusetomo.core.errors import FusetomoError
+
 ACTIONS = ("accept", "skip", "force", "pause", "resume", "abort", "auto", "manual")
 NEEDS_ADVICE = ("accept", "skip")
 
@@ -20,7 +22,7 @@ NEEDS_ADVICE = ("accept", "skip")
 DoneCallback = Callable[[str, dict[str, Any] | None, str | None], None]
 
 
-class OperatorUnavailableError(RuntimeError):
+class OperatorUnavailableError(FusetomoError, RuntimeError):
     """This fusetomo has no operator client (adapters.transport.OperatorClient)."""
 
 
@@ -37,8 +39,11 @@ class OperatorLink:
     """Sends `action`s to the controller at `endpoint`, one at a time, in a worker thread;
     `on_done` gets the reply (or the error) in that thread."""
 
-    def __init__(self, on_done: DoneCallback, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, on_done: DoneCallback, *, timeout_s: float = 2.0,
+                 curve: Any = None) -> None:
+        """`curve`: the viewer's CurveKeys for an authenticated controller (None: none)."""
         self._on_done = on_done
+        self._curve = curve
         self._timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusetomo-operator")
         self._client: Any = None
@@ -75,7 +80,9 @@ class OperatorLink:
         if self._client is not None and self._client_endpoint == endpoint:
             return self._client
         self._drop_client()
-        self._client = operator_client_class()(endpoint)
+        cls = operator_client_class()
+        self._client = cls(endpoint) if self._curve is None else cls(endpoint,
+                                                                     curve=self._curve)
         self._client_endpoint = endpoint
         return self._client
 

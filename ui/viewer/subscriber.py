@@ -5,6 +5,8 @@ thread; the window redraws on a timer, so a fast controller cannot flood it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from PySide6 import QtCore
 
 from fusetomo.adapters.protocol import ProtocolError
@@ -21,18 +23,19 @@ class SubscriberThread(QtCore.QThread):
     failed = QtCore.Signal(str)  # a message that could not be decoded or shown
 
     def __init__(self, endpoint: str, model: ViewerModel, *, poll_ms: int = 100,
-                 parent: QtCore.QObject | None = None) -> None:
+                 parent: QtCore.QObject | None = None, curve: Any = None) -> None:
         super().__init__(parent)
         if poll_ms <= 0:
             raise ValueError(f"poll_ms must be > 0, got {poll_ms}")
         self.endpoint = endpoint
         self.model = model
         self.poll_ms = poll_ms
+        self.curve = curve  # the viewer's CurveKeys for an authenticated controller
         self.setObjectName("fusetomo-status-subscriber")
 
     def run(self) -> None:
         try:
-            sub = StatusSubscriber(self.endpoint, TOPICS)
+            sub = StatusSubscriber(self.endpoint, TOPICS, curve=self.curve)
         except Exception as e:  # a bad address: say so in the window, do not crash Qt
             self.failed.emit(f"cannot subscribe to {self.endpoint}: {e}")
             return

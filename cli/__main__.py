@@ -1,0 +1,7 @@
+"""`python -m fusetomo.cli ...`: the `fusetomo` command."""
+
+import sys
+
+from fusetomo.cli import main
+
+sys.exit(main())

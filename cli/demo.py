@@ -1,0 +1,214 @@
+"""`fusetomo demo` (alias `live-demo`): the simulated instrument and the controller as
+two processes over loopback ZeroMQ, with a progress display; writes DIR/run.h5 and
+DIR/summary.json.
+
+    fusetomo live-demo [--out DIR] [--specimen NAME|FILE] [--size N] [--json] [--speed X]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from tqdm.auto import tqdm
+
+from fusetomo.adapters.runfile import read_run, read_snapshot
+from fusetomo.adapters.transport import StatusSubscriber
+from fusetomo.cli.argtypes import positive_float as _positive_float
+from fusetomo.cli.argtypes import positive_int as _positive_int
+from fusetomo.cli.children import Child, fusetomo_argv, start_instrument
+from fusetomo.cli.common import error
+from fusetomo.cli.control import latencies_of
+from fusetomo.cli.live_options import (
+    READY_PREFIX,
+    LiveCommandError,
+    add_advice_options,
+    add_solver_options,
+)
+
+
+# -- live demo ------------------------------------------------------------------------------
+def add_demo_options(p: argparse.ArgumentParser) -> None:
+    """Options of the live demo (a parser of their own: they include --size, --specimen,
+    --seed and --speed, so they do not combine with cli.py's simulation options)."""
+    p.add_argument("--out", default="fusetomo-demo", help="folder for run.h5, summary.json "
+                   "and the processes' logs (run.h5 there is replaced)")
+    p.add_argument("--specimen", default="nanocubes",
+                   help="built-in specimen (nanocubes, core-shell) or an HDF5 specimen file")
+    p.add_argument("--size", type=_positive_int, default=64, help="reconstruction size n")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", type=_positive_float, default=20.0,
+                   help="instrument speed-up over real acquisition times (default 20)")
+    p.add_argument("--scheme", choices=("sequential", "dose-symmetric"),
+                   default="sequential", help="acquisition order")
+    p.add_argument("--haadf-step", type=float, default=3.0, help="degrees")
+    p.add_argument("--chem-step", type=float, default=15.0, help="degrees")
+    p.add_argument("--tilt-range", type=float, nargs=2, default=(-70.0, 70.0),
+                   metavar=("LO", "HI"), help="degrees")
+    p.add_argument("--drift", type=float, default=0.0, metavar="SIGMA",
+                   help="random specimen drift per tilt, px (the instrument's)")
+    p.add_argument("--axis-offset", type=float, default=0.0, metavar="PX",
+                   help="tilt-axis offset, px (the instrument's)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
+                   help="fail when the instrument is silent this long (default 60)")
+    add_solver_options(p)
+    add_advice_options(p, mode_default="auto")
+
+
+def _progress(pub: str, ctrl: Child, total: int | None, quiet: bool) -> None:
+    """A progress bar from the controller's status until it exits."""
+    ctx = zmq.Context()
+    sub = StatusSubscriber(pub, ("status",), ctx=ctx)
+    bar = tqdm(total=total, desc="tilts", unit="tilt", file=sys.stderr, disable=quiet,
+               mininterval=0.5, dynamic_ncols=True)
+    try:
+        while ctrl.proc.poll() is None:
+            got = sub.recv(200)
+            if got is None:
+                continue
+            h = got[1].header
+            n = int(h.get("haadf_tilts", 0)) + int(h.get("chem_tilts", 0))
+            planned = (h.get("planned_haadf") or 0) + (h.get("planned_chem") or 0)
+            if planned and bar.total != planned:
+                bar.total = planned
+            if n > bar.n:
+                bar.update(n - bar.n)
+            costs = h.get("costs") or {}
+            bar.set_postfix(it=h.get("iteration"), lat=_fmt(h.get("latency_s")),
+                            chem=_fmt(costs.get("chem")), refresh=False)
+    finally:
+        bar.close()
+        sub.close()
+        ctx.term()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, int | float) else "-"
+
+
+def run_live_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_path = out / "run.h5"
+    run_path.unlink(missing_ok=True)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    sim = ["--specimen", str(args.specimen), "--size", str(args.size), "--seed",
+           str(args.seed), "--speed", str(args.speed), "--scheme", args.scheme,
+           "--haadf-step", str(args.haadf_step), "--chem-step", str(args.chem_step),
+           "--tilt-range", *(str(v) for v in args.tilt_range),
+           "--drift", str(args.drift), "--axis-offset", str(args.axis_offset)]
+    threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    sim += threads
+    advice: list[str] = []
+    if args.policy is not None:
+        # The instrument holds at each tilt and the controller's policy decides.
+        sim += ["--hold-for-advice"]
+        advice = ["--advice", "auto", "--policy", args.policy, "--stop-ratio",
+                  str(args.stop_ratio)]
+        for flag, v in (("--chem-maps", args.chem_maps),
+                        ("--chem-dose-budget", args.chem_dose_budget),
+                        ("--min-spacing", args.min_spacing)):
+            if v is not None:
+                advice += [flag, str(v)]
+        if args.policy in ("uniform", "random") and args.chem_maps is None:
+            return error(f"--policy {args.policy} needs --chem-maps K (the number of "
+                          "spectrum images)")
+    inst = ctrl = None
+    try:
+        inst = start_instrument(sim, out / "instrument.log")
+        ctrl = Child(fusetomo_argv(
+            "control", "--instrument", inst.endpoint, "--record", str(run_path),
+            "--iterations-per-tilt", str(args.iterations_per_tilt), "--final-iterations",
+            str(args.final_iterations), "--max-idle-iterations",
+            str(args.max_idle_iterations), "--device", args.device, "--timeout",
+            str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else []),
+            "--seed", str(args.seed), *advice, *threads,
+            *(["--align", "--align-rotation", str(args.align_rotation)] if args.align
+              else [])),
+            READY_PREFIX, out / "controller.log")
+        log(f"instrument {inst.endpoint}, controller status {ctrl.endpoint}")
+        _progress(ctrl.endpoint, ctrl, None, args.quiet)
+        code = ctrl.wait()
+        if code != 0:
+            raise LiveCommandError(f"the controller exited with status {code}"
+                                   f"{ctrl.log_tail()}")
+        inst.wait(timeout=10)
+    except LiveCommandError as e:
+        return error(str(e))
+    finally:
+        for child in (ctrl, inst):
+            if child is not None:
+                child.close()
+    summary = live_summary(run_path, args.specimen, args.size, args.seed)
+    summary["policy"] = args.policy or "planned"
+    summary["scheme"] = args.scheme
+    summary["elapsed_s"] = time.perf_counter() - t0
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        per = ", ".join(f"{e} {v:.3f}" for e, v in summary["nrmse"].items())
+        log(f"<NRMSE> = {summary['nrmse_mean']:.3f}  ({per})")
+        log(f"{summary['haadf_tilts']} HAADF + {summary['chem_tilts']} chemical tilts, dose "
+            f"{summary['dose_e_per_A2']:.4g} e/A^2, latency median "
+            f"{_fmt(summary['latency_s_median'])} s")
+        log(f"wrote {run_path}, {out / 'summary.json'} in {summary['elapsed_s']:.1f} s")
+    return 0
+
+
+def live_summary(run_path: Path, specimen: str, size: int, seed: int) -> dict[str, Any]:
+    """The demo's summary of a finished run: the final snapshot scored against the truth
+    re-simulated from the same specimen and seed (forward.simulate's binned truth)."""
+    from fusetomo.simulators.forward import AcquisitionParams, bin_volume
+    from fusetomo.simulators.specimens import make_specimen, resample
+    from fusetomo.solver.metrics import nrmse_per_element
+
+    rec = read_run(run_path)
+    iteration, volumes = read_snapshot(run_path)
+    o = AcquisitionParams().oversample
+    spec = make_specimen(specimen, size * o, seed=seed)
+    if spec.size != size * o:
+        spec = resample(spec, size * o)
+    truth = {e: bin_volume(spec.volumes[i], o) for i, e in enumerate(spec.elements)}
+    scores = nrmse_per_element({e: truth[e] for e in volumes if e in truth}, volumes)
+    lat = latencies_of(rec.events)
+    return {
+        "specimen": str(specimen),
+        "size": size,
+        "seed": seed,
+        "nrmse_mean": float(np.mean(list(scores.values()))),
+        "nrmse": scores,
+        "haadf_tilts": int(rec.series.haadf.shape[0]),
+        "chem_tilts": int(rec.series.common_chem_angles.size),
+        "chem_angles": [float(a) for a in rec.series.common_chem_angles],
+        "advices": sum(1 for ev in rec.events if ev.get("kind") == "advice"),
+        "dose_e_per_A2": sum(float(np.sum(v)) for v in rec.dose_e_per_A2.values()),
+        "latency_s_median": float(np.median(lat)) if lat else None,
+        "latency_s_p90": float(np.percentile(lat, 90)) if lat else None,
+        "iterations": iteration,
+        "complete": rec.complete,
+        "files": {"run": str(run_path)},
+    }
+
+
+def cmd_live_demo(args: argparse.Namespace) -> int:
+    return run_live_demo(args)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo", aliases=["live-demo"],
+        help="the main job: simulated instrument and controller as separate processes",
+        description="Run a whole simulated series through the live loop over loopback "
+                    "ZeroMQ, with a progress display; write DIR/run.h5 and "
+                    "DIR/summary.json.")
+    add_demo_options(p)
+    p.set_defaults(func=cmd_live_demo)

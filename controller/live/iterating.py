@@ -1,0 +1,74 @@
+"""The live session's iterations: each one recorded, the tilts it settled published (status,
+orthoslices, latency events), their hooks called, and a snapshot after a chemical tilt."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fusetomo.adapters.protocol import STATUS
+from fusetomo.controller.live.publish import orthoslices
+from fusetomo.controller.live.reconstruction import Pending
+
+if TYPE_CHECKING:
+    from fusetomo.controller.live.session import LiveSession
+
+
+def iterate(s: LiveSession, phase: int | None) -> None:
+    """One iteration of `phase` (recorded); a settled tilt's reconstruction is published."""
+    recon, run = s.recon, s.run
+    assert recon is not None and run is not None
+    step = recon.update(phase)
+    if step is None:
+        return
+    run.record_costs(step.iteration, step.costs)
+    p = s.params
+    if p.snapshot_every and step.iteration % p.snapshot_every == 0:
+        run.record_snapshot(step.iteration, recon.solver.volumes())
+    if step.settled:
+        settle(s, step.settled)
+        return
+    if step.iteration % p.publish_every == 0:
+        s.status("iterating")
+    if step.iteration % p.slices_every == 0:
+        publish_slices(s)
+
+
+def settle(s: LiveSession, done: tuple[Pending, ...]) -> None:
+    """Publish the reconstruction for tilts whose k iterations are done; record their
+    latency (arrival -> published) and a snapshot after a chemical tilt."""
+    recon, run = s.recon, s.run
+    if not done or recon is None or run is None:
+        return
+    s.status("iterating")
+    publish_slices(s)
+    t = time.time()
+    lats = [t - q.t_arrival for q in done]
+    s.event("reconstruction_updated", iteration=recon.iteration,
+               tilt_seqs=[q.seq for q in done], latency_s=lats)
+    for q, lat in zip(done, lats, strict=True):
+        s.latencies.append(lat)
+        run.record_event("latency", seq=q.seq, latency_s=lat, iteration=recon.iteration)
+    for h in s.hooks:
+        h.settled(done, s)
+    if s.params.snapshot_chem and any(q.chem for q in done):
+        run.record_snapshot(recon.iteration, recon.solver.volumes())
+        for h in s.hooks:
+            h.snapshot(recon.iteration, s)
+
+
+def publish_slices(s: LiveSession) -> None:
+    """The current volumes (and standard errors) as orthoslices, on the `slices` topic."""
+    solver = s.solver
+    if solver is None or solver.x is None:
+        return
+    extra: dict[str, Any] = {}
+    if s.std.maps is not None:
+        std = np.stack([s.std.maps[e] for e in solver.elements])
+        extra = {"std_slices": orthoslices(std, solver.elements, s.params.slice_size),
+                 "std_iteration": s.std.iteration}
+    s.publish("slices", STATUS, iteration=solver.iteration,
+                 slices=orthoslices(solver.x, solver.elements, s.params.slice_size),
+                 **extra)

@@ -1,0 +1,367 @@
+"""The viewer window's panels (pyqtgraph on PySide6): the orthoslice grid, the cost plots,
+the dose bar, the polar plot of tilt angles, the alignment panel, the advice box, and the
+texts of the advice and the status line."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from fusetomo.ui.slices import PLANES, OrthoSlices
+from fusetomo.ui.viewer.model import (
+    COST_TERMS,
+    Advice,
+    ViewerState,
+)
+from fusetomo.ui.viewer.render import element_colour, polar_rays, rgb_overlay
+
+PLANE_TITLES = {"s": "s (normal to tilt axis)", "u": "u", "v": "v"}
+COST_COLOURS = {"haadf": (90, 170, 255), "chem": (255, 120, 60), "tv": (120, 220, 120)}
+HAADF_COLOUR, CHEM_COLOUR = (110, 170, 255), (255, 90, 60)
+SHIFT_COLOURS = {"ds": (250, 190, 40), "dd": (0, 210, 210)}  # the columns of shifts_px
+
+
+def _as_displayed(a: np.ndarray) -> np.ndarray:
+    """Arrays here are [row, column]; pyqtgraph's default axis order is column-major."""
+    if pg.getConfigOption("imageAxisOrder") == "row-major":
+        return a
+    return np.swapaxes(a, 0, 1)
+
+
+class _SliceCell:
+    """One image of the slice grid: a ViewBox holding an ImageItem."""
+
+    def __init__(self, layout: pg.GraphicsLayout, row: int, col: int) -> None:
+        self.view = layout.addViewBox(row=row, col=col, lockAspect=True, invertY=True,
+                                      enableMouse=True)
+        self.image = pg.ImageItem()
+        self.view.addItem(self.image)
+        self.shape: tuple[int, ...] | None = None
+
+    def show(self, a: np.ndarray, levels: tuple[float, float] | None,
+             cmap: pg.ColorMap | None) -> None:
+        if cmap is not None:
+            self.image.setColorMap(cmap)
+        self.image.setImage(_as_displayed(a), levels=levels, autoLevels=False)
+        if self.shape != a.shape:  # re-frame only when the size changes (keeps user zoom)
+            self.shape = a.shape
+            self.view.autoRange(padding=0.02)
+
+    def clear(self) -> None:
+        self.image.clear()
+        self.shape = None
+
+
+class SliceGrid(pg.GraphicsLayoutWidget):
+    """Rows: one per element, then the RGB overlay; columns: the planes s, u, v."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.elements: tuple[str, ...] = ()
+        self.cells: dict[tuple[str, str], _SliceCell] = {}
+        self._cmaps = {False: pg.colormap.get("viridis"), True: pg.colormap.get("inferno")}
+        self._build(())
+
+    def _build(self, elements: tuple[str, ...]) -> None:
+        self.clear()
+        self.cells = {}
+        self.elements = elements
+        layout = self.ci
+        layout.addLabel("", row=0, col=0)
+        for j, p in enumerate(PLANES):
+            layout.addLabel(PLANE_TITLES[p], row=0, col=j + 1)
+        for i, row in enumerate((*elements, "RGB")):
+            colour = element_colour(i) if row != "RGB" else (230, 230, 230)
+            layout.addLabel(row, row=i + 1, col=0, angle=-90, color=colour, size="11pt")
+            for j, p in enumerate(PLANES):
+                self.cells[(row, p)] = _SliceCell(layout, i + 1, j + 1)
+
+    def draw(self, state: ViewerState, elements: tuple[str, ...], std: bool) -> None:
+        if elements != self.elements:
+            self._build(elements)
+        source = state.std_slices if std else state.slices
+        for el in elements:
+            sl: OrthoSlices | None = source.get(el)
+            for p in PLANES:
+                cell = self.cells[(el, p)]
+                if sl is None:
+                    cell.clear()
+                else:
+                    cell.show(sl.plane(p), (0.0, max(sl.vmax, 1e-30)), self._cmaps[std])
+        for p in PLANES:
+            cell = self.cells[("RGB", p)]
+            if not state.slices:
+                cell.clear()
+            else:  # the overlay is always of the reconstruction, not of its error
+                cell.show(rgb_overlay(state.slices, elements, p), (0.0, 255.0), None)
+
+
+class CostPlots(pg.GraphicsLayoutWidget):
+    """The three cost terms against iteration, one plot each (their scales differ)."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plots: dict[str, pg.PlotItem] = {}
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        first = None
+        for i, t in enumerate(COST_TERMS):
+            p = self.addPlot(row=i, col=0)
+            p.setLabel("left", t)
+            for side in ("left", "bottom"):  # "x1e+06" beside log ticks misleads
+                p.getAxis(side).enableAutoSIPrefix(False)
+            p.showGrid(x=True, y=True, alpha=0.3)
+            if first is None:
+                first = p
+                p.setTitle("cost terms")
+            else:
+                p.setXLink(first)
+            if i == len(COST_TERMS) - 1:
+                p.setLabel("bottom", "iteration")
+            self.plots[t] = p
+            self.curves[t] = p.plot(pen=pg.mkPen(COST_COLOURS[t], width=2), connect="finite")
+
+    def draw(self, state: ViewerState) -> None:
+        x = np.asarray(state.cost_iterations, dtype=np.float64)
+        for t in COST_TERMS:
+            y = np.asarray(state.costs.get(t, []), dtype=np.float64)
+            if y.size != x.size or x.size == 0:
+                self.curves[t].setData([], [])
+                continue
+            finite = y[np.isfinite(y)]
+            # Log scale when the term is positive and spans a decade or more (it falls by
+            # decades at the start); over less, log ticks only crowd the axis.
+            log = (bool(finite.size) and bool(np.all(finite > 0))
+                   and float(finite.max()) >= 10 * float(finite.min()))
+            self.plots[t].setLogMode(x=False, y=log)
+            # Markers while the history is short (a single point draws no line).
+            sym = "o" if x.size <= 50 else None
+            self.curves[t].setData(x, y, symbol=sym, symbolSize=5,
+                                   symbolBrush=COST_COLOURS[t], symbolPen=None)
+
+
+class DoseBar(pg.PlotWidget):
+    """Dose used (HAADF, then chemical, stacked) against the budget line."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMaximumHeight(120)
+        self.hideAxis("left")
+        self.setLabel("bottom", "dose (e/Å²)")
+        self.setMouseEnabled(x=False, y=False)
+        self.bars = {m: pg.BarGraphItem(x0=[0.0], width=[0.0], y=[0.0], height=0.6,
+                                        brush=pg.mkBrush(c), pen=pg.mkPen(None))
+                     for m, c in (("haadf", HAADF_COLOUR), ("chem", CHEM_COLOUR))}
+        for b in self.bars.values():
+            self.addItem(b)
+        self.budget = pg.InfiniteLine(angle=90, pen=pg.mkPen("w", width=2,
+                                                             style=QtCore.Qt.PenStyle.DashLine))
+        self.addItem(self.budget)
+        self.setYRange(-0.5, 0.5, padding=0)
+
+    def draw(self, state: ViewerState) -> None:
+        h = float(state.dose.get("haadf", 0.0))
+        c = float(state.dose.get("chem", 0.0))
+        total = float(state.dose.get("total", h + c))
+        self.bars["haadf"].setOpts(x0=[0.0], width=[h])
+        self.bars["chem"].setOpts(x0=[h], width=[c])
+        budget = state.dose_budget
+        self.budget.setVisible(budget is not None)
+        if budget is not None:
+            self.budget.setValue(budget)
+        top = max(total, budget or 0.0, 1e-9)
+        self.setXRange(0, top * 1.05, padding=0)
+        frac = f" ({100 * total / budget:.0f} %)" if budget else ""
+        self.setTitle(f"dose {total:.3g} / {'?' if budget is None else f'{budget:.3g}'} e/Å²"
+                      f"{frac} — HAADF {h:.3g}, chemical {c:.3g}", size="9pt")
+
+
+class PolarAngles(pg.PlotWidget):
+    """Tilt angles taken per modality as rays (0 deg up), the stage's current angle and the
+    advisor's candidates."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAspectLocked(True)
+        self.hideAxis("left")
+        self.hideAxis("bottom")
+        self.setMouseEnabled(x=False, y=False)
+        self.setTitle("tilt angles taken", size="9pt")
+        self.addLegend(offset=(5, 5), labelTextSize="8pt")
+        a = np.deg2rad(np.linspace(-90, 90, 181))
+        for r in (0.5, 1.0):
+            self.plot(r * np.sin(a), r * np.cos(a), pen=pg.mkPen((90, 90, 90)))
+        for deg in (-90, -60, -30, 0, 30, 60, 90):
+            t = pg.TextItem(f"{deg:+d}°" if deg else "0°", color=(150, 150, 150),
+                            anchor=(0.5, 0.5))
+            t.setPos(1.2 * math.sin(math.radians(deg)), 1.2 * math.cos(math.radians(deg)))
+            self.addItem(t)
+        self.haadf = self.plot(pen=pg.mkPen(HAADF_COLOUR, width=1), connect="finite",
+                               name="HAADF")
+        self.chem = self.plot(pen=pg.mkPen(CHEM_COLOUR, width=4), connect="finite",
+                              name="spectrum image")
+        self.stage = self.plot(pen=pg.mkPen("w", width=2, style=QtCore.Qt.PenStyle.DashLine),
+                               connect="finite", name="stage now")
+        self.candidates = pg.ScatterPlotItem(pen=None, brush=pg.mkBrush(255, 220, 0, 180))
+        self.addItem(self.candidates)
+        self.best = pg.ScatterPlotItem(symbol="star", size=16, pen=None,
+                                       brush=pg.mkBrush(255, 220, 0))
+        self.addItem(self.best)
+        self.setXRange(-1.3, 1.3, padding=0)
+        self.setYRange(-0.15, 1.3, padding=0)
+
+    def draw(self, state: ViewerState) -> None:
+        self.haadf.setData(*polar_rays(state.haadf_angles, 1.0))
+        self.chem.setData(*polar_rays(state.chem_angles, 0.75))
+        adv = state.advice
+        if adv is not None and adv.angle is not None:
+            self.stage.setData(*polar_rays([adv.angle], 1.1))
+        else:
+            self.stage.setData([], [])
+        cands = adv.candidates if adv is not None else ()
+        if cands:
+            ang = np.deg2rad([c[0] for c in cands])
+            gain = np.asarray([c[1] for c in cands], dtype=np.float64)
+            size = 4 + 12 * gain / gain.max() if gain.max() > 0 else np.full(gain.size, 6.0)
+            self.candidates.setData(1.05 * np.sin(ang), 1.05 * np.cos(ang), size=size)
+        else:
+            self.candidates.setData([], [])
+        if adv is not None and adv.best_angle is not None:
+            b = math.radians(adv.best_angle)
+            self.best.setData([1.05 * math.sin(b)], [1.05 * math.cos(b)])
+        else:
+            self.best.setData([], [])
+
+
+class AlignmentPanel(QtWidgets.QWidget):
+    """The live aligner's shift of each HAADF tilt, ds and dd (px, measured image frame)
+    against tilt angle, above a line with the tilt-axis offset, the model refinements and
+    the last update (a label: as the plot's title it would widen the plot past the
+    window). Hidden until an alignment arrives (`fusetomo control --align`), so that
+    without one the other plots keep the room."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        self.plot = pg.PlotWidget()
+        self.plot.setTitle("alignment", size="9pt")
+        self.plot.setLabel("bottom", "tilt angle (°)")
+        self.plot.setLabel("left", "shift (px)")
+        for side in ("left", "bottom"):  # px and degrees read as they are
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.plot.showGrid(x=True, y=True, alpha=0.3)
+        self.plot.addLegend(offset=(5, 5), labelTextSize="8pt", colCount=2)
+        self.curves = {k: self.plot.plot(pen=pg.mkPen(c, width=2), symbol="o", symbolSize=6,
+                                         symbolBrush=c, symbolPen=None, name=k)
+                       for k, c in SHIFT_COLOURS.items()}
+        # One line that never widens the column (it is clipped there, in full as its tool
+        # tip). Not word-wrapped: a height-for-width label in this box made Qt squeeze the
+        # plots above to their minimum height when the panel appeared.
+        self.label = QtWidgets.QLabel("")
+        font = self.label.font()
+        font.setPointSizeF(8.0)
+        self.label.setFont(font)
+        self.label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                 QtWidgets.QSizePolicy.Policy.Preferred)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.label)
+        self.setVisible(False)
+
+    def draw(self, state: ViewerState) -> None:
+        a = state.alignment
+        self.setVisible(a is not None)
+        if a is None:
+            for curve in self.curves.values():
+                curve.setData([], [])
+            self.label.setText("")
+            return
+        # Sorted by angle: arrival order zigzags in dose-symmetric schemes.
+        angles, shifts = a.by_angle()
+        for j, curve in enumerate(self.curves.values()):
+            curve.setData(angles, shifts[:, j])
+        self.label.setText(a.summary())
+        self.label.setToolTip(a.summary())
+
+
+def advice_html(adv: Advice | None, state: ViewerState) -> str:
+    if adv is None:
+        mode = f" (advice mode: {state.advice_mode})" if state.advice_mode else ""
+        return f"<i>no advice yet{html.escape(mode)}</i>"
+    where = f" at {adv.angle:+.1f}°" if adv.angle is not None else ""
+    after = f", after tilt {adv.tilt_seq}" if adv.tilt_seq is not None else ""
+    lines = [f"<b>{html.escape(adv.action)}</b>{where} &nbsp; (advice #{adv.id}{after})"]
+    if adv.reason:
+        lines.append(html.escape(adv.reason))
+    facts = []
+    if adv.gain_per_dose is not None:
+        facts.append(f"gain {adv.gain_per_dose:.3g} nats per e/Å²")
+    if adv.best_angle is not None:
+        facts.append(f"best remaining {adv.best_angle:+.1f}°")
+    if adv.chem_maps_used is not None:
+        budget = "?" if adv.chem_maps_budget is None else str(adv.chem_maps_budget)
+        facts.append(f"spectrum images {adv.chem_maps_used}/{budget}")
+    if adv.chem_dose_used is not None:
+        budget = "?" if adv.chem_dose_budget is None else f"{adv.chem_dose_budget:.4g}"
+        facts.append(f"chemical dose {adv.chem_dose_used:.4g}/{budget} e/Å²")
+    if adv.mode:
+        facts.append(f"mode {html.escape(adv.mode)}")
+    if facts:
+        lines.append(" · ".join(facts))
+    if not adv.open:
+        lines.append(f"answer: {adv.answer or '—'}, decision: {adv.decision or '—'}")
+    return "<br>".join(lines)
+
+
+def status_text(state: ViewerState) -> str:
+    def of(n: int, planned: int | None) -> str:
+        return f"{n}/{planned}" if planned is not None else str(n)
+
+    parts = [state.series or "no series yet", state.state or "waiting",
+             f"iteration {state.iteration}",
+             f"HAADF {of(state.haadf_tilts, state.planned_haadf)}",
+             f"chemical {of(state.chem_tilts, state.planned_chem)}"]
+    if state.latency_s is not None:
+        parts.append(f"latency {state.latency_s:.2f} s")
+    if state.slices_iteration is not None:
+        parts.append(f"slices of iteration {state.slices_iteration}")
+    if state.errors:
+        parts.append(f"{len(state.errors)} message(s) not shown: {state.errors[-1]}")
+    return " · ".join(parts)
+
+
+class AdviceBox(QtWidgets.QGroupBox):
+    """The advisor's advice, Accept / Skip / Force (disabled until an advice waits), and the
+    controller's reply to the last answer."""
+
+    def __init__(self, text: str, on_accept: Any, on_skip: Any, on_force: Any) -> None:
+        super().__init__("advisor")
+        lay = QtWidgets.QVBoxLayout(self)
+        self.advice_label = QtWidgets.QLabel(text)
+        self.advice_label.setWordWrap(True)
+        self.advice_label.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        lay.addWidget(self.advice_label)
+        buttons = QtWidgets.QHBoxLayout()
+        self.accept_button = QtWidgets.QPushButton("Accept")
+        self.skip_button = QtWidgets.QPushButton("Skip")
+        self.force_button = QtWidgets.QPushButton("Force")
+        self.accept_button.setToolTip("do what the advice says")
+        self.skip_button.setToolTip("do not take a spectrum image at this tilt")
+        self.force_button.setToolTip("take a spectrum image now, whatever the advice")
+        # Bound methods without arguments, not lambdas: PySide >= 6.7 passes `checked` to a
+        # lambda's first default argument.
+        self.accept_button.clicked.connect(on_accept)
+        self.skip_button.clicked.connect(on_skip)
+        self.force_button.clicked.connect(on_force)
+        for b in (self.accept_button, self.skip_button, self.force_button):
+            b.setEnabled(False)
+            buttons.addWidget(b)
+        lay.addLayout(buttons)
+        self.reply_label = QtWidgets.QLabel("")
+        self.reply_label.setWordWrap(True)
+        lay.addWidget(self.reply_label)
