@@ -2,14 +2,15 @@
 
 Why hand-written: on the CPU the fused iteration is the projector's sparse x dense products
 and the TV proximal step, and neither NumPy's ufuncs nor scipy.sparse's products use more
-than one core (splitting scipy's product by rows over a thread pool gained nothing: 0.024 s
-against 0.025 s for W @ X at 128^3, 47 tilts, 2 cores -- it holds the GIL). No well-kept
-library offers a threaded CSR x dense product for NumPy arrays without bringing its own
-array type (MKL's sparse BLAS is not on PyPI for this stack), so the two products are
-written here as numba kernels, fused with the layout changes around them; FGP's steps are
-fused into two passes per iteration (the NumPy version makes about 25 passes over the
-volumes), which also makes one thread faster than the NumPy path. Measured figures:
-bench/speed.py and docs/benchmarks.md (issue 20).
+than one core. Measured before writing these (W @ X at 128^3, 47 tilts, 2 shared cores):
+splitting scipy's product by rows over a thread pool ran no faster (0.024 s against
+0.025 s); MKL's threaded sparse product through sparse-dot-mkl 0.9.10 (MKL 2026.2, a 220 MB
+dependency) took 0.116 s on 1 thread against scipy's 0.118 s and 0.069 s for this module's
+whole forward projection, transposes included (load 9). So the two products are numba
+kernels here, fused with the layout changes around them; FGP's steps are fused into two
+passes per iteration (the NumPy version makes about 25 passes over the volumes), which also
+makes one thread faster than the NumPy path. Figures: bench/speed.py and docs/benchmarks.md
+(issue 20).
 
 Every kernel does the arithmetic of the NumPy/scipy path it replaces, in the same order per
 output value (float32 stays float32), so results agree to float32 rounding (tests compare the
