@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     --no-tests) tests=0; shift ;;
     --fetch-wheels) fetch=1; shift ;;
     --python) py="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
