@@ -105,6 +105,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
            "--haadf-step", str(args.haadf_step), "--chem-step", str(args.chem_step),
            "--tilt-range", *(str(v) for v in args.tilt_range),
            "--drift", str(args.drift), "--axis-offset", str(args.axis_offset)]
+    threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    sim += threads
     advice: list[str] = []
     if args.policy is not None:
         # The instrument holds at each tilt and the controller's policy decides.
@@ -128,7 +130,7 @@ def run_live_demo(args: argparse.Namespace) -> int:
             str(args.final_iterations), "--max-idle-iterations",
             str(args.max_idle_iterations), "--device", args.device, "--timeout",
             str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else []),
-            "--seed", str(args.seed), *advice,
+            "--seed", str(args.seed), *advice, *threads,
             *(["--align", "--align-rotation", str(args.align_rotation)] if args.align
               else [])),
             READY_PREFIX, out / "controller.log")

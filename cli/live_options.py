@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fusetomo.adapters.keys import KeysError, keys_for
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.cli.argtypes import add_threads_option
 from fusetomo.cli.argtypes import non_negative_int as _non_negative_int
 from fusetomo.cli.argtypes import positive_float as _positive_float
 from fusetomo.cli.argtypes import positive_int as _positive_int
@@ -44,6 +45,7 @@ def add_solver_options(p: argparse.ArgumentParser) -> None:
                    help="iterations while waiting, at most this many after each tilt "
                         "(default 50; 0: none)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    add_threads_option(p)
     p.add_argument("--align", action="store_true",
                    help="align each tilt on arrival (against the previous tilt and the "
                         "reprojection) and refine the alignment while waiting")

@@ -12,7 +12,7 @@ from typing import Any
 
 from fusetomo.adapters.reconfile import model_lines
 from fusetomo.adapters.seriesfile import read_series, read_truth
-from fusetomo.cli.argtypes import positive_int
+from fusetomo.cli.argtypes import add_threads_option, positive_int
 from fusetomo.cli.common import nrmse_line, nrmse_scores
 from fusetomo.controller.reconstruct import METHODS, reconstruct
 
@@ -70,4 +70,5 @@ def register(sub: Any) -> None:
                         "(default: estimated)")
     p.add_argument("--uncertainty", choices=("cheap", "accurate"), default=None,
                    help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
+    add_threads_option(p)
     p.set_defaults(func=cmd_reconstruct)
