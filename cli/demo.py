@@ -109,8 +109,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
     if args.policy is not None:
         # The instrument holds at each tilt and the controller's policy decides.
         sim += ["--hold-for-advice"]
-        advice = ["--advice", "auto", "--policy", args.policy, "--stop-ratio",
-                  str(args.stop_ratio)]
+        advice = ["--advice", "auto", "--policy", args.policy, "--stop-gain",
+                  str(args.stop_gain)]
         for flag, v in (("--chem-maps", args.chem_maps),
                         ("--chem-dose-budget", args.chem_dose_budget),
                         ("--min-spacing", args.min_spacing)):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fusetomo.adapters.protocol import SeriesStart
@@ -57,13 +57,20 @@ class AdviceDesk:
             self.order = list(start.haadf_order)
             self.holds = start.holds_for_advice
             dose = start.chem_dose_e_per_A2
+            planned_chem = start.planned_chem
         else:
             scheme = start.get("scheme") if isinstance(start.get("scheme"), dict) else {}
             self.order = [float(a) for a in scheme.get("haadf_angles", [])]
             self.holds = bool(start.get("holds_for_advice", False))
             dose = finite_or_none(start.get("chem_dose_e_per_A2"))
+            chem = scheme.get("chem_angles")
+            planned_chem = len(chem) if isinstance(chem, list) else None
         self.dose_per_map = dose if dose is not None and dose > 0 else 1.0
-        self.policy: Policy = make_policy(params.policy, params.advisor, self.order)
+        advisor = params.advisor
+        if advisor.planned_maps is None and planned_chem:
+            # Without a budget, the plan's own spectrum images are the allowance.
+            advisor = replace(advisor, planned_maps=int(planned_chem))
+        self.policy: Policy = make_policy(params.policy, advisor, self.order)
         self.pending: Advice | None = None
         self.history: list[Advice] = []
 
