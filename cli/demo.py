@@ -237,7 +237,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines.append(f"per-tilt processing median {_fmt(summary['processing_s_median'])} s "
                  f"(p90 {_fmt(summary['processing_s_p90'])} s); reconstruction behind the "
                  f"newest tilt: median {_fmt(summary['lag_s_median'])} s, max "
-                 f"{_fmt(summary['lag_s_max'])} s ({_fmt(summary['lag_tilts_max'])} tilts)")
+                 f"{_fmt(summary['lag_s_max'])} s ({_fmt(summary['lag_tilts_max'])} tilt(s))")
     return lines
 
 

@@ -80,8 +80,8 @@ class StopRule:
         else:
             why = (f"the next map would lower the predicted <NRMSE> by {100 * g:.1f} % "
                    f"(below {100 * self.params.stop_gain:g} %)")
-        return (f"stop spectroscopy: {why}{pred}; {taken} of {allowed} allowed maps taken, "
-                f"largest gap {max_gap:.1f} deg")
+        return (f"{why}{pred}; {taken} of {allowed} allowed maps taken, largest gap "
+                f"{max_gap:.1f} deg")
 
     def facts(self, taken: int) -> dict[str, Any]:
         return {"predicted_nrmse": self.predicted(taken) if taken else None,

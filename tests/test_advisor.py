@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -351,7 +352,7 @@ def test_stop_rule_plans_the_maps_whose_next_would_gain_less_than_the_threshold(
     from fusetomo.controller.stoprule import StopRule, next_map_gain
 
     gains = [next_map_gain(k) for k in range(1, 30)]
-    assert all(a > b for a, b in zip(gains, gains[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(gains))
     assert next_map_gain(3) == pytest.approx(1 - np.sqrt(3 / 4))
     rule = StopRule(AdvisorParams())  # default threshold 5.5 %
     k = rule.plan(0, 16)
