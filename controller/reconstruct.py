@@ -198,8 +198,9 @@ def reconstruct(
     """Reconstruct `series` by `method` (see METHODS). For 'fused', the series' gamma
     (when set) replaces params.gamma, and Z and background come from the series;
     `uncertainty` ('cheap' or 'accurate': solver/uncertainty.py; 'resample', also a bias
-    estimate: solver/resample.py; fused only) adds per-voxel standard errors to the result; `align` (True or OfflineAlignParams) aligns the
-    series first and records the shifts (fused: controller/offline_align.py; haadf, sirt:
+    estimate: solver/resample.py; fused only) adds per-voxel standard errors to the
+    result; `align` (True or OfflineAlignParams) aligns the series first and records the
+    shifts (fused: controller/offline_align.py; haadf, sirt:
     controller/stack_align.py). A HAADF-only series takes `haadf` or `sirt` only."""
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
