@@ -139,6 +139,26 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return s
 
 
+def report(doc: dict[str, Any]) -> str:
+    """The per-series figures as a markdown table."""
+    lines = ["| series | uniform-16 | adaptive (maps) | uniform, same count | default plan "
+             "(maps) | adaptive, no budget (maps) | K=5 uniform / adaptive | K=8 uniform / "
+             "adaptive |", "|---|---|---|---|---|---|---|---|"]
+    def cell(r: dict[str, Any], k: str, maps: bool = False) -> str:
+        if k not in r:
+            return "-"
+        return f"{r[k]['nrmse_mean']:.3f}" + (f" ({r[k]['maps']})" if maps else "")
+
+    for r in doc["rows"]:
+        def v(k: str, maps: bool = False, r: dict[str, Any] = r) -> str:
+            return cell(r, k, maps)
+        lines.append(f"| {r['specimen']} {r['scheme']} s{r['seed']} | {v('uniform16')} | "
+                     f"{v('adaptive16', True)} | {v('uniform_same')} | {v('plan', True)} | "
+                     f"{v('adaptive_plan', True)} | {v('uniform5')} / {v('adaptive5eq')} | "
+                     f"{v('uniform8')} / {v('adaptive8eq')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=32)
@@ -150,7 +170,13 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="an AdvisorParams field of the adaptive runs (e.g. gap_slack=0)")
     ap.add_argument("--tag", default="heldout")
+    ap.add_argument("--report", action="store_true", help="print the stored results only")
     args = ap.parse_args()
+    if args.report:
+        doc = json.loads((RESULTS / f"advisor-{args.tag}.json").read_text())
+        print(report(doc))
+        print(json.dumps(summarise(doc["rows"]), indent=1))
+        return
     args.experiments = args.experiments.split(",")
     kw: dict[str, Any] = {}
     for item in args.set:

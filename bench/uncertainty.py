@@ -76,7 +76,7 @@ def monte_carlo(clean: Clean, snr: float, args: argparse.Namespace) -> np.ndarra
 def predictions(clean: Clean, snr: float, args: argparse.Namespace) -> dict[str, Any]:
     """Every predictor's std (and the resampled bias) from realisation 0, cached."""
     path = args.cache / (f"pred_{clean.name}_{clean.size}_{snr:g}_{args.iterations}_"
-                         f"{args.replicas}.npz")
+                         f"{args.replicas}{'_mb' if args.model_bootstrap else ''}.npz")
     if path.exists():
         d = np.load(path)
         return {k: d[k] for k in d.files}
@@ -88,8 +88,14 @@ def predictions(clean: Clean, snr: float, args: argparse.Namespace) -> dict[str,
         std, state = estimate_std_error(solver, up)
         out[mode] = np.stack([std[e] for e in els])
         out[f"{mode}_seconds"] = np.array(state.seconds)
+    if args.model_bootstrap:
+        res = resample_errors(solver, ResampleParams(replicas=args.replicas, bias=False,
+                                                     source="model"))
+        out["model_bootstrap"] = np.stack([res.std[e] for e in els])
+        out["model_bootstrap_seconds"] = np.array(res.seconds)
     res = resample_errors(solver, ResampleParams(replicas=args.replicas))
     out["resample"] = np.stack([res.std[e] for e in els])
+    out["resample_gammas"] = np.array(res.gammas)
     assert res.bias is not None
     out["bias"] = np.stack([res.bias[e] for e in els])
     out["resample_seconds"] = np.array(res.seconds)
@@ -120,14 +126,27 @@ def cell(clean: Clean, snr: float, args: argparse.Namespace) -> dict[str, Any]:
     ceil = ceiling(xs, support)
     row: dict[str, Any] = {"elements": els, "kappa": kappa, "ceiling": dict(zip(
         els, ceil, strict=True)), "modes": {}, "seconds": {
-        k: float(pred[f"{k}_seconds"]) for k in ("cheap", "accurate", "resample")}}
-    for mode in ("cheap", "accurate", "resample"):
+        k: float(pred[f"{k}_seconds"]) for k in ("cheap", "accurate", "resample")},
+        "gamma_replicas_std": float(np.std(pred["resample_gammas"]))
+        if "resample_gammas" in pred else None}
+    for mode in ("cheap", "accurate", "resample", "model_bootstrap"):
+        if mode not in pred:
+            continue
         row["modes"][mode] = {
             e: {"spearman": float(spearmanr(pred[mode][i][support[i]],
                                             emp[i][support[i]]).statistic),
                 "median_ratio": float(np.median(pred[mode][i][support[i]]
                                                 / emp[i][support[i]]))}
             for i, e in enumerate(els)}
+    # Each element's level (its mean over the support) per realisation, against their
+    # median: a level near 0 is a realisation where the solver lost the element.
+    levels = np.array([[xs[r, i][support[i]].mean() for i in range(len(els))]
+                       for r in range(len(xs))])
+    rel = levels / np.maximum(np.median(levels, axis=0), 1e-30)
+    row["levels"] = {e: {"rel_std": float(np.std(rel[:, i], ddof=1)),
+                         "min": float(rel[:, i].min()), "max": float(rel[:, i].max()),
+                         "collapsed": int(np.sum(rel[:, i] < 0.1))}
+                     for i, e in enumerate(els)}
     b = pred["bias"]
     rmse = [float(np.sqrt(np.mean((xs[:, i][:, support[i]] - truth[i][support[i]]) ** 2)))
             for i in range(len(els))]
@@ -200,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/fusetomo-uncertainty"))
+    ap.add_argument("--model-bootstrap", action="store_true",
+                    help="also the parametric bootstrap from the fitted model (comparison)")
     ap.add_argument("--out", type=Path, default=RESULTS / "uncertainty.json")
     args = ap.parse_args(argv)
     if args.realisations < 4:
@@ -213,11 +234,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} SNR {snr:g}:", flush=True)
             r = cell(clean, snr, args)
             rows[f"{name}@{snr:g}"] = r
-            for mode in ("cheap", "accurate", "resample"):
+            for mode in r["modes"]:
                 print(f"  {mode:9s} " + "  ".join(
                     f"{e}: rho {v['spearman']:.2f} ratio {v['median_ratio']:.2f}"
                     for e, v in r["modes"][mode].items()), flush=True)
             print("  ceiling   " + "  ".join(f"{e} {v:.2f}" for e, v in r["ceiling"].items()))
+            print("  levels    " + "  ".join(
+                f"{e}: rel std {v['rel_std']:.3f} [{v['min']:.2f}, {v['max']:.2f}] collapsed "
+                f"{v['collapsed']}" for e, v in r["levels"].items()), flush=True)
             print("  bias      " + "  ".join(
                 f"{e}: corr {b['corr_with_mc']:.2f} rms pred {b['rms_predicted']:.3g} / mc "
                 f"{b['rms_mc']:.3g}" for e, b in r["bias"].items()), flush=True)
