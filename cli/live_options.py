@@ -72,11 +72,13 @@ def add_advice_options(p: argparse.ArgumentParser, *, mode_default: str = "off")
     g.add_argument("--chem-dose-budget", type=_positive_float, default=None, metavar="E",
                    help="spectroscopy dose budget, e/A^2")
     g.add_argument("--min-spacing", type=float, default=None, metavar="DEG",
-                   help="minimum angle between spectrum images (default: 0.75 x the even "
-                        "spacing of the budget)")
-    g.add_argument("--stop-ratio", type=float, default=AdvisorParams.stop_ratio,
-                   help="stop spectroscopy when the best remaining tilt's predicted map "
-                        "variance is below this fraction of a map's noise variance")
+                   help="minimum angle between spectrum images (default: half the even "
+                        "spacing of the maps the advisor plans)")
+    g.add_argument("--stop-gain", type=float, default=100 * AdvisorParams.stop_gain,
+                   metavar="PCT",
+                   help="adaptive: stop spectroscopy once the next map would lower the "
+                        "predicted <NRMSE> by less than PCT %% (default "
+                        f"{100 * AdvisorParams.stop_gain:g}; 0: take every allowed map)")
 
 
 def advice_params(args: argparse.Namespace, mode: str) -> AdviceParams:
@@ -85,7 +87,7 @@ def advice_params(args: argparse.Namespace, mode: str) -> AdviceParams:
                             advisor=AdvisorParams(chem_maps=args.chem_maps,
                                                   chem_dose_budget=args.chem_dose_budget,
                                                   min_spacing_deg=args.min_spacing,
-                                                  stop_ratio=args.stop_ratio,
+                                                  stop_gain=args.stop_gain / 100.0,
                                                   seed=getattr(args, "seed", 0) or 0))
     except (ValueError, AdvisorError) as e:
         raise LiveCommandError(str(e)) from None

@@ -68,7 +68,10 @@ def register(sub: Any) -> None:
     p.add_argument("--align-rotation", type=float, default=None, metavar="DEG",
                    help="with --align: the tilt axis' in-plane rotation if known "
                         "(default: estimated)")
-    p.add_argument("--uncertainty", choices=("cheap", "accurate"), default=None,
-                   help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
+    p.add_argument("--uncertainty", choices=("cheap", "accurate", "resample"), default=None,
+                   help="also write per-voxel standard errors /std_error/<Symbol> (fused): "
+                        "cheap or accurate (Laplace, fast, not calibrated where nuisances "
+                        "are estimated), or resample (32 re-solves of the data with added "
+                        "noise: calibrated, and a per-voxel bias estimate /bias/<Symbol>)")
     add_threads_option(p)
     p.set_defaults(func=cmd_reconstruct)

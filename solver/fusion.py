@@ -345,6 +345,16 @@ class FusedSolver:
         or estimated); zeros for raw counts."""
         return self._shift.copy()
 
+    def stated_model(self) -> dict[str, Any]:
+        """What the caller stated about the data model, as the constructor's keyword
+        arguments (`background`, `chem_kind`, `subtracted`; None where not stated and so
+        estimated): a twin solver built with them estimates the same nuisances."""
+        def opt(v: np.ndarray) -> list[float | None]:
+            return [None if np.isnan(x) else float(x) for x in v]
+        return {"background": opt(self._bg_stated), "chem_kind": self.chem_kind,
+                "subtracted": opt(self._sub_stated) if self.chem_kind == "subtracted"
+                else None}
+
     @property
     def haadf_offsets(self) -> np.ndarray:
         """The HAADF offset of every image [n_haadf], in the images' units."""

@@ -39,19 +39,25 @@ def iterate(s: LiveSession, phase: int | None) -> None:
 
 def settle(s: LiveSession, done: tuple[Pending, ...]) -> None:
     """Publish the reconstruction for tilts whose k iterations are done; record their
-    latency (arrival -> published) and a snapshot after a chemical tilt."""
+    processing time, the lag behind the newest tilt and the latency (arrival -> published;
+    controller/live/timing.py), and a snapshot after a chemical tilt."""
     recon, run = s.recon, s.run
     if not done or recon is None or run is None:
         return
+    t = time.time()
+    timing = recon.timing
+    proc = timing.settled(t, [q.t_arrival for q in done], [q.t_arrival for q in recon.pending])
     s.status("iterating")
     publish_slices(s)
-    t = time.time()
     lats = [t - q.t_arrival for q in done]
     s.event("reconstruction_updated", iteration=recon.iteration,
-               tilt_seqs=[q.seq for q in done], latency_s=lats)
-    for q, lat in zip(done, lats, strict=True):
+            tilt_seqs=[q.seq for q in done], latency_s=lats, processing_s=proc,
+            lag_s=timing.lag_s, lag_tilts=timing.lag_tilts)
+    for q, lat, pr in zip(done, lats, proc, strict=True):
         s.latencies.append(lat)
-        run.record_event("latency", seq=q.seq, latency_s=lat, iteration=recon.iteration)
+        run.record_event("latency", seq=q.seq, latency_s=lat, processing_s=pr,
+                         lag_s=timing.lag_s, lag_tilts=timing.lag_tilts,
+                         iteration=recon.iteration)
     for h in s.hooks:
         h.settled(done, s)
     if s.params.snapshot_chem and any(q.chem for q in done):

@@ -34,6 +34,7 @@ from fusetomo.controller.live.params import (
     LiveError,
     LiveParams,
 )
+from fusetomo.controller.live.timing import TiltTiming
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import FusedSolver
 
@@ -96,6 +97,7 @@ class LiveReconstruction:
     final_left: int | None = None  # final iterations still to run (None: not finishing)
     pending: list[Pending] = field(default_factory=list)
     last_costs: dict[str, float] = field(default_factory=dict)
+    timing: TiltTiming = field(default_factory=TiltTiming)  # processing time and lag
 
     @property
     def iteration(self) -> int:
