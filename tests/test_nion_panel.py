@@ -19,6 +19,7 @@ import zmq
 from fusetomo.adapters import protocol as proto
 from fusetomo.adapters.transport import StatusPublisher
 from fusetomo.controller.live import orthoslices
+from fusetomo.controller.live.publish import slice_calibration
 from fusetomo.ui.nion.state import PanelDataError, PanelState, montage
 from fusetomo.ui.slices import decode_slices
 from tests.alignment_status import ALIGNMENT, SORTED_ANGLES, SORTED_SHIFTS, SUMMARY
@@ -199,15 +200,19 @@ def test_panel_shows_status_and_slices_and_sends_operator_commands(swift) -> Non
             assert h.tilts_text_label.text == "tilts: HAADF 5 of 41, spectrum images 1 of 3"
             assert h.tilt_text_label.text == "current tilt -58.0°"
             assert h.dose_text_label.text == \
-                "dose 123.5 e/Å² (budget 500): haadf 100, chem 23.5"
+                "dose 123.5 e⁻/Å² (budget 500): haadf 100, chem 23.5"
+            assert (h.haadf_progress_bar.value, h.dose_progress_bar.value) == (12, 25)
+            assert h.behind_text_label.text.startswith("panel: ") and h.behind_s is not None
             assert h.costs_text_label.text == "costs: haadf 0.0123, chem 4.56, tv 0.789"
             assert h.timing_text_label.text == \
                 "processing per tilt: 0.31 s; reconstruction: 2 tilts behind (4.0 s)"
             assert h.force_button.enabled and not h.accept_button.enabled
 
+            calibration = slice_calibration(x.shape, len(ELEMENTS), 32, 0.5)
             slices = proto.make(proto.STATUS, "s1", 1, iteration=9,
                                 slices=orthoslices(x, ELEMENTS, 32),
-                                std_slices=orthoslices(err, ELEMENTS, 32), std_iteration=8)
+                                std_slices=orthoslices(err, ELEMENTS, 32), std_iteration=8,
+                                calibration=calibration)
             _pump(dc, lambda: len(h.data_items.keys) == 4,
                   publish=lambda: pub.publish("slices", slices))
             model = dc.document_model
@@ -219,6 +224,14 @@ def test_panel_shows_status_and_slices_and_sends_operator_commands(swift) -> Non
                     assert (meta["element"], meta["kind"]) == (e, kind)
                     image = item.data
                     assert image.shape == (8, 26)
+                    # calibrated: 0.5 nm pixels (no averaging at 8 px), counts per voxel
+                    for cal in item.xdata.dimensional_calibrations:
+                        assert (cal.offset, cal.scale, cal.units) == (0.0, 0.5, "nm")
+                    assert item.xdata.intensity_calibration.units == "counts/voxel"
+                    # central slices s = 3 of 6, u = v = 4 of 8: +0.25 nm from the centre
+                    assert item.title.endswith(
+                        "(s = +0.25 nm | u = +0.25 nm | v = +0.25 nm)"), item.title
+                    assert [p["position_nm"] for p in meta["panes"]] == [0.25, 0.25, 0.25]
                     for pane, want in zip(meta["panes"], _central(vol, i), strict=True):
                         (r, c), (hh, ww) = (pane["row"], pane["col"]), pane["shape"]
                         np.testing.assert_allclose(image[r:r + hh, c:c + ww], want,
