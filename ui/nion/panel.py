@@ -11,8 +11,9 @@ put in the workspace's empty display panels when first made.
 
 Threads: `ControllerLink` (link.py) receives on its own thread and hands the newest state to
 the UI thread through `document_controller.queue_task` (one drain task at a time, never one
-per message); everything here runs on the UI thread. `run()` registers the panel with Swift's workspace (called by Swift's plug-in
-loader through `nionswift_plugin.fusetomo`), `stop()` unregisters it.
+per message); everything here runs on the UI thread. `run()` registers the panel with
+Swift's workspace (called by Swift's plug-in loader through `nionswift_plugin.fusetomo`),
+`stop()` unregisters it.
 """
 
 from __future__ import annotations

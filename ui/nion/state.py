@@ -264,7 +264,8 @@ class PanelState:
         a = self.advice
         if a is None:
             return f"advice: none (mode {self.advice_mode or DASH})"
-        gain = "" if a.gain_per_dose is None else f", gain {a.gain_per_dose:.3g} nats per {DOSE_UNIT}"
+        gain = ("" if a.gain_per_dose is None
+                else f", gain {a.gain_per_dose:.3g} nats per {DOSE_UNIT}")
         best = "" if a.best_angle is None else f", best remaining {_deg(a.best_angle)}"
         state = "waiting for the operator" if a.open else ", ".join(
             x for x in (a.answer and f"answered {a.answer}", a.decision and
@@ -342,7 +343,7 @@ def _numbers(d: Mapping[str, Any], name: str) -> dict[str, float]:
 def _percent(n: float | None, total: float | None) -> int:
     if n is None or not total or total <= 0:
         return 0
-    return int(round(min(max(100.0 * n / total, 0.0), 100.0)))
+    return round(min(max(100.0 * n / total, 0.0), 100.0))
 
 
 def _of(n: int | None, total: int | None) -> str:
