@@ -437,3 +437,56 @@ def test_panel_with_keys_sees_an_authenticated_controller(swift, tmp_path, monke
     finally:
         pub.close()
         zctx.term()
+
+
+# -- keeping up and calibration (issue 19) -----------------------------------------------------
+def test_mailbox_keeps_the_newest_message_per_kind_and_posts_one_drain() -> None:
+    from fusetomo.ui.nion.link import Mailbox
+
+    box = Mailbox()
+    posts = [box.put("status", {"seq": 0}), box.put("slices", {"seq": 1}),
+             box.put("status", {"seq": 2}), box.put("event", {"event": "tilt_received",
+                                                              "seq": 3}),
+             box.put("event", {"event": "tilt_received", "seq": 4})]
+    assert posts == [True, False, False, False, False]  # one drain task while one is pending
+    taken = box.take()
+    # ordered by the newest arrival; the status of seq 0 superseded by seq 2; events all kept
+    assert [(t, h["seq"]) for t, h in taken] == [("slices", 1), ("status", 2), ("event", 3),
+                                                 ("event", 4)]
+    assert box.superseded == 1 and box.take() == []
+    assert box.put("status", {"seq": 5})  # emptied: the next message posts a drain again
+
+
+def test_slice_calibration_positions_and_bad_values_named() -> None:
+    from fusetomo.controller.live.publish import slice_calibration
+    from fusetomo.ui.slices import decode_calibration
+
+    # 64^3 at 0.5 nm, 2 elements, 32 px previews: 2x2 blocks, 1 nm per published pixel
+    doc = slice_calibration((2, 64, 64, 64), 2, 32, 0.5)
+    assert (doc["block"], doc["voxel_nm"], doc["pixel_nm"]) == (2, 0.5, 1.0)
+    cal = decode_calibration(doc)
+    assert cal.pixel_nm == 1.0 and cal.units == "counts/voxel"
+    assert cal.position_nm("s") == pytest.approx(0.25)  # slice 32 of 64: (32.5 - 32) * 0.5
+    assert cal.title("u") == "u = +0.25 nm"
+    none = decode_calibration(slice_calibration((1, 8, 8, 8), 1, 32, None))
+    assert none.pixel_nm is None and none.title("s") == "s"
+    assert decode_calibration(None).pixel_nm is None  # an older controller
+    with pytest.raises(PanelDataError, match=r"calibration\.pixel_nm.*-1"):
+        decode_calibration({**doc, "pixel_nm": -1}, "calibration", PanelDataError)
+    with pytest.raises(PanelDataError, match=r"calibration\.block.*0"):
+        decode_calibration({**doc, "block": 0}, "calibration", PanelDataError)
+    s = PanelState()
+    with pytest.raises(PanelDataError, match=r"volume_shape.*\[8, 8\]"):
+        s.apply("slices", {"calibration": {**doc, "volume_shape": [8, 8]}})
+    assert s.calibration.pixel_nm is None  # nothing applied
+
+
+def test_state_keeps_the_timing_per_tilt_from_reconstruction_updates() -> None:
+    s = PanelState()
+    changed = s.apply("event", {"event": "reconstruction_updated", "processing_s": [0.5, 0.25],
+                                "lag_s": 1.5, "lag_tilts": 1})
+    assert "timing" in changed
+    assert s.timing_rows == [(0.5, 1.5), (0.25, 1.5)] and s.processing_s == 0.25
+    assert s.timing_text() == "processing per tilt: 0.25 s; reconstruction: 1 tilt behind (1.5 s)"
+    with pytest.raises(PanelDataError, match="processing_s"):
+        s.apply("event", {"event": "reconstruction_updated", "processing_s": "fast"})
