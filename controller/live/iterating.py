@@ -79,13 +79,15 @@ def publish_slices(s: LiveSession) -> None:
     if solver is None or solver.x is None:
         return
     extra: dict[str, Any] = {}
+    n_volumes = len(solver.elements) * (1 if s.std.maps is None else 2)  # one header
+    size = s.params.slice_size
     if s.std.maps is not None:
         std = np.stack([s.std.maps[e] for e in solver.elements])
-        extra = {"std_slices": orthoslices(std, solver.elements, s.params.slice_size),
+        extra = {"std_slices": orthoslices(std, solver.elements, size, n_volumes),
                  "std_iteration": s.std.iteration}
     s.publish("slices", STATUS, iteration=solver.iteration,
-                 slices=orthoslices(solver.x, solver.elements, s.params.slice_size),
-                 calibration=_calibration(s, solver.x.shape, len(solver.elements)), **extra)
+              slices=orthoslices(solver.x, solver.elements, size, n_volumes),
+              calibration=_calibration(s, solver.x.shape, n_volumes), **extra)
 
 
 def _calibration(s: LiveSession, shape: tuple[int, ...], n_elements: int) -> dict[str, Any]:

@@ -79,12 +79,15 @@ def slice_calibration(shape: tuple[int, ...], n_elements: int, size: int,
             "quantity": "counts per voxel", "units": "counts/voxel"}
 
 
-def orthoslices(x: Any, elements: list[str], size: int) -> dict[str, dict[str, Any]]:
+def orthoslices(x: Any, elements: list[str], size: int,
+                n_volumes: int | None = None) -> dict[str, dict[str, Any]]:
     """Central slices of each element volume x[i] ([n_slices, n, n], on any device),
     normal to each axis ('s' tilt axis, 'u', 'v'), block-averaged to at most `size` pixels
-    a side and quantised to integers 0..255 of `vmax` (value = q * vmax / 255)."""
+    a side and quantised to integers 0..255 of `vmax` (value = q * vmax / 255).
+    `n_volumes`: the volumes sharing the header's budget (default: the elements; twice as
+    many when the standard errors go in the same message)."""
     ns, n = int(x.shape[1]), int(x.shape[2])
-    f = block_factor(ns, n, len(elements), size)
+    f = block_factor(ns, n, n_volumes or len(elements), size)
     out: dict[str, dict[str, Any]] = {}
     for i, e in enumerate(elements):
         cuts = {"s": to_numpy(x[i, ns // 2, :, :]), "u": to_numpy(x[i, :, n // 2, :]),
