@@ -108,7 +108,7 @@ def main(out: str, timeout_s: float = 40.0) -> int:
         if time.monotonic() - t0 > timeout_s:
             print(f"timed out: {h.n_messages} messages, advice {h.state.advice}, items "
                   f"{h.data_items.keys}, result {h.result_text!r}", file=sys.stderr)
-        if done and result["code"] != 3 or time.monotonic() - t0 > timeout_s:
+        if (done and result["code"] != 3) or time.monotonic() - t0 > timeout_s:
             timers[0].stop()
             h.close()
             pub.close()
