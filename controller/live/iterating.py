@@ -24,6 +24,10 @@ def iterate(s: LiveSession, phase: int | None) -> None:
     if step is None:
         return
     run.record_costs(step.iteration, step.costs)
+    if step.idle_stopped is not None:
+        # Recorded and shown: the idle iterations stop until the next tilt, and why.
+        run.record_event("idle_stopped", iteration=step.iteration, reason=step.idle_stopped)
+        s.event("idle_stopped", iteration=step.iteration, reason=step.idle_stopped)
     p = s.params
     if (p.snapshot_every and step.iteration % p.snapshot_every == 0
             and recon.solver.x is not None):
