@@ -52,6 +52,19 @@ def slice_xdata(image: np.ndarray, calibration: SliceCalibration,
 Place = Callable[[DataItem.DataItem], None]
 
 
+def place_in_empty_display_panel(document_controller: Any, item: DataItem.DataItem) -> None:
+    """Show `item` in the first empty display panel of the workspace (none empty: it stays
+    in the data panel, where the user can drag it)."""
+    workspace = document_controller.workspace_controller
+    display_item = document_controller.document_model.get_display_item_for_data_item(item)
+    if workspace is None or display_item is None:
+        return
+    for panel in workspace.display_panels:
+        if panel.display_item is None:
+            panel.set_display_panel_display_item(display_item)
+            return
+
+
 def _append(document_model: DocumentModel.DocumentModel, xdata: DataAndMetadata.DataAndMetadata,
             title: str, place: Place | None) -> DataItem.DataItem:
     item = DataItem.new_data_item(xdata)

@@ -32,7 +32,12 @@ from nion.ui import Declarative
 from nion.utils import Observable
 
 from fusetomo.adapters.keys import keys_for
-from fusetomo.ui.nion.dataitems import AlignmentDataItem, SliceDataItems, TimingDataItem
+from fusetomo.ui.nion.dataitems import (
+    AlignmentDataItem,
+    SliceDataItems,
+    TimingDataItem,
+    place_in_empty_display_panel,
+)
 from fusetomo.ui.nion.link import ControllerLink, LinkParams, OperatorResult, Received, Task
 from fusetomo.ui.nion.state import PanelDataError, PanelState
 from fusetomo.ui.nion.view import panel_view
@@ -249,34 +254,8 @@ class FusetomoPanelHandler(Observable.Observable):
 
     def _update_items(self, changed: set[str]) -> None:
         dc = self._dc()
-        if dc is None or dc.document_model is None:
-            return
-        s, model = self.state, dc.document_model
-        if "slices" in changed:
-            self.data_items.update(model, "value", s.slices, series=s.series,
-                                   iteration=s.slices_iteration, calibration=s.calibration,
-                                   place=self._place)
-        if "std_slices" in changed:
-            self.data_items.update(model, "std", s.std_slices, series=s.series,
-                                   iteration=s.std_iteration, calibration=s.calibration,
-                                   place=self._place)
-        if "timing" in changed:
-            self.timing_item.update(model, s.timing_rows, series=s.series, place=self._place)
-        if "alignment" in changed and s.alignment is not None:
-            self.alignment_item.update(model, s.alignment, series=s.series)
-
-    def _place(self, item: Any) -> None:
-        """Show a new data item in the first empty display panel of the workspace (none
-        empty: it stays in the data panel, where the user can drag it)."""
-        dc = self._dc()
-        workspace = None if dc is None else dc.workspace_controller
-        if dc is None or workspace is None:
-            return
-        display_item = dc.document_model.get_display_item_for_data_item(item)
-        for panel in workspace.display_panels:
-            if panel.display_item is None and display_item is not None:
-                panel.set_display_panel_display_item(display_item)
-                return
+        if dc is not None and dc.document_model is not None:
+            update_items(self, dc, changed)
 
     def _answer_automatically(self) -> None:
         """Auto-accept: an open advice not yet answered by this panel is accepted."""
@@ -375,3 +354,25 @@ def run() -> None:
 
 def stop() -> None:
     Workspace.WorkspaceManager().unregister_panel(PANEL_ID)
+
+
+def update_items(h: FusetomoPanelHandler, dc: DocumentController.DocumentController,
+                 changed: set[str]) -> None:
+    """Update the live data items for what changed ('slices', 'std_slices', 'timing',
+    'alignment'); a new one goes to an empty display panel."""
+    s, model = h.state, dc.document_model
+
+    def place(item: Any) -> None:
+        place_in_empty_display_panel(dc, item)
+
+    if "slices" in changed:
+        h.data_items.update(model, "value", s.slices, series=s.series,
+                            iteration=s.slices_iteration, calibration=s.calibration,
+                            place=place)
+    if "std_slices" in changed:
+        h.data_items.update(model, "std", s.std_slices, series=s.series,
+                            iteration=s.std_iteration, calibration=s.calibration, place=place)
+    if "timing" in changed:
+        h.timing_item.update(model, s.timing_rows, series=s.series, place=place)
+    if "alignment" in changed and s.alignment is not None:
+        h.alignment_item.update(model, s.alignment, series=s.series)
