@@ -37,6 +37,7 @@ from fusetomo.adapters.runfile.layout import (
     rebuild,
     volume_crc,
 )
+from fusetomo.adapters.runfile.storage import PREVIEW_BITS, quantise
 from fusetomo.adapters.runfile.store import (
     MODALITIES,
     RecordRefusedError,
@@ -220,6 +221,8 @@ class RunFile:
         self._check_open()
         where = f"{self.path}: {group} of iteration {iteration!r}"
         stack = history.volume_stack(volumes, self.elements, self.shape, iteration, where)
+        if not final:  # a preview: rounded so that it compresses (storage.py)
+            stack = quantise(stack, PREVIEW_BITS[group])
         n_tilts = [self._state.haadf, self._state.chem]
         data = {f"run/{group}/volumes": stack, f"run/{group}/iteration": [int(iteration)],
                 f"run/{group}/n_tilts": [n_tilts], f"run/{group}/final": [int(bool(final))]}

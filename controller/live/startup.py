@@ -167,7 +167,7 @@ def finish(s: LiveSession) -> None:
     assert run is not None
     if recon is not None and recon.ready:
         iterating.settle(s, recon.take_settled())
-        run.record_snapshot(recon.iteration, recon.solver.volumes())
+        run.record_snapshot(recon.iteration, recon.solver.volumes(), final=True)
         for h in s.hooks:
             h.finished(s)
     elif s.params.reconstruct:
