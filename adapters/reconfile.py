@@ -4,6 +4,8 @@
     /convergence/<term>    float64 [iterations]: haadf, chem, tv, haadf_scale, n_haadf_tilts,
                            n_chem_tilts (empty for methods that keep no history)
     /std_error/<name>      float32 [n_slices, n_det, n_det] (optional)
+    /bias/<name>           float32 [n_slices, n_det, n_det] (optional): the estimated
+                           per-voxel bias (the volume less what it estimates)
     / attrs                format="fusetomo-recon", version=1, method, iterations, device,
                            source_file, elapsed_s, created, ... and the solver parameters
 """
@@ -46,6 +48,7 @@ class Reconstruction:
     convergence: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     std_error: dict[str, np.ndarray] = field(default_factory=dict)
+    bias: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -70,6 +73,7 @@ def write_recon(
     convergence: Any = None,
     attrs: Mapping[str, Any] | None = None,
     std_error: Mapping[str, np.ndarray] | None = None,
+    bias: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a reconstruction atomically. `attrs` become root attributes (None skipped)."""
     path = Path(path)
@@ -98,11 +102,13 @@ def write_recon(
         c = f.create_group("convergence", track_order=True)
         for term, values in conv.items():
             c.create_dataset(term, data=np.asarray(values, dtype=np.float64).ravel())
-        if std_error:
-            s = f.create_group("std_error", track_order=True)
-            for name, vol in std_error.items():
+        for group, vols in (("std_error", std_error), ("bias", bias)):
+            if not vols:
+                continue
+            s = f.create_group(group, track_order=True)
+            for name, vol in vols.items():
                 if np.shape(vol) != shapes[next(iter(shapes))]:
-                    raise ReconFileError(f"{path}: /std_error/{name} shape {np.shape(vol)} "
+                    raise ReconFileError(f"{path}: /{group}/{name} shape {np.shape(vol)} "
                                          "differs from the volumes")
                 write_dataset(s, name, vol, np.float32)
     return path
@@ -145,8 +151,9 @@ def read_recon(path: str | Path) -> Reconstruction:
             raise ReconFileError(f"{path}: /volumes differ in shape {shapes}")
         conv = _read_group(f, "convergence", path, 1)
         std = _read_group(f, "std_error", path, 3)
+        bias = _read_group(f, "bias", path, 3)
         attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-    return Reconstruction(volumes, conv, attrs, std)
+    return Reconstruction(volumes, conv, attrs, std, bias)
 
 
 # -- Berkeley EMD export --------------------------------------------------------------------

@@ -44,7 +44,7 @@ def measure(size: int, device: str, repeats: int) -> dict:
     t = time.perf_counter()
     solver.run(3)
     t_iter = (time.perf_counter() - t) / 3
-    adv = AdaptiveAdvisor(AdvisorParams(chem_maps=12, stop_ratio=0.0), list(grid))
+    adv = AdaptiveAdvisor(AdvisorParams(chem_maps=12, stop_gain=0.0), list(grid))
     state = SeriesState(angle=grid[0], tilt_seq=1, remaining=list(grid[1:]),
                         chem_angles=list(chem), chem_dose_used=4.0, chem_dose_per_map=1.0)
     times = []

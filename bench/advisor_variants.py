@@ -1,104 +1,114 @@
-"""The advisor experiments behind the choices in docs/benchmarks.md (issue 4):
+"""The measurements behind the advisor's stop rule (issue 16, item 1; docs/benchmarks.md).
 
-- `curve`: ⟨NRMSE⟩ of uniform spacing against the number of maps (does quality saturate?),
-  48^3 nanocubes, sequential, the policy run's schedule.
-- `metric`: the adaptive advisor with the Jacobi ('cheap') vs the posterior-sample
-  ('sampled') prediction, against uniform, at 6 maps; nanocubes seeds 0-1, both schemes, 40^3.
-- `first-map`: the first map where even spacing puts one ('uniform', the default) vs at the
-  very first tilt ('now'), at 5 and 8 maps; nanocubes and core-shell, seeds 0-2, both
-  schemes, 40^3.
+- `curve`: <NRMSE> of uniform spacing against the number of maps (2-10, 12, 16): where
+  does it saturate, and how many maps come within 5 % of 16?
+- `posterior`: along a uniform 16-map series, what the Laplace posterior predicts at each
+  map: the variance ratio V / v of a new map (times the maps taken: Fisher additivity
+  says constant) and the predicted <NRMSE> of a new map; against the curve, whether the
+  posterior knows where the curve saturates.
 
-    python bench/advisor_variants.py curve|metric|first-map
+Series as in bench/advisor.py (nuisances unstated, another projector, 32^3, +-69 deg, HAADF
+every 3 deg, SNR 2.5), the policy run's schedule.
 
-Prints a table and writes bench/results/advisor_<experiment>.json.
+    python bench/advisor_variants.py curve|posterior [--specimens ...] [--schemes ...]
+
+Writes bench/results/advisor_<experiment>.json (resumes: series already there are kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fusetomo.controller.advisor import AdvisorParams
-from fusetomo.controller.policyrun import PolicyRunParams, plan_and_series, run_policy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from advisor import RANGE, STEP, series
 
-RESULTS = Path(__file__).parent / "results"
-SCHEMES = ("sequential", "dose-symmetric")
+from fusetomo.controller.advisor import ACQUIRE, AdvisorParams, SeriesState, UniformPolicy
+from fusetomo.controller.policyrun import PolicyRunParams, run_policy
+from fusetomo.controller.series_model import solver_for_series
+from fusetomo.core.angles import angle_key
+from fusetomo.solver.design import candidate_gains
+from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COUNTS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16)
 
 
-def curve() -> dict:
-    p = PolicyRunParams(size=48, seed=0)
-    prep = plan_and_series(p)
+def curve(name: str, scheme: str, args: argparse.Namespace) -> dict[str, Any]:
+    order, acq, _ = series(name, args.size, 0, scheme, args.snr)
+    p = PolicyRunParams(size=args.size, scheme=scheme, tilt_range=RANGE, haadf_step=STEP)
+    rows = {}
+    for k in COUNTS:
+        rows[k] = run_policy("uniform", AdvisorParams(chem_maps=k), p, (order, acq)).nrmse_mean
+        print(f"  {k:2d} maps: {rows[k]:.3f}", flush=True)
+    ref = rows[16]
+    enough = next((k for k in COUNTS if rows[k] <= 1.05 * ref), 16)
+    return {"nrmse": rows, "fewest_within_5pct_of_16": enough}
+
+
+def posterior(name: str, scheme: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The posterior's predictions at each map of a uniform 16-map series."""
+    order, acq, _ = series(name, args.size, 0, scheme, args.snr)
+    s = acq.series
+    h = {angle_key(a): i for i, a in enumerate(s.haadf_angles.tolist())}
+    c = {angle_key(a): i for i, a in enumerate(s.common_chem_angles.tolist())}
+    solver = solver_for_series(s, device="cpu")
+    pol = UniformPolicy(AdvisorParams(chem_maps=16), order)
+    grid = sorted(order)
+    taken: list[float] = []
     rows = []
-    for k in (1, 2, 4, 6, 8, 10, 14, 20):
-        r = run_policy("uniform", AdvisorParams(chem_maps=k), p, prep)
-        rows.append({"maps": k, "nrmse_mean": r.nrmse_mean})
-        print(f"{k:3d} maps: <NRMSE> {r.nrmse_mean:.3f}", flush=True)
-    return {"size": 48, "rows": rows}
-
-
-def metric() -> dict:
-    rows = []
-    for seed in (0, 1):
-        for scheme in SCHEMES:
-            p = PolicyRunParams(size=40, seed=seed, scheme=scheme)
-            prep = plan_and_series(p)
-            row = {"seed": seed, "scheme": scheme}
-            for name, kind, kw in (("uniform", "uniform", {}),
-                                   ("jacobi", "adaptive", {"stop_ratio": 0.0}),
-                                   ("sampled", "adaptive", {"stop_ratio": 0.0,
-                                                            "metric": "sampled", "probes": 4,
-                                                            "cg_iterations": 20})):
-                r = run_policy(kind, AdvisorParams(chem_maps=6, **kw), p, prep)
-                row[name] = r.nrmse_mean
-                row[f"{name}_advice_s"] = float(np.median(r.advice_seconds))
-            rows.append(row)
-            print(f"seed {seed} {scheme:15s} uniform {row['uniform']:.3f}  jacobi "
-                  f"{row['jacobi']:.3f}  sampled {row['sampled']:.3f}", flush=True)
-    return {"size": 40, "maps": 6, "rows": rows}
-
-
-def first_map() -> dict:
-    rows = []
-    for spec in ("nanocubes", "core-shell"):
-        for seed in (0, 1, 2):
-            for scheme in SCHEMES:
-                p = PolicyRunParams(specimen=spec, size=40, seed=seed, scheme=scheme)
-                prep = plan_and_series(p)
-                for k in (5, 8):
-                    row = {"specimen": spec, "seed": seed, "scheme": scheme, "maps": k}
-                    row["uniform"] = run_policy("uniform", AdvisorParams(chem_maps=k), p,
-                                                prep).nrmse_mean
-                    for first in ("uniform", "now"):
-                        row[f"first_{first}"] = run_policy("adaptive", AdvisorParams(
-                            chem_maps=k, stop_ratio=0.0, first_map=first), p, prep).nrmse_mean
-                    rows.append(row)
-                    print(f"{spec:10s} seed {seed} {scheme:15s} K={k}: uniform "
-                          f"{row['uniform']:.3f}  first at even spacing "
-                          f"{row['first_uniform']:.3f}  first now {row['first_now']:.3f}",
-                          flush=True)
-    summary = {}
-    for key in ("first_uniform", "first_now"):
-        ratio = np.array([r[key] / r["uniform"] for r in rows])
-        summary[key] = {"mean_pct": float((ratio.mean() - 1) * 100),
-                        "worst_pct": float((ratio.max() - 1) * 100)}
-    print(json.dumps(summary, indent=1))
-    return {"size": 40, "rows": rows, "summary": summary}
+    for k, a in enumerate(order):
+        solver.add_haadf(a, s.haadf[h[angle_key(a)]])
+        if solver.ready:
+            solver.run(3)
+        st = SeriesState(a, k, order[k + 1:], list(taken), len(taken), 1.0)
+        if pol.advise(solver, st).action != ACQUIRE:
+            continue
+        if solver.ready:
+            std, _ = estimate_std_error(solver, UncertaintyParams(mode="cheap"))
+            g = candidate_gains(solver, grid, metric="jacobi", std=std)
+            assert g.map_nrmse is not None
+            rho = float(g.variance_ratio.mean())
+            rows.append({"maps": len(taken), "rho": rho, "k_rho": len(taken) * rho,
+                         "map_nrmse": float(g.map_nrmse.mean())})
+        j = c[angle_key(a)]
+        solver.add_chem(a, {e: s.chem[e][j][None] for e in s.elements})
+        taken.append(a)
+        solver.run(3)
+    k_rho = np.array([r["k_rho"] for r in rows if r["maps"] >= 2])
+    return {"rows": rows, "k_rho_mean": float(k_rho.mean()),
+            "k_rho_rel_spread": float(k_rho.std() / k_rho.mean())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", choices=("curve", "metric", "first-map"))
+    ap.add_argument("experiment", choices=("curve", "posterior"))
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--snr", type=float, default=2.5)
+    ap.add_argument("--specimens", default="nanocubes,core-shell,film")
+    ap.add_argument("--schemes", default="sequential,dose-symmetric")
     args = ap.parse_args()
+    path = RESULTS / f"advisor_{args.experiment}.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
     t0 = time.perf_counter()
-    out = {"curve": curve, "metric": metric, "first-map": first_map}[args.experiment]()
-    out["seconds"] = time.perf_counter() - t0
-    path = RESULTS / f"advisor_{args.experiment.replace('-', '_')}.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {path}")
+    run = {"curve": curve, "posterior": posterior}[args.experiment]
+    for name in args.specimens.split(","):
+        for scheme in args.schemes.split(","):
+            key = f"{name}/{scheme}"
+            if key in doc:
+                continue
+            print(key, flush=True)
+            doc[key] = run(name, scheme, args)
+            path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "rows"}
+                      for k, v in doc.items()}, indent=1))
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

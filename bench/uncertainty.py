@@ -1,432 +1,264 @@
-"""Validation of the standard errors (solver/uncertainty.py) against Monte Carlo.
+"""Are the standard errors calibrated? Monte Carlo against every predictor (issue 16, item 4).
 
-    python bench/uncertainty.py            # 64^3, 24 noise realisations, 4-dose sweep
-    python bench/uncertainty.py --quick    # 32^3, 8 realisations, small sweep (~2 min)
+    python bench/uncertainty.py                       # 4 specimens x SNR 1, 2.5, 5; 32^3
+    python bench/uncertainty.py --specimens film --snrs 2.5 --realisations 8 --replicas 8
 
-Setting: nanocube specimen (Co, Cu, O, Au) built once at twice the size (seed 0) and
-simulated with noise seeds 0..R-1 (the geometry stays, the noise changes); +-70 deg, HAADF
-every 3 deg, chemistry every 15 deg, chemical SNR 2.5; fused defaults, DEFAULT_ITERATIONS
-iterations unless --iterations. Standard errors are predicted from realisation 0 alone.
-
-Figures, inside the specimen (truth of the element > 0), per element and mode:
-- Spearman rank correlation between the predicted and the empirical per-voxel std (goal
-  >= 0.7), with the ceiling that R realisations allow (the split-half rank correlation of
-  the empirical std with itself, Spearman-Brown corrected, square-rooted);
-- median of predicted / empirical std (goal within [0.5, 2]);
-- medians at edges (distance to the element's boundary <= 1 voxel) and inside (> 2);
-- the scatter split into each element's global level (std of its mean over the support:
-  empirical vs sqrt(m^T H^-1 m)) and the local rest (each realisation rescaled to the mean
-  level), because the solver leaves the global level of the HAADF-carried elements loose;
-- dose sweep: per chemical SNR, mean standard error vs RMSE (both in the truth's units,
-  over all elements' support) and R^2 of a straight-line fit;
-- cost: the cheap refresh against one fused iteration; CG iterations warm vs cold after
-  one more HAADF and chemical tilt.
-Writes bench/results/uncertainty.json and uncertainty.png (uncertainty-quick.* with --quick).
+Series as a microscope writes them (bench/nuisance_series.py: another projector, a grid
+twice as fine, a chemical background of 15 % of each element's peak and a HAADF offset of
+10 % of its peak, gamma 1.7, none of it stated: the solver estimates backgrounds, offsets
+and gamma); +-69 deg, HAADF every 3 deg, a spectrum image every 15 deg (-60..60); fused
+defaults, 60 iterations. For each specimen and chemical SNR, `--realisations` noise draws
+of the same specimen are reconstructed (Monte Carlo); the predictions are made from
+realisation 0 alone:
+- `cheap` and `accurate`: the Laplace approximation (solver/uncertainty.py);
+- `resample`: the data re-solved with `--replicas` added noise draws (solver/resample.py),
+  with its per-voxel bias estimate.
+Per element, inside its support (truth > 0): Spearman rho between predicted and empirical
+std (goal >= 0.8) and the median of predicted / empirical (goal in [0.8, 1.25]); the ceiling
+that R realisations allow any predictor (split-half rank correlation of the empirical std,
+Spearman-Brown corrected, square-rooted). Bias: the Monte Carlo bias (mean of the
+realisations - truth) against the predicted one (correlation, RMS); and, across the doses,
+RMSE against the predicted std and bias. Reconstructions are cached in --cache (the run
+resumes). Writes bench/results/uncertainty.json and uncertainty.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from scipy.stats import spearmanr
-
-from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
-from fusetomo.simulators.specimens import Specimen, make_specimen
-from fusetomo.solver.backend import resolve_device
-from fusetomo.solver.fusion import DEFAULT_ITERATIONS, FusedSolver, FusionParams
-from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error, functional_std
+from scipy.stats import pearsonr, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import hardware  # the bench scripts share the hardware record
+from nuisance_series import Clean, Nuisances
+
+from fusetomo.controller.series_model import solver_for_series
+from fusetomo.solver.backend import to_numpy
+from fusetomo.solver.fusion import DEFAULT_ITERATIONS, FusedSolver
+from fusetomo.solver.resample import ResampleParams, resample_errors
+from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HAADF_ANGLES = np.arange(-69.0, 69.1, 3.0)
+CHEM_ANGLES = np.arange(-60.0, 60.1, 15.0)
+GOAL_RHO, GOAL_RATIO = 0.8, (0.8, 1.25)
 
 
-# -- running the solver -------------------------------------------------------------------------
-def make_solver(sim: Simulation, device: Any, *, drop_last: bool = False) -> FusedSolver:
-    s = sim.series
-    solver = FusedSolver(*s.shape[::-1], s.elements, [s.Z[e] for e in s.elements],
-                         FusionParams(gamma=s.gamma or 1.7), device=device,
-                         background=[s.background[e] for e in s.elements])
-    kh = len(s.haadf_angles) - (1 if drop_last else 0)
-    kc = len(s.common_chem_angles) - (1 if drop_last else 0)
-    solver.add_haadf(s.haadf_angles[:kh], s.haadf[:kh])
-    solver.add_chem(s.common_chem_angles[:kc], {e: s.chem[e][:kc] for e in s.elements})
+def reconstruct(clean: Clean, seed: int, snr: float, iterations: int) -> FusedSolver:
+    acq = clean.acquire(seed, Nuisances(snr=snr))
+    s = acq.series
+    solver = solver_for_series(s, device="cpu")
+    solver.add_haadf(s.haadf_angles, s.haadf)
+    solver.add_chem(s.common_chem_angles, s.chem)
+    solver.initialize()
+    solver.run(iterations)
     return solver
 
 
-def reconstruct(spec: Specimen, size: int, snr: float, seed: int, iterations: int,
-                device: Any) -> tuple[FusedSolver, Simulation, float]:
-    sim = simulate(spec, size, TiltScheme(), AcquisitionParams(chem_snr=snr), seed=seed)
-    solver = make_solver(sim, device)
-    solver.initialize()
-    t0 = time.perf_counter()
-    solver.run(iterations)
-    return solver, sim, (time.perf_counter() - t0) / max(iterations, 1)
+def monte_carlo(clean: Clean, snr: float, args: argparse.Namespace) -> np.ndarray:
+    """The realisations' volumes [R, n_el, ns, n, n], cached (resumes)."""
+    path = args.cache / f"mc_{clean.name}_{clean.size}_{snr:g}_{args.iterations}.npz"
+    xs = list(np.load(path)["xs"]) if path.exists() else []
+    for r in range(len(xs), args.realisations):
+        t0 = time.perf_counter()
+        xs.append(to_numpy(reconstruct(clean, r, snr, args.iterations).x))
+        np.savez(path, xs=np.array(xs))
+        print(f"    realisation {r + 1}/{args.realisations} {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    return np.array(xs[:args.realisations])
 
 
-def stack(d: dict[str, np.ndarray], elements: list[str]) -> np.ndarray:
-    return np.stack([d[e] for e in elements])
-
-
-# -- comparing predicted and empirical std ------------------------------------------------------
-def compare(pred: np.ndarray, emp: np.ndarray, truth: np.ndarray, elements: list[str]
-            ) -> dict[str, dict[str, float]]:
-    out = {}
-    for i, e in enumerate(elements):
-        m = truth[i] > 0
-        dist = ndimage.distance_transform_edt(m)
-        edge, inner = m & (dist <= 1), dist > 2
-        p, q = pred[i], emp[i]
-        out[e] = {
-            "spearman": float(spearmanr(p[m], q[m]).statistic),
-            "median_ratio": float(np.median(p[m] / q[m])),
-            "pred_median": float(np.median(p[m])),
-            "emp_median": float(np.median(q[m])),
-            "pred_edge": float(np.median(p[edge])) if edge.any() else float("nan"),
-            "emp_edge": float(np.median(q[edge])) if edge.any() else float("nan"),
-            "pred_inside": float(np.median(p[inner])) if inner.any() else float("nan"),
-            "emp_inside": float(np.median(q[inner])) if inner.any() else float("nan"),
-        }
+def predictions(clean: Clean, snr: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Every predictor's std (and the resampled bias) from realisation 0, cached."""
+    path = args.cache / (f"pred_{clean.name}_{clean.size}_{snr:g}_{args.iterations}_"
+                         f"{args.replicas}{'_mb' if args.model_bootstrap else ''}.npz")
+    if path.exists():
+        d = np.load(path)
+        return {k: d[k] for k in d.files}
+    solver = reconstruct(clean, 0, snr, args.iterations)
+    els = solver.elements
+    out: dict[str, Any] = {}
+    for mode, up in (("cheap", UncertaintyParams(mode="cheap")),
+                     ("accurate", UncertaintyParams(mode="accurate", probes=16))):
+        std, state = estimate_std_error(solver, up)
+        out[mode] = np.stack([std[e] for e in els])
+        out[f"{mode}_seconds"] = np.array(state.seconds)
+    if args.model_bootstrap:
+        res = resample_errors(solver, ResampleParams(replicas=args.replicas, bias=False,
+                                                     source="model"))
+        out["model_bootstrap"] = np.stack([res.std[e] for e in els])
+        out["model_bootstrap_seconds"] = np.array(res.seconds)
+    res = resample_errors(solver, ResampleParams(replicas=args.replicas))
+    out["resample"] = np.stack([res.std[e] for e in els])
+    out["resample_gammas"] = np.array(res.gammas)
+    assert res.bias is not None
+    out["bias"] = np.stack([res.bias[e] for e in els])
+    out["resample_seconds"] = np.array(res.seconds)
+    out["x0"] = to_numpy(solver.x)
+    np.savez(path, **out)
     return out
 
 
-def ceiling(xs: np.ndarray, truth: np.ndarray, elements: list[str]) -> dict[str, float]:
-    """How well any predictor can rank-correlate with an empirical std from R samples: the
-    split-half rank correlation r of the std with itself, Spearman-Brown corrected to the
-    full R (2r/(1+r)) and square-rooted (the correlation of the noisy empirical std with
-    its noise-free self)."""
+def ceiling(xs: np.ndarray, support: np.ndarray) -> list[float]:
     h = len(xs) // 2
     a, b = xs[:h].std(axis=0, ddof=1), xs[h:2 * h].std(axis=0, ddof=1)
-    out = {}
-    for i, e in enumerate(elements):
-        m = truth[i] > 0
-        r = float(spearmanr(a[i][m], b[i][m]).statistic)
-        out[e] = float(np.sqrt(max(2 * r / (1 + r), 0.0)))
+    out = []
+    for i in range(xs.shape[1]):
+        r = float(spearmanr(a[i][support[i]], b[i][support[i]]).statistic)
+        out.append(float(np.sqrt(max(2 * r / (1 + r), 0.0))))
     return out
 
 
-def predict(solver: FusedSolver, params: UncertaintyParams) -> tuple[np.ndarray, dict]:
-    std, state = estimate_std_error(solver, params)
-    info = {"seconds": state.seconds, "haadf_sigma": state.haadf_sigma,
-            "cg_iterations_mean": float(np.mean(state.cg_iterations))
-            if state.cg_iterations else 0.0}
-    return stack(std, solver.elements), info
+def cell(clean: Clean, snr: float, args: argparse.Namespace) -> dict[str, Any]:
+    xs = monte_carlo(clean, snr, args)
+    pred = predictions(clean, snr, args)
+    els = clean.elements
+    kappa = clean.acquire(0, Nuisances(snr=snr)).kappa
+    truth = clean.truth_vol * kappa  # in the volumes' units (counts per voxel)
+    support = truth > 0
+    emp = xs.std(axis=0, ddof=1)
+    mc_bias = xs.mean(axis=0) - truth
+    ceil = ceiling(xs, support)
+    row: dict[str, Any] = {"elements": els, "kappa": kappa, "ceiling": dict(zip(
+        els, ceil, strict=True)), "modes": {}, "seconds": {
+        k: float(pred[f"{k}_seconds"]) for k in ("cheap", "accurate", "resample")},
+        "gamma_replicas_std": float(np.std(pred["resample_gammas"]))
+        if "resample_gammas" in pred else None}
+    for mode in ("cheap", "accurate", "resample", "model_bootstrap"):
+        if mode not in pred:
+            continue
+        row["modes"][mode] = {
+            e: {"spearman": float(spearmanr(pred[mode][i][support[i]],
+                                            emp[i][support[i]]).statistic),
+                "median_ratio": float(np.median(pred[mode][i][support[i]]
+                                                / emp[i][support[i]]))}
+            for i, e in enumerate(els)}
+    # Each element's level (its mean over the support) per realisation, against their
+    # median: a level near 0 is a realisation where the solver lost the element.
+    levels = np.array([[xs[r, i][support[i]].mean() for i in range(len(els))]
+                       for r in range(len(xs))])
+    rel = levels / np.maximum(np.median(levels, axis=0), 1e-30)
+    row["levels"] = {e: {"rel_std": float(np.std(rel[:, i], ddof=1)),
+                         "min": float(rel[:, i].min()), "max": float(rel[:, i].max()),
+                         "collapsed": int(np.sum(rel[:, i] < 0.1))}
+                     for i, e in enumerate(els)}
+    b = pred["bias"]
+    rmse = [float(np.sqrt(np.mean((xs[:, i][:, support[i]] - truth[i][support[i]]) ** 2)))
+            for i in range(len(els))]
+    row["bias"] = {e: {
+        "corr_with_mc": float(pearsonr(b[i][support[i]], mc_bias[i][support[i]]).statistic),
+        "rms_predicted": float(np.sqrt(np.mean(b[i][support[i]] ** 2))),
+        "rms_mc": float(np.sqrt(np.mean(mc_bias[i][support[i]] ** 2))),
+        "rmse": rmse[i],
+        "std_emp_rms": float(np.sqrt(np.mean(emp[i][support[i]] ** 2))),
+        "std_pred_rms": float(np.sqrt(np.mean(pred["resample"][i][support[i]] ** 2))),
+    } for i, e in enumerate(els)}
+    return row
 
 
-# -- the parts of the bench ---------------------------------------------------------------------
-def monte_carlo(spec: Specimen, args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    xs, it_times = [], []
-    solver0 = sim0 = None
-    t0 = time.perf_counter()
-    for seed in range(args.realisations):
-        solver, sim, dt = reconstruct(spec, args.size, args.snr, seed, args.iterations, device)
-        xs.append(stack(solver.volumes(), solver.elements))
-        it_times.append(dt)
-        if seed == 0:
-            solver0, sim0 = solver, sim
-        print(f"  realisation {seed + 1}/{args.realisations}: {dt:.3f} s/iteration", flush=True)
-    assert solver0 is not None and sim0 is not None
-    els = solver0.elements
-    x = np.array(xs)
-    emp = x.std(axis=0, ddof=1)
-    truth = stack(sim0.truth, els)
-    kappa = float(sim0.series.attrs["counts_per_unit"])
-    out: dict[str, Any] = {
-        "realisations": args.realisations, "mc_seconds": time.perf_counter() - t0,
-        "fused_iteration_s": statistics.median(it_times), "counts_per_unit": kappa,
-        "ceiling_spearman": ceiling(x, truth, els), "modes": {},
-    }
-    # the empirical scatter's global level: std of each element's mean over its support
-    out["global_level_rel_std"] = {
-        e: float(np.std([xi[i][truth[i] > 0].mean() for xi in x], ddof=1)
-                 / np.mean([xi[i][truth[i] > 0].mean() for xi in x]))
-        for i, e in enumerate(els)}
-    modes = {
-        "cheap": UncertaintyParams(mode="cheap"),
-        "cheap_estimator": UncertaintyParams(mode="cheap", covariance="estimator"),
-        "accurate": UncertaintyParams(mode="accurate", probes=args.probes,
-                                      probe_batch=args.probe_batch),
-        "accurate_estimator": UncertaintyParams(mode="accurate", covariance="estimator",
-                                                probes=args.probes_other,
-                                                probe_batch=args.probe_batch,
-                                                cg_iterations=200),
-    }
-    if args.hutchinson:
-        modes["accurate_hutchinson"] = UncertaintyParams(
-            mode="accurate", estimator="hutchinson", probes=args.probes_other,
-            probe_batch=args.probe_batch, cg_iterations=200)
-    preds = {}
-    for name, p in modes.items():
-        pred, info = predict(solver0, p)
-        preds[name] = pred
-        res = compare(pred, emp, truth, els)
-        out["modes"][name] = {"params": asdict(p), **info, "elements": res}
-        print(f"  {name:20s} {info['seconds']:7.2f} s  " + "  ".join(
-            f"{e}: rho {r['spearman']:.2f} ratio {r['median_ratio']:.2f}"
-            for e, r in res.items()), flush=True)
-    # The scatter splits into each element's global level (one number per realisation)
-    # and the local rest. The level: predicted from the functional m^T x (m the mean over
-    # the element's support) against the std of that mean over the realisations.
-    w = np.zeros((len(els), *truth.shape), np.float32)
-    for i in range(len(els)):
-        w[i, i] = (truth[i] > 0) / max(int((truth[i] > 0).sum()), 1)
-    level = np.array([[float(np.sum(w[i, i] * xi[i])) for i in range(len(els))] for xi in x])
-    lev = {"empirical": level.std(axis=0, ddof=1)}
-    for name, cov in (("laplace", "laplace"), ("estimator", "estimator")):
-        lev[name] = functional_std(solver0, w, UncertaintyParams(covariance=cov,
-                                                                 cg_iterations=200))
-    out["global_level"] = {e: {k: float(v[i]) for k, v in lev.items()}
-                           for i, e in enumerate(els)}
-    print("  std of each element's mean level: " + "  ".join(
-        f"{e}: empirical {lev['empirical'][i]:.2e} laplace {lev['laplace'][i]:.2e} "
-        f"estimator {lev['estimator'][i]:.2e}" for i, e in enumerate(els)), flush=True)
-    # The local scatter: each realisation rescaled to the mean level.
-    x_loc = x * (level.mean(axis=0) / level)[:, :, None, None, None]
-    emp_loc = x_loc.std(axis=0, ddof=1)
-    out["local"] = {}
-    for name in ("cheap", "accurate"):
-        res = compare(preds[name], emp_loc, truth, els)
-        out["local"][name] = res
-        print(f"  local scatter, {name:9s} " + "  ".join(
-            f"{e}: rho {r['spearman']:.2f} ratio {r['median_ratio']:.2f}"
-            for e, r in res.items()), flush=True)
-    out["_arrays"] = {"emp": emp, "truth": truth, "preds": preds, "elements": els}
-    out["_solver"] = solver0
-    return out
+def verdict(rows: dict[str, dict[str, Any]], mode: str) -> dict[str, Any]:
+    rho = [r["modes"][mode][e]["spearman"] for r in rows.values() for e in r["elements"]]
+    ratio = [r["modes"][mode][e]["median_ratio"] for r in rows.values()
+             for e in r["elements"]]
+    lo, hi = GOAL_RATIO
+    return {"cells": len(rows), "element_cells": len(rho),
+            "rho_ok": int(sum(v >= GOAL_RHO for v in rho)),
+            "ratio_ok": int(sum(lo <= v <= hi for v in ratio)),
+            "rho_min": float(min(rho)), "rho_median": float(np.median(rho)),
+            "ratio_min": float(min(ratio)), "ratio_max": float(max(ratio))}
 
 
-def timing(solver: FusedSolver, repeats: int = 5) -> dict[str, float]:
-    """The cheap refresh (warm cache, as after every tilt) against one fused iteration."""
-    p = UncertaintyParams(mode="cheap")
-    t0 = time.perf_counter()
-    _, state = estimate_std_error(solver, p)
-    cold = time.perf_counter() - t0
-    cheap = []
-    for _ in range(repeats):
-        _, state = estimate_std_error(solver, p, warm_start=state)
-        cheap.append(state.seconds)
-    steps = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        solver.step()
-        steps.append(time.perf_counter() - t0)
-    c, s = statistics.median(cheap), statistics.median(steps)
-    return {"cheap_first_call_s": cold, "cheap_s": c, "fused_iteration_s": s,
-            "cheap_over_iteration": c / s}
-
-
-def warm_start(spec: Specimen, args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """Accurate mode before and after the last HAADF + chemical tilt arrive (and 5 more
-    iterations, as in the live loop): CG iterations cold vs warm-started."""
-    sim = simulate(spec, args.size, TiltScheme(), AcquisitionParams(chem_snr=args.snr), seed=0)
-    solver = make_solver(sim, device, drop_last=True)
-    solver.run(args.iterations)
-    p = UncertaintyParams(mode="accurate", probes=args.probe_batch,
-                          probe_batch=args.probe_batch)
-    _, before = estimate_std_error(solver, p)
-    s = sim.series
-    solver.add_haadf(s.haadf_angles[-1:], s.haadf[-1:])
-    solver.add_chem(s.common_chem_angles[-1:], {e: s.chem[e][-1:] for e in s.elements})
-    solver.run(5)
-    _, warm = estimate_std_error(solver, p, warm_start=before)
-    _, cold = estimate_std_error(solver, p)
-    return {"probes": p.probes, "cg_tol": p.cg_tol,
-            "cold_iterations": float(np.mean(cold.cg_iterations)),
-            "warm_iterations": float(np.mean(warm.cg_iterations)),
-            "cold_s": cold.seconds, "warm_s": warm.seconds}
-
-
-def dose_sweep(spec: Specimen, args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """Per chemical SNR: mean standard error (cheap: over all realisations; accurate:
-    realisation 0) and RMSE against the truth, both in the truth's units, over the voxels
-    where each element is present, pooled over elements."""
-    rows = []
-    for snr in args.doses:
-        se_cheap, se_acc, rmse, emp_std, xs = [], [], [], [], []
-        truth = None
-        kappa = dose = 1.0
-        for seed in range(args.dose_realisations):
-            solver, sim, _ = reconstruct(spec, args.size, snr, seed, args.iterations, device)
-            els = solver.elements
-            truth = stack(sim.truth, els)
-            kappa = float(sim.series.attrs["counts_per_unit"])
-            dose = float(sim.series.attrs["chem_dose_e_per_A2"])
-            m = truth > 0
-            x = stack(solver.volumes(), els) / kappa
-            xs.append(x)
-            rmse.append(float(np.sqrt(np.mean((x[m] - truth[m]) ** 2))))
-            std, _ = predict(solver, UncertaintyParams(mode="cheap"))
-            se_cheap.append(float(np.mean(std[m])) / kappa)
-            if seed == 0:
-                std, _ = predict(solver, UncertaintyParams(
-                    mode="accurate", probes=args.probes_other, probe_batch=args.probe_batch))
-                se_acc.append(float(np.mean(std[m])) / kappa)
-        assert truth is not None
-        if len(xs) > 1:
-            emp_std.append(float(np.mean(np.array(xs).std(axis=0, ddof=1)[truth > 0])))
-        row = {"chem_snr": snr, "chem_dose_e_per_A2": dose, "counts_per_unit": kappa,
-               "rmse": float(np.mean(rmse)), "se_cheap": float(np.mean(se_cheap)),
-               "se_accurate": se_acc[0], "empirical_std": emp_std[0] if emp_std else None}
-        rows.append(row)
-        print(f"  SNR {snr:5.2f}: RMSE {row['rmse']:.4f}  SE cheap {row['se_cheap']:.4f}  "
-              f"accurate {row['se_accurate']:.4f}  empirical std {row['empirical_std']}",
-              flush=True)
-    fits = {k: linear_fit([r[k] for r in rows], [r["rmse"] for r in rows])
-            for k in ("se_cheap", "se_accurate")}
-    # The variance part of the error alone: the empirical std over the realisations.
-    if all(r["empirical_std"] is not None for r in rows):
-        for k in ("se_cheap", "se_accurate"):
-            fits[f"empirical_std_vs_{k}"] = linear_fit([r[k] for r in rows],
-                                                       [r["empirical_std"] for r in rows])
-    return {"rows": rows, "fits": fits}
-
-
-def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
-    """Least-squares y = a x + b and its R^2."""
-    X, Y = np.asarray(x), np.asarray(y)
-    a, b = np.polyfit(X, Y, 1)
-    ss_res = float(np.sum((Y - (a * X + b)) ** 2))
-    ss_tot = float(np.sum((Y - Y.mean()) ** 2)) or 1e-30
-    return {"slope": float(a), "intercept": float(b), "r2": 1.0 - ss_res / ss_tot}
-
-
-# -- figure -------------------------------------------------------------------------------------
-def plot(mc: dict[str, Any], sweep: dict[str, Any], path: Path) -> None:
+def plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arr = mc["_arrays"]
-    els, emp, truth = arr["elements"], arr["emp"], arr["truth"]
-    shown = [m for m in ("cheap", "accurate") if m in arr["preds"]]
-    fig, ax = plt.subplots(len(shown), len(els) + 1, figsize=(3.3 * (len(els) + 1),
-                                                               3.2 * len(shown)),
-                           squeeze=False)
-    rng = np.random.default_rng(0)
-    for r, mode in enumerate(shown):
-        pred = arr["preds"][mode]
-        for i, e in enumerate(els):
-            m = truth[i] > 0
-            p, q = pred[i][m], emp[i][m]
-            k = rng.choice(p.size, size=min(p.size, 3000), replace=False)
-            a = ax[r, i]
-            a.loglog(q[k], p[k], ".", ms=2, alpha=0.4)
-            lo, hi = float(min(q.min(), p.min())), float(max(q.max(), p.max()))
-            a.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-            for f in (0.5, 2.0):
-                a.plot([lo, hi], [f * lo, f * hi], "k:", lw=0.6)
-            res = mc["modes"][mode]["elements"][e]
-            a.set_title(f"{e} {mode}: rho {res['spearman']:.2f}, "
-                        f"ratio {res['median_ratio']:.2f}", fontsize=8)
-            a.set_xlabel("empirical std", fontsize=8)
-            a.set_ylabel("predicted std", fontsize=8)
-    a = ax[0, -1]
-    rows = sweep["rows"]
-    for key, mk in (("se_cheap", "o"), ("se_accurate", "s")):
-        x = [row[key] for row in rows]
-        y = [row["rmse"] for row in rows]
-        f = sweep["fits"][key]
-        a.plot(x, y, mk, label=f"{key}: R^2 {f['r2']:.3f}")
-        xx = np.linspace(0, max(x) * 1.05, 10)
-        a.plot(xx, f["slope"] * xx + f["intercept"], "--", lw=0.8)
-    a.set_xlabel("mean standard error (truth units)", fontsize=8)
-    a.set_ylabel("RMSE (truth units)", fontsize=8)
-    a.set_title("dose sweep", fontsize=8)
-    a.legend(fontsize=7)
-    for r in range(1, len(shown)):
-        ax[r, -1].axis("off")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, mk in (("cheap", "x"), ("accurate", "s"), ("resample", "o")):
+        rho = [r["modes"][mode][e]["spearman"] for r in rows.values() for e in r["elements"]]
+        rat = [r["modes"][mode][e]["median_ratio"] for r in rows.values()
+               for e in r["elements"]]
+        ax[0].plot(rat, rho, mk, label=mode, alpha=0.7)
+    ax[0].axhline(GOAL_RHO, color="k", lw=0.6)
+    for v in GOAL_RATIO:
+        ax[0].axvline(v, color="k", lw=0.6)
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("median predicted / empirical std")
+    ax[0].set_ylabel("Spearman rho (support)")
+    ax[0].legend(fontsize=8)
+    ax[0].set_title("per element, specimen and SNR", fontsize=9)
+    rm = [b["rmse"] for r in rows.values() for b in r["bias"].values()]
+    pr = [float(np.hypot(b["std_pred_rms"], b["rms_predicted"]))
+          for r in rows.values() for b in r["bias"].values()]
+    sd = [b["std_pred_rms"] for r in rows.values() for b in r["bias"].values()]
+    ax[1].loglog(sd, rm, "x", label="predicted std alone")
+    ax[1].loglog(pr, rm, "o", label="sqrt(std^2 + bias^2), predicted")
+    lo, hi = min(rm + pr + sd), max(rm + pr + sd)
+    ax[1].plot([lo, hi], [lo, hi], "k-", lw=0.6)
+    ax[1].set_xlabel("predicted (RMS over the support)")
+    ax[1].set_ylabel("RMSE against the truth")
+    ax[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-# -- main ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--specimens", default="nanocubes,core-shell,film,rod")
+    ap.add_argument("--snrs", default="1,2.5,5")
     ap.add_argument("--realisations", type=int, default=24)
+    ap.add_argument("--replicas", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
-    ap.add_argument("--snr", type=float, default=2.5, help="chemical SNR of the Monte Carlo")
-    ap.add_argument("--doses", type=float, nargs="+", default=[1.25, 2.5, 5.0, 10.0],
-                    help="chemical SNRs of the dose sweep (dose ~ SNR^2)")
-    ap.add_argument("--dose-realisations", type=int, default=3)
-    ap.add_argument("--probes", type=int, default=32, help="probes of the accurate mode")
-    ap.add_argument("--probes-other", type=int, default=16,
-                    help="probes of the other accurate variants and of the dose sweep")
-    ap.add_argument("--probe-batch", type=int, default=8)
-    ap.add_argument("--no-hutchinson", dest="hutchinson", action="store_false")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true",
-                    help="32^3, 8 realisations, 3 doses x 2, fewer probes, no Hutchinson")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/fusetomo-uncertainty"))
+    ap.add_argument("--model-bootstrap", action="store_true",
+                    help="also the parametric bootstrap from the fitted model (comparison)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "uncertainty.json")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.size, args.realisations, args.doses, args.dose_realisations = 32, 8, [
-            1.25, 2.5, 5.0], 2
-        args.probes, args.probes_other, args.hutchinson = 16, 8, False
     if args.realisations < 4:
         ap.error("--realisations must be >= 4")
-    device = resolve_device(args.device)
-    t_start = time.perf_counter()
-    spec = make_specimen("nanocubes", 2 * args.size, seed=0)
-    print(f"Monte Carlo: nanocubes {args.size}^3, {args.realisations} realisations, "
-          f"{args.iterations} fused iterations, chemical SNR {args.snr}", flush=True)
-    mc = monte_carlo(spec, args, device)
-    print("cost:", flush=True)
-    cost = timing(mc["_solver"])
-    print(f"  cheap refresh {cost['cheap_s']:.3f} s = {cost['cheap_over_iteration']:.2f} "
-          f"of a fused iteration ({cost['fused_iteration_s']:.3f} s); first call "
-          f"{cost['cheap_first_call_s']:.3f} s", flush=True)
-    ws = warm_start(spec, args, device)
-    print(f"  accurate after one more tilt: CG iterations cold {ws['cold_iterations']:.1f}, "
-          f"warm {ws['warm_iterations']:.1f} ({ws['cold_s']:.1f} s vs {ws['warm_s']:.1f} s)",
-          flush=True)
-    print("dose sweep:", flush=True)
-    sweep = dose_sweep(spec, args, device)
-    for k, f in sweep["fits"].items():
-        label = k if k.startswith("emp") else "RMSE vs " + k
-        print(f"  {label}: slope {f['slope']:.2f}, intercept {f['intercept']:.4f}, "
-              f"R^2 {f['r2']:.3f}")
-    print("ceiling of the rank correlation with this many realisations: "
-          + "  ".join(f"{e} {v:.2f}" for e, v in mc["ceiling_spearman"].items()))
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "uncertainty-quick" if args.quick else "uncertainty"
-    plot(mc, sweep, args.out / f"{stem}.png")
-    record = {
-        "command": "python bench/uncertainty.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": "cpu" if device.id < 0 else "gpu",
-        "hardware": hardware(device),
-        "settings": {
-            "specimen": "nanocubes", "size": args.size, "specimen_seed": 0,
-            "realisations": args.realisations, "iterations": args.iterations,
-            "chem_snr": args.snr, "scheme": asdict(TiltScheme()),
-            "fusion_params": asdict(replace(FusionParams(), gamma=1.7)),
-            "doses_chem_snr": args.doses, "dose_realisations": args.dose_realisations,
-        },
-        "monte_carlo": {k: v for k, v in mc.items() if not k.startswith("_")},
-        "cost": {**cost, "warm_start": ws},
-        "dose_sweep": sweep,
-        "elapsed_s": time.perf_counter() - t_start,
-    }
-    path = args.out / f"{stem}.json"
-    path.write_text(json.dumps(record, indent=1, default=float))
-    print(f"wrote {path} and {args.out / f'{stem}.png'} "
-          f"({record['elapsed_s'] / 60:.1f} min)")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows: dict[str, dict[str, Any]] = {}
+    for name in args.specimens.split(","):
+        clean = Clean(name, args.size, HAADF_ANGLES, CHEM_ANGLES)
+        for snr in (float(v) for v in args.snrs.split(",")):
+            print(f"{name} SNR {snr:g}:", flush=True)
+            r = cell(clean, snr, args)
+            rows[f"{name}@{snr:g}"] = r
+            for mode in r["modes"]:
+                print(f"  {mode:9s} " + "  ".join(
+                    f"{e}: rho {v['spearman']:.2f} ratio {v['median_ratio']:.2f}"
+                    for e, v in r["modes"][mode].items()), flush=True)
+            print("  ceiling   " + "  ".join(f"{e} {v:.2f}" for e, v in r["ceiling"].items()))
+            print("  levels    " + "  ".join(
+                f"{e}: rel std {v['rel_std']:.3f} [{v['min']:.2f}, {v['max']:.2f}] collapsed "
+                f"{v['collapsed']}" for e, v in r["levels"].items()), flush=True)
+            print("  bias      " + "  ".join(
+                f"{e}: corr {b['corr_with_mc']:.2f} rms pred {b['rms_predicted']:.3g} / mc "
+                f"{b['rms_mc']:.3g}" for e, b in r["bias"].items()), flush=True)
+    summary = {m: verdict(rows, m) for m in ("cheap", "accurate", "resample")}
+    print(json.dumps(summary, indent=1))
+    record = {"command": "python bench/uncertainty.py " + " ".join(
+        sys.argv[1:] if argv is None else argv),
+        "settings": {"size": args.size, "realisations": args.realisations,
+                     "replicas": args.replicas, "iterations": args.iterations,
+                     "haadf_angles": [-69, 69, 3], "chem_angles": [-60, 60, 15],
+                     "nuisances": "background 15 % of peak, HAADF offset 10 %, gamma 1.7; "
+                                  "none stated"},
+        "summary": summary, "cells": rows, "elapsed_s": time.perf_counter() - t0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
 

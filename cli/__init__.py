@@ -43,6 +43,7 @@ from fusetomo.cli import (  # noqa: E402 (after the MPI set-up)
     sweep,
     view,
 )
+from fusetomo.cli.argtypes import apply_threads  # noqa: E402
 from fusetomo.cli.common import eprint  # noqa: E402
 from fusetomo.core.errors import FusetomoError  # noqa: E402
 
@@ -71,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already reported
         return e.code if isinstance(e.code, int) else 2
+    try:
+        apply_threads(args)  # --threads, else FUSETOMO_THREADS, else every core
+    except ValueError as e:  # a bad FUSETOMO_THREADS
+        eprint(f"fusetomo: error: {e}")
+        return 2
     try:
         return int(args.func(args))
     except USER_ERRORS as e:

@@ -19,6 +19,7 @@ from typing import Any
 
 from fusetomo.adapters.series import SeriesError
 from fusetomo.adapters.seriesfile import read_series, write_series
+from fusetomo.cli.argtypes import add_threads_option
 from fusetomo.solver.alignment import AlignmentError, AlignmentParams
 
 
@@ -34,6 +35,7 @@ def register(subparsers: Any) -> None:
                    help="the tilt axis' in-plane rotation if known (default: estimated)")
     p.add_argument("--mrc", default=None, metavar="ALIGNED.mrc",
                    help="also write the aligned HAADF stack as MRC (+ IMOD .tlt beside it)")
+    add_threads_option(p)
     p.set_defaults(func=cmd_align)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 
 def _int_at_least(text: str, lowest: int) -> int:
@@ -32,3 +33,20 @@ def positive_float(text: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return v
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """--threads N on a command that computes (the CPU kernels of solver/cpu_kernels.py);
+    cli.main applies it through apply_threads before the command runs."""
+    p.add_argument("--threads", type=non_negative_int, default=None, metavar="N",
+                   help="CPU threads for the projector and TV kernels (default: "
+                        "$FUSETOMO_THREADS, else every core; 0: every core)")
+
+
+def apply_threads(args: Any) -> int:
+    """Set the kernels' thread count from --threads (commands without it: from
+    FUSETOMO_THREADS, else every core); returns the count. ValueError names a bad
+    FUSETOMO_THREADS."""
+    from fusetomo.solver.backend import set_threads
+
+    return set_threads(getattr(args, "threads", None))

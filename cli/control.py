@@ -37,6 +37,7 @@ from fusetomo.controller.live import (
     LiveError,
     LiveParams,
 )
+from fusetomo.controller.live.timing import timing_summary
 
 
 def run_controller(address: str, record: Path, params: LiveParams, *, resume: bool,
@@ -77,8 +78,13 @@ def run_line(record: Path, latencies: list[float]) -> str:
         return f"{record}: {e}"
     n_h, n_c = rec.series.haadf.shape[0], rec.series.common_chem_angles.size
     dose = sum(float(np.sum(v)) for v in rec.dose_e_per_A2.values())
-    lat = latencies_of(rec.events) or latencies
-    lat_text = f", latency median {np.median(lat):.2f} s" if lat else ""
+    t = timing_summary(rec.events)
+    if t["processing_s_median"] is not None:
+        lat_text = (f", processing median {t['processing_s_median']:.2f} s per tilt, "
+                    f"reconstruction at most {t['lag_s_max']:.2f} s behind the newest tilt")
+    else:
+        lat = latencies_of(rec.events) or latencies
+        lat_text = f", latency median {np.median(lat):.2f} s" if lat else ""
     return (f"run complete: {record}: {n_h} HAADF + {n_c} chemical tilts, dose "
             f"{dose:.4g} e/A^2{lat_text}")
 

@@ -17,19 +17,19 @@ import numpy as np
 import zmq
 from tqdm.auto import tqdm
 
-from fusetomo.adapters.runfile import read_run, read_snapshot
+from fusetomo.adapters.runfile import RunRecord, read_run, read_snapshot
 from fusetomo.adapters.transport import StatusSubscriber
 from fusetomo.cli.argtypes import positive_float as _positive_float
 from fusetomo.cli.argtypes import positive_int as _positive_int
 from fusetomo.cli.children import Child, fusetomo_argv, start_instrument
 from fusetomo.cli.common import error
-from fusetomo.cli.control import latencies_of
 from fusetomo.cli.live_options import (
     READY_PREFIX,
     LiveCommandError,
     add_advice_options,
     add_solver_options,
 )
+from fusetomo.controller.live.timing import timing_summary
 
 
 # -- live demo ------------------------------------------------------------------------------
@@ -105,12 +105,14 @@ def run_live_demo(args: argparse.Namespace) -> int:
            "--haadf-step", str(args.haadf_step), "--chem-step", str(args.chem_step),
            "--tilt-range", *(str(v) for v in args.tilt_range),
            "--drift", str(args.drift), "--axis-offset", str(args.axis_offset)]
+    threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    sim += threads
     advice: list[str] = []
     if args.policy is not None:
         # The instrument holds at each tilt and the controller's policy decides.
         sim += ["--hold-for-advice"]
-        advice = ["--advice", "auto", "--policy", args.policy, "--stop-ratio",
-                  str(args.stop_ratio)]
+        advice = ["--advice", "auto", "--policy", args.policy, "--stop-gain",
+                  str(args.stop_gain)]
         for flag, v in (("--chem-maps", args.chem_maps),
                         ("--chem-dose-budget", args.chem_dose_budget),
                         ("--min-spacing", args.min_spacing)):
@@ -128,7 +130,7 @@ def run_live_demo(args: argparse.Namespace) -> int:
             str(args.final_iterations), "--max-idle-iterations",
             str(args.max_idle_iterations), "--device", args.device, "--timeout",
             str(args.timeout), *(["--strict-schedule"] if args.strict_schedule else []),
-            "--seed", str(args.seed), *advice,
+            "--seed", str(args.seed), *advice, *threads,
             *(["--align", "--align-rotation", str(args.align_rotation)] if args.align
               else [])),
             READY_PREFIX, out / "controller.log")
@@ -156,8 +158,9 @@ def run_live_demo(args: argparse.Namespace) -> int:
         per = ", ".join(f"{e} {v:.3f}" for e, v in summary["nrmse"].items())
         log(f"<NRMSE> = {summary['nrmse_mean']:.3f}  ({per})")
         log(f"{summary['haadf_tilts']} HAADF + {summary['chem_tilts']} chemical tilts, dose "
-            f"{summary['dose_e_per_A2']:.4g} e/A^2, latency median "
-            f"{_fmt(summary['latency_s_median'])} s")
+            f"{summary['dose_e_per_A2']:.4g} e/A^2")
+        for line in summary_lines(summary):
+            log(line)
         log(f"wrote {run_path}, {out / 'summary.json'} in {summary['elapsed_s']:.1f} s")
     return 0
 
@@ -177,7 +180,6 @@ def live_summary(run_path: Path, specimen: str, size: int, seed: int) -> dict[st
         spec = resample(spec, size * o)
     truth = {e: bin_volume(spec.volumes[i], o) for i, e in enumerate(spec.elements)}
     scores = nrmse_per_element({e: truth[e] for e in volumes if e in truth}, volumes)
-    lat = latencies_of(rec.events)
     return {
         "specimen": str(specimen),
         "size": size,
@@ -189,12 +191,56 @@ def live_summary(run_path: Path, specimen: str, size: int, seed: int) -> dict[st
         "chem_angles": [float(a) for a in rec.series.common_chem_angles],
         "advices": sum(1 for ev in rec.events if ev.get("kind") == "advice"),
         "dose_e_per_A2": sum(float(np.sum(v)) for v in rec.dose_e_per_A2.values()),
-        "latency_s_median": float(np.median(lat)) if lat else None,
-        "latency_s_p90": float(np.percentile(lat, 90)) if lat else None,
+        **spectroscopy_summary(rec),
+        **timing_summary(rec.events),
         "iterations": iteration,
         "complete": rec.complete,
         "files": {"run": str(run_path)},
     }
+
+
+def spectroscopy_summary(rec: RunRecord) -> dict[str, Any]:
+    """Spectrum images taken and allowed, and the chemical dose saved: the allowance is the
+    advisor's (its budget, or the plan's spectrum images when no budget was given; the
+    last advice says it), else the plan's; the stop message is the advisor's last."""
+    advices = [ev for ev in rec.events if ev.get("kind") == "advice"]
+    taken = int(rec.series.common_chem_angles.size)
+    try:
+        header = json.loads(rec.attrs.get("start_header", "{}"))
+    except ValueError:
+        header = {}
+    scheme = header.get("scheme") if isinstance(header.get("scheme"), dict) else {}
+    planned = scheme.get("chem_angles") if isinstance(scheme.get("chem_angles"), list) else []
+    allowed = next((ev.get(k) for ev in reversed(advices)
+                    for k in ("chem_maps_allowed", "chem_maps_budget")
+                    if isinstance(ev.get(k), int)), None)
+    if allowed is None:
+        allowed = max(len(planned), taken)
+    chem_dose = float(np.sum(rec.dose_e_per_A2.get("chem", np.zeros(0))))
+    per_map = chem_dose / taken if taken else header.get("chem_dose_e_per_A2")
+    per_map = float(per_map) if isinstance(per_map, int | float) else None
+    saved = max(allowed - taken, 0)
+    stops = [ev for ev in advices if ev.get("action") == "stop_spectroscopy"]
+    return {"chem_maps_taken": taken, "chem_maps_allowed": int(allowed),
+            "chem_dose_e_per_A2": chem_dose,
+            "chem_dose_saved_e_per_A2": None if per_map is None else saved * per_map,
+            "chem_dose_saved_fraction": saved / allowed if allowed else 0.0,
+            "stop_reason": stops[0].get("reason") if stops else None}
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The spectroscopy and timing lines of the printed summary."""
+    saved = summary.get("chem_dose_saved_e_per_A2")
+    lines = [f"spectrum images: {summary['chem_maps_taken']} taken of "
+             f"{summary['chem_maps_allowed']} allowed; chemical dose saved "
+             f"{_fmt(saved)} e/A^2 ({100 * summary['chem_dose_saved_fraction']:.0f} %)"]
+    if summary.get("stop_reason"):
+        lines.append(f"spectroscopy stopped: {summary['stop_reason']}")
+    lines.append(f"per-tilt processing median {_fmt(summary['processing_s_median'])} s "
+                 f"(p90 {_fmt(summary['processing_s_p90'])} s); reconstruction behind the "
+                 f"newest tilt: median {_fmt(summary['lag_s_median'])} s, max "
+                 f"{_fmt(summary['lag_s_max'])} s ({_fmt(summary['lag_tilts_max'])} tilt(s))")
+    return lines
 
 
 def cmd_live_demo(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fusetomo.adapters.instrument.plans import ORDERS, SEQUENTIAL, SchemeError
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.cli.argtypes import add_threads_option
 from fusetomo.cli.argtypes import positive_float as _positive_float
 from fusetomo.cli.argtypes import positive_int as _positive_int
 from fusetomo.simulators.forward import AcquisitionParams
@@ -36,6 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--speed", type=_positive_float, default=1.0,
                    help="speed factor: step times are divided by it")
     p.add_argument("--scheme", choices=ORDERS, default=SEQUENTIAL, help="acquisition order")
+    add_threads_option(p)
     p.add_argument("--tilt-range", type=float, nargs=2, default=(-70.0, 70.0),
                    metavar=("LO", "HI"), help="degrees")
     p.add_argument("--haadf-step", type=float, default=3.0, help="degrees")

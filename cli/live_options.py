@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fusetomo.adapters.keys import KeysError, keys_for
 from fusetomo.adapters.transport import DEFAULT_BIND, CurveKeys
+from fusetomo.cli.argtypes import add_threads_option
 from fusetomo.cli.argtypes import non_negative_int as _non_negative_int
 from fusetomo.cli.argtypes import positive_float as _positive_float
 from fusetomo.cli.argtypes import positive_int as _positive_int
@@ -44,6 +45,7 @@ def add_solver_options(p: argparse.ArgumentParser) -> None:
                    help="iterations while waiting, at most this many after each tilt "
                         "(default 50; 0: none)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    add_threads_option(p)
     p.add_argument("--align", action="store_true",
                    help="align each tilt on arrival (against the previous tilt and the "
                         "reprojection) and refine the alignment while waiting")
@@ -70,11 +72,13 @@ def add_advice_options(p: argparse.ArgumentParser, *, mode_default: str = "off")
     g.add_argument("--chem-dose-budget", type=_positive_float, default=None, metavar="E",
                    help="spectroscopy dose budget, e/A^2")
     g.add_argument("--min-spacing", type=float, default=None, metavar="DEG",
-                   help="minimum angle between spectrum images (default: 0.75 x the even "
-                        "spacing of the budget)")
-    g.add_argument("--stop-ratio", type=float, default=AdvisorParams.stop_ratio,
-                   help="stop spectroscopy when the best remaining tilt's predicted map "
-                        "variance is below this fraction of a map's noise variance")
+                   help="minimum angle between spectrum images (default: half the even "
+                        "spacing of the maps the advisor plans)")
+    g.add_argument("--stop-gain", type=float, default=100 * AdvisorParams.stop_gain,
+                   metavar="PCT",
+                   help="adaptive: stop spectroscopy once the next map would lower the "
+                        "predicted <NRMSE> by less than PCT %% (default "
+                        f"{100 * AdvisorParams.stop_gain:g}; 0: take every allowed map)")
 
 
 def advice_params(args: argparse.Namespace, mode: str) -> AdviceParams:
@@ -83,7 +87,7 @@ def advice_params(args: argparse.Namespace, mode: str) -> AdviceParams:
                             advisor=AdvisorParams(chem_maps=args.chem_maps,
                                                   chem_dose_budget=args.chem_dose_budget,
                                                   min_spacing_deg=args.min_spacing,
-                                                  stop_ratio=args.stop_ratio,
+                                                  stop_gain=args.stop_gain / 100.0,
                                                   seed=getattr(args, "seed", 0) or 0))
     except (ValueError, AdvisorError) as e:
         raise LiveCommandError(str(e)) from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from fusetomo.adapters.reconfile import model_lines
 from fusetomo.adapters.seriesfile import read_series, read_truth
-from fusetomo.cli.argtypes import positive_int
+from fusetomo.cli.argtypes import add_threads_option, positive_int
 from fusetomo.cli.common import nrmse_line, nrmse_scores
 from fusetomo.controller.reconstruct import METHODS, reconstruct
 
@@ -68,6 +68,10 @@ def register(sub: Any) -> None:
     p.add_argument("--align-rotation", type=float, default=None, metavar="DEG",
                    help="with --align: the tilt axis' in-plane rotation if known "
                         "(default: estimated)")
-    p.add_argument("--uncertainty", choices=("cheap", "accurate"), default=None,
-                   help="also write per-voxel standard errors /std_error/<Symbol> (fused)")
+    p.add_argument("--uncertainty", choices=("cheap", "accurate", "resample"), default=None,
+                   help="also write per-voxel standard errors /std_error/<Symbol> (fused): "
+                        "cheap or accurate (Laplace, fast, not calibrated where nuisances "
+                        "are estimated), or resample (32 re-solves of the data with added "
+                        "noise: calibrated, and a per-voxel bias estimate /bias/<Symbol>)")
+    add_threads_option(p)
     p.set_defaults(func=cmd_reconstruct)

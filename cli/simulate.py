@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from fusetomo.adapters.seriesfile import write_series
-from fusetomo.cli.argtypes import positive_int
+from fusetomo.cli.argtypes import add_threads_option, positive_int
 from fusetomo.cli.common import UsageError, series_dose
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
 from fusetomo.simulators.specimens import check_size
@@ -29,6 +29,7 @@ def add_simulation_options(p: argparse.ArgumentParser, *, size: int | None) -> N
     p.add_argument("--chem-step", type=float, default=15.0, help="degrees")
     p.add_argument("--tilt-range", type=float, nargs=2, default=(-70.0, 70.0),
                    metavar=("LO", "HI"), help="degrees")
+    add_threads_option(p)
     p.add_argument("--oversample", type=positive_int, default=2,
                    help="simulate on a grid this many times finer (no inverse crime)")
 

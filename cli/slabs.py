@@ -10,7 +10,7 @@ import argparse
 import time
 from typing import Any
 
-from fusetomo.cli.argtypes import positive_int
+from fusetomo.cli.argtypes import add_threads_option, positive_int
 
 
 def cmd_reconstruct_slabs(args: argparse.Namespace) -> int:
@@ -62,4 +62,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--iterations", type=positive_int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="gpu: rank r uses GPU (local rank mod GPUs on its node)")
+    add_threads_option(p)  # per rank: with N ranks on one machine, cores / N
     p.set_defaults(func=cmd_reconstruct_slabs)

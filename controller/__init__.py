@@ -1,7 +1,8 @@
 """Wiring: what turns data into reconstructions, live and offline.
 
 - `live`: the live controller (a socket-free session, its hooks, and the socket loop);
-- `advisor`, `policyrun`: spectroscopy advice policies and their offline runs;
+- `advisor`, `policyrun`: spectroscopy advice policies and their offline runs (`policies`,
+  the fixed ones; `adaptive`, with `coverage` of the tilt range and its `stoprule`);
 - `reconstruct`, `series_model`, `offline_align`: offline reconstruction of a series;
 - `report`: figures and an index.html for a run, reconstruction or series file;
 - `sweep`: parameter sweeps on Dask.
@@ -13,5 +14,5 @@ from fusetomo.core.mpi import defer_mpi_init
 
 defer_mpi_init()  # before any module of this package imports sigpy (core/mpi.py)
 
-__all__ = ["advisor", "live", "offline_align", "policyrun", "reconstruct", "report",
-           "series_model", "sweep"]
+__all__ = ["adaptive", "advisor", "coverage", "live", "offline_align", "policies", "policyrun",
+           "reconstruct", "report", "series_model", "stoprule", "sweep"]

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from fusetomo.adapters.instrument.plans import make_plan
-from fusetomo.controller.advisor import ACQUIRE, Advice, AdvisorParams, SeriesState, make_policy
+from fusetomo.controller.advisor import (
+    ACQUIRE,
+    Advice,
+    AdvisorParams,
+    Policy,
+    SeriesState,
+    make_policy,
+)
 from fusetomo.controller.series_model import solver_for_series
 from fusetomo.core.angles import angle_key
 from fusetomo.simulators.forward import AcquisitionParams, Simulation, TiltScheme, simulate
@@ -77,16 +84,21 @@ def plan_and_series(p: PolicyRunParams) -> tuple[list[float], Simulation]:
     return angles, sim
 
 
-def run_policy(policy_name: str, advisor: AdvisorParams, p: PolicyRunParams,
-               prepared: tuple[list[float], Simulation] | None = None) -> PolicyResult:
-    """Run the series of `p` under `policy_name` (adaptive, uniform, random)."""
+def run_policy(policy: str | Policy, advisor: AdvisorParams | None, p: PolicyRunParams,
+               prepared: tuple[list[float], Any] | None = None) -> PolicyResult:
+    """Run the series of `p` under `policy` (adaptive, uniform, random, or a policy made
+    for the plan: `advisor` is then not used). `prepared`: the acquisition order and a
+    simulated series (anything with `series` and `truth`) with a spectrum image at every
+    planned tilt, instead of `plan_and_series(p)`."""
     t0 = time.perf_counter()
     order, sim = prepared if prepared is not None else plan_and_series(p)
     s = sim.series
     h_index = {angle_key(a): i for i, a in enumerate(s.haadf_angles.tolist())}
     c_index = {angle_key(a): i for i, a in enumerate(s.common_chem_angles.tolist())}
     solver = solver_for_series(s, device=resolve_device(p.device))
-    policy = make_policy(policy_name, advisor, order)
+    if isinstance(policy, str):
+        policy = make_policy(policy, advisor or AdvisorParams(), order)
+    policy_name = policy.name
     dose_per_map = float(s.attrs.get("chem_dose_e_per_A2") or 1.0)
     taken: list[float] = []
     advices: list[Advice] = []

@@ -49,6 +49,9 @@ from fusetomo.solver.nuisance import haadf_offsets
 from fusetomo.solver.stopping import StopRule
 
 METHODS = ("fused", "conventional", "sirt", "haadf", "hebt", "chemtv")
+# Standard errors: the Laplace approximation ('cheap', 'accurate', solver/uncertainty.py) or
+# the data re-solved with added noise, with a bias estimate ('resample', solver/resample.py).
+UNCERTAINTY = ("cheap", "accurate", "resample")
 HAADF_ONLY_METHODS = ("haadf", "sirt")  # what a series without spectrum images allows
 
 
@@ -67,6 +70,7 @@ class ReconResult:
     elapsed: float = 0.0
     std_error: dict[str, np.ndarray] | None = None
     warnings: tuple[str, ...] = ()
+    bias: dict[str, np.ndarray] | None = None  # estimated per-voxel bias ('resample')
 
     def save(self, path: str | Path, *, source: str | Path | None = None,
              attrs: Mapping[str, Any] | None = None) -> Path:
@@ -74,7 +78,7 @@ class ReconResult:
         root = {**self.params, "elapsed_s": float(self.elapsed),
                 "source_file": None if source is None else str(source), **(attrs or {})}
         return write_recon(path, self.volumes, convergence=self.history, attrs=root,
-                           std_error=self.std_error)
+                           std_error=self.std_error, bias=self.bias)
 
 
 def _device_name(choice: str) -> str:
@@ -203,16 +207,18 @@ def reconstruct(
 ) -> ReconResult:
     """Reconstruct `series` by `method` (see METHODS). For 'fused', the series' gamma
     (when set) replaces params.gamma, and Z and background come from the series;
-    `uncertainty` ('cheap' or 'accurate', fused only) adds per-voxel standard errors
-    (solver/uncertainty.py) to the result; `align` (True or OfflineAlignParams) aligns the
-    series first and records the shifts (fused: controller/offline_align.py; haadf, sirt:
+    `uncertainty` ('cheap' or 'accurate': solver/uncertainty.py; 'resample', also a bias
+    estimate: solver/resample.py; fused only) adds per-voxel standard errors to the
+    result; `align` (True or OfflineAlignParams) aligns the series first and records the
+    shifts (fused: controller/offline_align.py; haadf, sirt:
     controller/stack_align.py). A HAADF-only series takes `haadf` or `sirt` only."""
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if iterations is not None and iterations < 0:
         raise MethodError(f"iterations must be >= 0, got {iterations}")
-    if uncertainty not in (None, "cheap", "accurate"):
-        raise MethodError(f"uncertainty must be 'cheap' or 'accurate', got {uncertainty!r}")
+    if uncertainty not in (None, *UNCERTAINTY):
+        raise MethodError(f"uncertainty must be one of {', '.join(UNCERTAINTY)}, got "
+                          f"{uncertainty!r}")
     if uncertainty is not None and method != "fused":
         raise MethodError(f"standard errors are computed for the fused method only, not "
                           f"{method!r}")
@@ -239,7 +245,7 @@ def reconstruct(
     }
     t0 = time.perf_counter()
     history = CostHistory()
-    std_error = None
+    std_error = bias = None
     warnings: tuple[str, ...] = ()
     if method == "fused":
         solver, fparams = _fused(series, iterations, dev, params or FusionParams(), progress,
@@ -250,7 +256,13 @@ def reconstruct(
         fit = solver.fit_check()
         info.update(fit.as_attrs())
         warnings = fit.warnings
-        if uncertainty is not None:
+        if uncertainty == "resample":
+            from fusetomo.solver.resample import ResampleParams, resample_errors
+
+            rs = resample_errors(solver, ResampleParams(), progress=_replica_bar(progress))
+            std_error, bias = rs.std, rs.bias
+            info.update(uncertainty=uncertainty, uncertainty_replicas=rs.replicas)
+        elif uncertainty is not None:
             from fusetomo.solver.uncertainty import UncertaintyParams, estimate_std_error
 
             std_error, _ = estimate_std_error(solver, UncertaintyParams(mode=uncertainty))
@@ -261,4 +273,20 @@ def reconstruct(
                                            params or FusionParams())
             bar.update()
         info.update(extra)
-    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error, warnings)
+    return ReconResult(volumes, history, info, time.perf_counter() - t0, std_error, warnings,
+                       bias)
+
+
+def _replica_bar(progress: bool) -> Callable[[int, int], None] | None:
+    """A progress bar over the resampled reconstructions (None without progress)."""
+    if not progress:
+        return None
+    bar = tqdm(desc="standard errors (resampled)", unit="reconstruction", leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update

@@ -255,6 +255,9 @@ class SimulatedInstrument(InstrumentSession):
             "auto": p.auto,
             "window": p.window,
             "holds_for_advice": p.hold_for_advice,
+            # Holding, the plan is HAADF-only: the spectrum images it had (the advisor's
+            # allowance when no budget is given).
+            "planned_chem_maps": self._budget_chem if p.hold_for_advice else None,
         }
 
     def nominal_dwell_ms(self, spectrum: bool) -> float:

@@ -1,12 +1,15 @@
 """Where arrays live: NumPy on the CPU, CuPy on a GPU, from one code path.
 
 Device handling is sigpy's (`sigpy.Device`, `sigpy.get_device`, `sigpy.to_device`); this
-module only adds the choice rule of the command line (`auto|cpu|gpu`) and the sparse-matrix
-namespace that goes with each array module.
+module only adds the choice rule of the command line (`auto|cpu|gpu`), the sparse-matrix
+namespace that goes with each array module, and the number of CPU threads the kernels of
+solver/cpu_kernels.py use (`--threads N`, FUSETOMO_THREADS; default: every core this
+process may run on).
 """
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any, Literal
 
@@ -73,3 +76,45 @@ def to_device(x: Any, device: sp.Device) -> Any:
 
 def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(sp.to_device(x, sp.cpu_device))
+
+
+# -- CPU threads ----------------------------------------------------------------------------
+THREADS_ENV = "FUSETOMO_THREADS"
+_threads: int | None = None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _parse_threads(text: str, where: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{where}: not a whole number: {text!r}") from None
+    if n < 0:
+        raise ValueError(f"{where}: must be >= 0 (0: all cores), got {n}")
+    return n
+
+
+def set_threads(n: int | None) -> int:
+    """Use `n` CPU threads in the multithreaded kernels (0 or None: FUSETOMO_THREADS if set,
+    else all cores); returns the number now in force. Threads beyond the cores available
+    are allowed (they only share the cores)."""
+    global _threads
+    if n is None or n == 0:
+        env = os.environ.get(THREADS_ENV, "").strip()
+        n = _parse_threads(env, THREADS_ENV) if env else 0
+    if n < 0:
+        raise ValueError(f"threads must be >= 0 (0: all cores), got {n}")
+    _threads = int(n) if n > 0 else available_cores()
+    return _threads
+
+
+def threads() -> int:
+    """The number of CPU threads the kernels use (set_threads, else FUSETOMO_THREADS, else
+    all cores)."""
+    return _threads if _threads is not None else set_threads(None)

@@ -57,6 +57,9 @@ class CandidateGains:
     n_rays: int
     # [n_cand, n_el] expected fraction of the total variance removed ('jacobi' only)
     variance_reduction: np.ndarray | None = None
+    # [n_cand, n_el] the posterior's predicted NRMSE of the map at each candidate: the
+    # posterior std of its rays over the spread of its expected signal (the specimen's rays)
+    map_nrmse: np.ndarray | None = None
 
     @property
     def total(self) -> np.ndarray:
@@ -154,8 +157,16 @@ def candidate_gains(
         n_in = xp.maximum(xp.sum(inside, axis=(-2, -1)), 1)
         vr = xp.sum(ratio * inside, axis=(-2, -1)) / n_in
         n_rays = int(to_numpy(xp.max(n_in)))
+        # The map's predicted NRMSE: sqrt(sum_r V_r) over the spread of its signal, both over
+        # the specimen's rays (the NRMSE of a map, as the volumes' NRMSE is of a volume).
+        sig = v - solver.chem_background_per_element()
+        mean = xp.sum(sig * inside, axis=(-2, -1), keepdims=True) / n_in[..., None, None]
+        spread = xp.sum(((sig - mean) * inside) ** 2, axis=(-2, -1))
+        mnrmse = xp.sqrt(xp.sum(V * inside, axis=(-2, -1)) / xp.maximum(spread, 1e-30))
     return CandidateGains(np.asarray(angles), tuple(solver.elements),
                           to_numpy(gain).T.astype(np.float64),
                           to_numpy(vr).T.astype(np.float64), n_rays * n_el,
                           None if reduction is None
-                          else to_numpy(reduction).T.astype(np.float64))
+                          else to_numpy(reduction).T.astype(np.float64),
+                          to_numpy(mnrmse).T.astype(np.float64))
+

@@ -12,7 +12,10 @@ interpolation: each pixel centre lands at detector coordinate d and is split bet
 nearest bins. That gives an exact adjoint (the transpose), conserves mass, and reproduces the
 0 and 90 degree sums above exactly.
 
-The matrices are scipy.sparse (CPU) or cupyx.scipy.sparse (GPU) CSR matrices; building the
+The matrices are scipy.sparse (CPU) or cupyx.scipy.sparse (GPU) CSR matrices. On the CPU
+the products run in the multithreaded numba kernels of solver/cpu_kernels.py (scipy's are
+single-threaded), which also keep the transpose as a CSR matrix for the adjoint, built on
+first use after the tilts change; with FUSETOMO_CPU_KERNELS=numpy, scipy does them. Building the
 weights is ours because no well-kept library offers this exact geometry as a sparse matrix
 that we can grow tilt by tilt (ASTRA's matrices need its own build and a GPU for speed).
 Appending tilts computes weights for the new angles only and stacks them under the rest.
@@ -38,6 +41,7 @@ import numpy as np
 import sigpy as sp
 
 from fusetomo.core.errors import FusetomoError
+from fusetomo.solver import cpu_kernels
 from fusetomo.solver.backend import sparse_module, to_device
 
 
@@ -105,6 +109,7 @@ class ParallelProjector:
         self._row_shift: tuple[Any, Any, int] | None = None
         self._matrix: Any = None
         self._pending: list[Any] = []  # blocks of new tilts, stacked when the matrix is used
+        self._matrix_t: tuple[Any, Any] | None = None  # (matrix, its transpose as CSR)
         self._col_sums: Any = None
         self._squared: ParallelProjector | None = None
         self.extend(angles_deg)
@@ -235,6 +240,12 @@ class ParallelProjector:
             raise GeometryError(
                 f"volume shape {tuple(vol.shape)} does not end in (n_slices, {self.n}, {self.n})"
             )
+        if self._use_kernels(vol):
+            try:
+                out = cpu_kernels.forward(self.matrix, vol, self.n_tilts, self.n_det)
+                return self._move_rows(out, adjoint=False)
+            except cpu_kernels.KernelUnavailableError:
+                pass  # scipy below
         lead, ns = vol.shape[:-3], vol.shape[-3]
         cols = xp.ascontiguousarray(vol.reshape(-1, self.n * self.n).T)
         out = self.matrix @ cols  # [n_tilts*n_det, batch*ns]
@@ -254,11 +265,27 @@ class ParallelProjector:
             )
         lead, ns = proj.shape[:-3], proj.shape[-2]
         proj = self._move_rows(proj, adjoint=True)
+        if self._use_kernels(proj):
+            try:
+                return cpu_kernels.adjoint(self._transpose(), proj, self.n)
+            except cpu_kernels.KernelUnavailableError:
+                pass  # scipy below
         rows = xp.ascontiguousarray(xp.moveaxis(proj.reshape(-1, self.n_tilts, ns, self.n_det),
                                                 (1, 3), (0, 1)))
         rows = rows.reshape(self.n_tilts * self.n_det, -1)  # [rows, batch*ns]
         out = self.matrix.T @ rows  # [n*n, batch*ns]
         return xp.ascontiguousarray(out.T).reshape(*lead, ns, self.n, self.n)
+
+    def _use_kernels(self, a: Any) -> bool:
+        return self.device == sp.cpu_device and cpu_kernels.takes(a)
+
+    def _transpose(self) -> Any:
+        """The matrix's transpose as a CSR matrix (the adjoint kernel's rows are pixels),
+        rebuilt when the matrix changed."""
+        A = self.matrix
+        if self._matrix_t is None or self._matrix_t[0] is not A:
+            self._matrix_t = (A, A.T.tocsr())
+        return self._matrix_t[1]
 
     def squared(self) -> ParallelProjector:
         """The projector with the elementwise squares of this one's weights, (A o A), at the

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from fusetomo.controller.advisor import (
     UniformPolicy,
     make_policy,
 )
+from fusetomo.controller.coverage import gap
 from fusetomo.controller.live import LiveParams
 from fusetomo.controller.live.advice import AdviceDesk, AdviceParams
 from fusetomo.controller.policyrun import PolicyRunParams, plan_and_series, run_policy
@@ -118,22 +120,27 @@ def test_predicted_gain_falls_as_maps_are_added(small_sim):
 def test_adaptive_run_respects_budget_and_spacing_and_scores(small_sim):
     p, prep = small_sim
     order, _sim = prep
-    params = AdvisorParams(chem_maps=4, stop_ratio=0.0)
+    params = AdvisorParams(chem_maps=4, stop_gain=0.0)
     res = run_policy("adaptive", params, p, prep)
     taken = res.chem_angles
-    assert 1 <= len(taken) <= 4
-    spacing = AdaptiveAdvisor(params, order).spacing
+    # Without the stop rule, an equal count: exactly the budget.
+    assert len(taken) == 4
+    adv = AdaptiveAdvisor(params, order)
     gaps = np.diff(sorted(taken))
-    assert np.all(gaps >= spacing - 1e-6), (taken, spacing)
+    assert np.all(gaps >= adv.spacing(4) - 1e-6), (taken, adv.spacing(4))
+    # Coverage: the largest gap (ends counted double) within the limit of 4 maps.
+    assert gap(taken, min(order), max(order)) <= adv.limit(4) + 1e-6
     # Nothing to predict from before the first map: it goes where even spacing puts one.
     first_target = next(a for a in order if a in UniformPolicy(params, order).targets)
     assert taken[0] == first_target
     assert all(a.action == WAIT for a in res.advices[:order.index(first_target)])
-    now = run_policy("adaptive", AdvisorParams(chem_maps=4, stop_ratio=0.0,
+    now = run_policy("adaptive", AdvisorParams(chem_maps=4, stop_gain=0.0,
                                                first_map="now"), p, prep)
     assert now.chem_angles[0] == order[0]
     red = [a.variance_reduction for a in res.advices if a.variance_reduction]
     assert red and all(0 < v < 1 for d in red for v in d.values())
+    pred = [a.predicted_nrmse for a in res.advices if a.predicted_nrmse is not None]
+    assert pred and all(0 < v < 1 for v in pred)
     assert len(res.advices) == len(order)
     # Every decision followed its advice, and the score is the truth's NRMSE.
     assert all((a.decision == "acquire") == (a.action == ACQUIRE) for a in res.advices)
@@ -169,7 +176,7 @@ def test_live_auto_advice_matches_the_offline_policy_run(tmp_path):
     """The instrument holds at each tilt, the controller's adaptive advisor decides; with a
     strict schedule the live run takes the same spectrum images and ends with the same
     volumes as the offline policy run on the same simulated series."""
-    advisor = AdvisorParams(chem_maps=3, stop_ratio=0.0)
+    advisor = AdvisorParams(chem_maps=3, stop_gain=0.0)
     params = LiveParams(device="cpu", iterations_per_tilt=2, idle_iterations=False,
                         interleave=False, final_iterations=4, heartbeat_s=0.3,
                         advice=AdviceParams(mode="auto", policy="adaptive", advisor=advisor))
@@ -336,3 +343,64 @@ def test_operator_channel_refuses_bad_answers_and_records_nothing_wrong(tmp_path
     assert rec.complete and rec.series.haadf.shape[0] == 11
     ops = [ev for ev in rec.events if ev["kind"] == "operator"]
     assert [o["status"] for o in ops] == ["rejected", "done"]
+
+
+# -- issue 16: the stop rule, coverage, the plan's allowance ------------------------------------
+def test_stop_rule_plans_the_maps_whose_next_would_gain_less_than_the_threshold():
+    """The next map's gain 1 - sqrt(K / (K + 1)) (Fisher information adds up): the plan is
+    the smallest K whose (K+1)-th map gains less than stop_gain, within the cap."""
+    from fusetomo.controller.stoprule import StopRule, next_map_gain
+
+    gains = [next_map_gain(k) for k in range(1, 30)]
+    assert all(a > b for a, b in itertools.pairwise(gains))
+    assert next_map_gain(3) == pytest.approx(1 - np.sqrt(3 / 4))
+    rule = StopRule(AdvisorParams())  # default threshold 5.5 %
+    k = rule.plan(0, 16)
+    assert next_map_gain(k) < 0.055 <= next_map_gain(k - 1) and k == 9
+    assert rule.plan(0, 5) == 5  # the cap wins
+    assert StopRule(AdvisorParams(stop_gain=0.0)).plan(2, 16) == 16  # no stop rule
+    assert StopRule(AdvisorParams(stop_gain=0.5, min_maps=4)).plan(0, 16) == 4
+    assert rule.plan(11, 16) == 11  # never fewer than taken
+    # the posterior's level scales as sqrt(K_now / K) from what it observed
+    rule.observe(0.2, 4)
+    assert rule.predicted(16) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("scheme", ["sequential", "dose-symmetric"])
+def test_generous_budget_stops_early_with_the_range_covered(scheme):
+    """A budget of 16 over +-60 deg: the advisor plans 9, spreads them over the whole range
+    (the largest gap within the coverage limit: never all on one side), and its stop
+    message names the quantity and its value."""
+    p = PolicyRunParams(size=16, tilt_range=(-60.0, 60.0), haadf_step=4.0, seed=2,
+                        scheme=scheme, iterations_per_tilt=1, final_iterations=2)
+    prep = plan_and_series(p)
+    order = prep[0]
+    res = run_policy("adaptive", AdvisorParams(chem_maps=16), p, prep)
+    taken = sorted(res.chem_angles)
+    adv = AdaptiveAdvisor(AdvisorParams(chem_maps=16), order)
+    assert len(taken) == 9
+    assert gap(taken, -60.0, 60.0) <= adv.limit(9) + 1e-6, taken
+    assert min(taken) < -30 and max(taken) > 30
+    stops = [a for a in res.advices if a.action == STOP]
+    if stops:  # the 9th map may be the series' last tilt
+        assert "lower the predicted <NRMSE> by 5.1 %" in stops[0].reason
+        assert stops[0].chem_maps_allowed == 16 and stops[0].chem_maps_planned == 9
+    assert all(a.chem_maps_planned == 9 for a in res.advices)
+
+
+def test_without_a_budget_the_plans_maps_are_the_allowance():
+    """`planned_maps` (the plan's spectrum images, set by the controller from the series
+    start) caps every policy when no budget is given, and is what the advice reports."""
+    plan = make_plan("sequential", (-60.0, 60.0), 6.0, 30.0)
+    order = plan.haadf_angles
+    params = AdvisorParams(planned_maps=5, stop_gain=0.0)
+    pol = make_policy("adaptive", params, order)
+    assert pol.allowed(2.0) == 5
+    done = pol.advise(None, _state(60.0, [-60.0, -30.0, 0.0, 30.0, 54.0], []))
+    assert done.action == STOP and "5 of the plan's 5 maps" in done.reason
+    header = {"scheme": plan.as_header(), "holds_for_advice": True,
+              "chem_dose_e_per_A2": 2.0}
+    desk = AdviceDesk(AdviceParams(mode="auto", policy="adaptive"), header)
+    adv = desk.advise(None, angle=-60.0, tilt_seq=1, recorded_haadf=[-60.0],
+                      chem_angles=[], chem_dose_used=0.0)
+    assert adv.chem_maps_allowed == len(plan.chem_angles) == 5

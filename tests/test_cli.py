@@ -189,3 +189,13 @@ def test_reconstruct_writes_standard_errors(capsys, tmp_path):
     code, _, err = _run(capsys, ["reconstruct", str(series), "--out", str(tmp_path / "x.h5"),
                                  "--method", "sirt", "--uncertainty", "cheap"])
     assert code == 2 and "fused method only" in err
+    # resampled: the standard errors and, in a group of its own, the bias estimate
+    code, _, err = _run(capsys, ["reconstruct", str(series), "--out", str(tmp_path / "b.h5"),
+                                 "--iterations", "3", "--quiet", "--uncertainty",
+                                 "resample"])
+    assert code == 0, err
+    rec = read_recon(tmp_path / "b.h5")
+    assert set(rec.std_error) == set(rec.bias) == {"Co", "S", "O"}
+    assert rec.attrs["uncertainty"] == "resample" and rec.attrs["uncertainty_replicas"] == 32
+    assert all(np.all(rec.std_error[e] >= 0) and np.all(np.isfinite(rec.bias[e]))
+               for e in rec.bias)

@@ -128,8 +128,13 @@ def test_live_run_records_each_tilt_once_publishes_and_replays_exactly(tmp_path)
     for e in live:
         np.testing.assert_array_equal(live[e], offline[e])
     # One latency per tilt from the first that made the solver ready, all positive.
-    lat = [ev["latency_s"] for ev in rec.events if ev["kind"] == "latency"]
-    assert len(lat) >= 3 and all(0 < v < 30 for v in lat)
+    lat = [ev for ev in rec.events if ev["kind"] == "latency"]
+    assert len(lat) >= 3 and all(0 < ev["latency_s"] < 30 for ev in lat)
+    # Processing is the latency less the wait behind earlier tilts; the lag counts the
+    # tilts still waiting when each was published.
+    assert all(0 < ev["processing_s"] <= ev["latency_s"] + 1e-9 for ev in lat)
+    assert all(ev["lag_tilts"] >= 0 and (ev["lag_s"] > 0) == (ev["lag_tilts"] > 0)
+               for ev in lat)
     assert any(ev["kind"] == "finished" for ev in rec.events)
 
     # Status and low-resolution orthoslices were published while it ran.
@@ -447,8 +452,13 @@ def test_live_demo_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     for key in ("nrmse_mean", "nrmse", "haadf_tilts", "chem_tilts", "dose_e_per_A2",
-                "latency_s_median"):
+                "latency_s_median", "processing_s_median", "lag_s_median", "lag_s_max",
+                "chem_maps_taken", "chem_maps_allowed", "chem_dose_saved_e_per_A2"):
         assert key in summary, key
+    # The default plan: every planned spectrum image taken, none saved.
+    assert (summary["chem_maps_taken"], summary["chem_maps_allowed"]) == (3, 3)
+    assert summary["chem_dose_saved_e_per_A2"] == 0.0
+    assert 0 < summary["processing_s_median"] <= summary["latency_s_median"]
     assert (summary["haadf_tilts"], summary["chem_tilts"]) == (11, 3)
     assert set(summary["nrmse"]) == {"Co", "S", "O"}
     assert 0 < summary["nrmse_mean"] < 1.5 and summary["latency_s_median"] > 0

@@ -42,8 +42,8 @@ def _status(seq: int, operator_endpoint: str | None, **extra) -> proto.Message:
         planned_haadf=41, planned_chem=9,
         dose_e_per_A2={"haadf": 100.0, "chem": 23.5, "total": 123.5},
         haadf_angles=[-70.0, -67.0, -64.0, -61.0, -58.0], chem_maps_budget=3,
-        dose_budget_e_per_A2=500.0, advice_mode="manual",
-        operator_endpoint=operator_endpoint, **extra)
+        dose_budget_e_per_A2=500.0, advice_mode="manual", processing_s=0.31, lag_s=4.04,
+        lag_tilts=2, operator_endpoint=operator_endpoint, **extra)
 
 
 def _advice(seq: int, advice_id: int, answer: str | None = None,
@@ -201,6 +201,8 @@ def test_panel_shows_status_and_slices_and_sends_operator_commands(swift) -> Non
             assert h.dose_text_label.text == \
                 "dose 123.5 e/Å² (budget 500): haadf 100, chem 23.5"
             assert h.costs_text_label.text == "costs: haadf 0.0123, chem 4.56, tv 0.789"
+            assert h.timing_text_label.text == \
+                "processing per tilt: 0.31 s; reconstruction: 2 tilts behind (4.0 s)"
             assert h.force_button.enabled and not h.accept_button.enabled
 
             slices = proto.make(proto.STATUS, "s1", 1, iteration=9,

@@ -48,6 +48,7 @@ from fusetomo.adapters.runfile import RunFile
 from fusetomo.adapters.transport import StatusPublisher
 from fusetomo.cli import main
 from fusetomo.ui.viewer.model import ViewerModel, ViewerState
+from fusetomo.ui.viewer.panels import status_text
 from fusetomo.ui.viewer.render import ELEMENT_COLOURS, rgb_overlay
 from fusetomo.ui.viewer.runsource import RecordedRun
 from fusetomo.ui.viewer.subscriber import SubscriberThread
@@ -82,7 +83,8 @@ def status_fields(iteration: int, costs: dict, **extra) -> dict:
     return {"state": "iterating", "iteration": iteration, "costs": costs, "haadf_tilts": 5,
             "chem_tilts": 2, "planned_haadf": 41, "planned_chem": 9,
             "dose_e_per_A2": {"haadf": 50.0, "chem": 120.0, "total": 170.0},
-            "last_seq": 7, "owed_iterations": 0, "latency_s": 0.42, **extra}
+            "last_seq": 7, "owed_iterations": 0, "latency_s": 0.42, "processing_s": 0.31,
+            "lag_s": 4.04, "lag_tilts": 2, **extra}
 
 
 def advice_doc(aid: int, **extra) -> dict:
@@ -119,6 +121,9 @@ def test_model_folds_status_slices_and_advice() -> None:
     assert (s.haadf_tilts, s.chem_tilts, s.planned_haadf, s.planned_chem) == (5, 2, 41, 9)
     assert s.dose == {"haadf": 50.0, "chem": 120.0, "total": 170.0}
     assert (s.dose_budget, s.chem_maps_budget, s.latency_s) == (1000.0, 9, 0.42)
+    assert (s.processing_s, s.lag_s, s.lag_tilts) == (0.31, 4.04, 2)
+    text = status_text(s)
+    assert "processing 0.31 s/tilt" in text and "lag 2 tilts (4.0 s)" in text
     assert s.haadf_angles == [-60.0, -30.0, 0.0, 30.0, 60.0] and s.chem_angles == [0.0, 30.0]
     assert (s.advice_mode, s.operator_endpoint) == ("manual", "tcp://127.0.0.1:5999")
     assert s.elements == ELEMENTS and (s.slices_iteration, s.std_iteration) == (3, 2)

@@ -10,7 +10,8 @@ reconstruction up to date while the series is acquired.
   (`advice.AdviceHook`, on `AdviceDesk`) and standard errors (`uncertainty.UncertaintyHook`)
   receive small typed objects from the session.
 - `loop.LiveController`: the session behind its ZeroMQ sockets (the thin loop).
-- `params.LiveParams`, `LiveError`; `publish.orthoslices`, `Outputs`.
+- `params.LiveParams`, `LiveError`; `publish.orthoslices`, `Outputs`; `timing`: the
+  per-tilt processing time and the lag behind the newest tilt.
 
 docs/architecture.md follows one tilt from the socket to the published slices.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fusetomo.adapters.protocol import SeriesStart
@@ -57,13 +57,21 @@ class AdviceDesk:
             self.order = list(start.haadf_order)
             self.holds = start.holds_for_advice
             dose = start.chem_dose_e_per_A2
+            planned_chem = start.planned_chem or _count(start.header.get("planned_chem_maps"))
         else:
             scheme = start.get("scheme") if isinstance(start.get("scheme"), dict) else {}
             self.order = [float(a) for a in scheme.get("haadf_angles", [])]
             self.holds = bool(start.get("holds_for_advice", False))
             dose = finite_or_none(start.get("chem_dose_e_per_A2"))
+            chem = scheme.get("chem_angles")
+            planned_chem = (len(chem) if isinstance(chem, list) and chem
+                            else _count(start.get("planned_chem_maps")))
         self.dose_per_map = dose if dose is not None and dose > 0 else 1.0
-        self.policy: Policy = make_policy(params.policy, params.advisor, self.order)
+        advisor = params.advisor
+        if advisor.planned_maps is None and planned_chem:
+            # Without a budget, the plan's own spectrum images are the allowance.
+            advisor = replace(advisor, planned_maps=int(planned_chem))
+        self.policy: Policy = make_policy(params.policy, advisor, self.order)
         self.pending: Advice | None = None
         self.history: list[Advice] = []
 
@@ -111,6 +119,11 @@ class AdviceDesk:
         if action in ("accept", "skip") and advice_id != adv.id:
             raise ValueError(f"{action}: advice {advice_id} is not the one waiting "
                              f"(advice {adv.id} at {adv.angle:+.1f} deg)")
+
+
+def _count(v: Any) -> int | None:
+    """A positive integer header value, else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
 def finite_or_none(v: Any) -> float | None:

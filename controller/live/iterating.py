@@ -25,7 +25,8 @@ def iterate(s: LiveSession, phase: int | None) -> None:
         return
     run.record_costs(step.iteration, step.costs)
     p = s.params
-    if p.snapshot_every and step.iteration % p.snapshot_every == 0:
+    if (p.snapshot_every and step.iteration % p.snapshot_every == 0
+            and recon.solver.x is not None):
         run.record_snapshot(step.iteration, recon.solver.volumes())
     if step.settled:
         settle(s, step.settled)
@@ -38,19 +39,25 @@ def iterate(s: LiveSession, phase: int | None) -> None:
 
 def settle(s: LiveSession, done: tuple[Pending, ...]) -> None:
     """Publish the reconstruction for tilts whose k iterations are done; record their
-    latency (arrival -> published) and a snapshot after a chemical tilt."""
+    processing time, the lag behind the newest tilt and the latency (arrival -> published;
+    controller/live/timing.py), and a snapshot after a chemical tilt."""
     recon, run = s.recon, s.run
     if not done or recon is None or run is None:
         return
+    t = time.time()
+    timing = recon.timing
+    proc = timing.settled(t, [q.t_arrival for q in done], [q.t_arrival for q in recon.pending])
     s.status("iterating")
     publish_slices(s)
-    t = time.time()
     lats = [t - q.t_arrival for q in done]
     s.event("reconstruction_updated", iteration=recon.iteration,
-               tilt_seqs=[q.seq for q in done], latency_s=lats)
-    for q, lat in zip(done, lats, strict=True):
+            tilt_seqs=[q.seq for q in done], latency_s=lats, processing_s=proc,
+            lag_s=timing.lag_s, lag_tilts=timing.lag_tilts)
+    for q, lat, pr in zip(done, lats, proc, strict=True):
         s.latencies.append(lat)
-        run.record_event("latency", seq=q.seq, latency_s=lat, iteration=recon.iteration)
+        run.record_event("latency", seq=q.seq, latency_s=lat, processing_s=pr,
+                         lag_s=timing.lag_s, lag_tilts=timing.lag_tilts,
+                         iteration=recon.iteration)
     for h in s.hooks:
         h.settled(done, s)
     if s.params.snapshot_chem and any(q.chem for q in done):
@@ -62,6 +69,12 @@ def settle(s: LiveSession, done: tuple[Pending, ...]) -> None:
 def publish_slices(s: LiveSession) -> None:
     """The current volumes (and standard errors) as orthoslices, on the `slices` topic."""
     solver = s.solver
+    if solver is not None and solver.in_haadf_phase and solver.iteration:
+        # No spectrum image yet: the volume HAADF sees, under the name HAADF.
+        vol = solver.haadf_volume()[None]
+        s.publish("slices", STATUS, iteration=solver.iteration,
+                  slices=orthoslices(vol, ["HAADF"], s.params.slice_size))
+        return
     if solver is None or solver.x is None:
         return
     extra: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from fusetomo.controller.live.params import (
     LiveError,
     LiveParams,
 )
+from fusetomo.controller.live.timing import TiltTiming
 from fusetomo.solver.backend import resolve_device
 from fusetomo.solver.fusion import FusedSolver
 
@@ -96,6 +97,7 @@ class LiveReconstruction:
     final_left: int | None = None  # final iterations still to run (None: not finishing)
     pending: list[Pending] = field(default_factory=list)
     last_costs: dict[str, float] = field(default_factory=dict)
+    timing: TiltTiming = field(default_factory=TiltTiming)  # processing time and lag
 
     @property
     def iteration(self) -> int:
@@ -170,10 +172,12 @@ class LiveReconstruction:
 
 # -- the solver of a series, and its exact rebuild from a run file ---------------------------
 def solver_for(start: SeriesStart, params: LiveParams) -> FusedSolver:
-    """A FusedSolver for the series announced by `start`."""
+    """A FusedSolver for the series announced by `start`. Live, it iterates on the HAADF
+    images from the first one (the HAADF phase) and switches to the fused model at the
+    first spectrum image, seeded with the HAADF volume."""
     ns, nd = start.shape
     els = list(start.elements)
-    fusion = params.fusion
+    fusion = dataclasses.replace(params.fusion, haadf_phase=True)
     if start.gamma is not None:
         fusion = dataclasses.replace(fusion, gamma=float(start.gamma))
     bg = [start.background.get(e) for e in els] if start.background else None
@@ -242,7 +246,7 @@ def owed_after_crash(record: RunRecord, params: LiveParams) -> int:
     ready_at = len(order)
     for i, m in enumerate(order):
         nh, nc = nh + (m == "haadf"), nc + (m == "chem")
-        if nc > 0 and (nh > 0 or params.fusion.lambda_haadf == 0):
+        if nh > 0 or (nc > 0 and params.fusion.lambda_haadf == 0):  # the HAADF phase
             ready_at = i
             break
     done = sum(1 for *_, ph in schedule_of(record) if ph == PHASE_TILT)

@@ -23,6 +23,7 @@ from fusetomo.controller.live.reconstruction import (
     solver_for,
     start_of,
 )
+from fusetomo.controller.live.timing import lag_of
 from fusetomo.controller.live.uncertainty import UncertaintyHook
 
 if TYPE_CHECKING:
@@ -165,7 +166,11 @@ def finish(s: LiveSession) -> None:
     errors), the closing event."""
     recon, run = s.recon, s.run
     assert run is not None
-    if recon is not None and recon.ready:
+    if recon is not None and recon.ready and recon.solver.x is None:
+        iterating.settle(s, recon.take_settled())
+        log.warning("the series ended without a spectrum image: the HAADF volume was "
+                    "reconstructed, no element volumes")
+    elif recon is not None and recon.ready:
         iterating.settle(s, recon.take_settled())
         run.record_snapshot(recon.iteration, recon.solver.volumes(), final=True)
         for h in s.hooks:
@@ -176,7 +181,8 @@ def finish(s: LiveSession) -> None:
     iteration = 0 if recon is None else recon.iteration
     s.recorder.flush_dropped()
     run.record_event("finished", iteration=iteration,
-                     latency_s_median=_median(s.latencies))
+                     latency_s_median=_median(s.latencies),
+                     processing_s_median=_median(_processing(recon)))
     s.status("complete")
     s.event("complete", iteration=iteration)
     s.finished = True
@@ -198,6 +204,7 @@ def status_fields(s: LiveSession, state: str) -> dict[str, Any]:
         "last_seq": s.recorder.last_seq(),
         "owed_iterations": 0 if recon is None else recon.owed,
         "latency_s": s.latencies[-1] if s.latencies else None,
+        **_timing_fields(recon),
         "haadf_angles": [] if run is None else run.angles("haadf"),
         "chem_angles": [] if run is None else run.angles("chem"),
         "dose_budget_e_per_A2": start.get("dose_budget_e_per_A2"),
@@ -210,11 +217,27 @@ def status_fields(s: LiveSession, state: str) -> dict[str, Any]:
     return fields
 
 
+def _timing_fields(recon: LiveReconstruction | None) -> dict[str, Any]:
+    """The last settled tilt's processing time and the lag behind the newest tilt now
+    (controller/live/timing.py)."""
+    if recon is None:
+        return {"processing_s": None, "lag_s": 0.0, "lag_tilts": 0}
+    n, lag = lag_of(time.time(), [q.t_arrival for q in recon.pending])
+    return {"processing_s": recon.timing.processing_s, "lag_s": lag, "lag_tilts": n}
+
+
 def _planned(header: dict[str, Any], key: str) -> int | None:
     scheme = header.get("scheme")
     if isinstance(scheme, dict) and isinstance(scheme.get(key), list):
         return len(scheme[key])
     return None
+
+
+def _processing(recon: LiveReconstruction | None) -> list[float]:
+    """The processing time of every tilt this session settled."""
+    if recon is None:
+        return []
+    return list(recon.timing.history)
 
 
 def _median(values: list[float]) -> float | None:

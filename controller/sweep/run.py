@@ -40,9 +40,12 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None) -> I
             cluster = LocalCUDACluster(threads_per_worker=1, host="127.0.0.1",
                                        dashboard_address="127.0.0.1:0")
     if cluster is None:
+        # One core per worker process: its CPU kernels run one thread each (else every
+        # worker would start a thread per core, solver/backend.py).
         cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1,
                                threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0")
+                               dashboard_address="127.0.0.1:0",
+                               env={"FUSETOMO_THREADS": "1"})
     with cluster, Client(cluster) as client:
         yield client
 

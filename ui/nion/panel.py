@@ -45,6 +45,7 @@ _SHOWN: dict[str, Any] = {
     "tilts_text": "",
     "tilt_text": "",
     "dose_text": "",
+    "timing_text": "",
     "costs_text": "",
     "alignment_text": "",
     "advice_text": "",
@@ -74,6 +75,7 @@ class FusetomoPanelHandler(Observable.Observable):
     tilts_text = _Shown()
     tilt_text = _Shown()
     dose_text = _Shown()
+    timing_text = _Shown()
     costs_text = _Shown()
     alignment_text = _Shown()
     advice_text = _Shown()
@@ -131,7 +133,7 @@ class FusetomoPanelHandler(Observable.Observable):
             spacing=6)
         return u.create_column(
             endpoint_row, label("connection_text"), label("series_text"), label("tilts_text"),
-            label("tilt_text"), label("dose_text"), label("costs_text"),
+            label("tilt_text"), label("dose_text"), label("timing_text"), label("costs_text"),
             label("alignment_text"), label("advice_text", word_wrap=True), buttons,
             label("result_text", word_wrap=True), u.create_stretch(), spacing=4, margin=8)
 
@@ -158,6 +160,7 @@ class FusetomoPanelHandler(Observable.Observable):
         self._show("tilts_text", s.tilts_text())
         self._show("tilt_text", s.tilt_text())
         self._show("dose_text", s.dose_text())
+        self._show("timing_text", s.timing_text())
         self._show("costs_text", s.costs_text())
         self._show("alignment_text", s.alignment_text())
         self._show("advice_text", s.advice_text())

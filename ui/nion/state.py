@@ -64,6 +64,9 @@ class PanelState:
     chem_maps_budget: int | None = None
     chem_dose_budget: float | None = None
     costs: dict[str, float] = field(default_factory=dict)
+    processing_s: float | None = None  # the solver's time on the last settled tilt
+    lag_s: float | None = None  # how long the oldest tilt not yet shown has waited
+    lag_tilts: int | None = None  # tilts received but not yet in the reconstruction
     advice_mode: str | None = None
     operator_endpoint: str | None = None
     advice: Advice | None = None
@@ -110,6 +113,11 @@ class PanelState:
                 setattr(self, name, _int(h[name], name))
         if "dose_budget_e_per_A2" in h:
             self.dose_budget = _num(h["dose_budget_e_per_A2"], "dose_budget_e_per_A2")
+        for name in ("processing_s", "lag_s"):
+            if name in h:
+                setattr(self, name, _num(h[name], name))
+        if "lag_tilts" in h:
+            self.lag_tilts = _int(h["lag_tilts"], "lag_tilts")
         if isinstance(h.get("dose_e_per_A2"), Mapping):
             self.dose = _numbers(h["dose_e_per_A2"], "dose_e_per_A2")
         if isinstance(h.get("costs"), Mapping):
@@ -197,6 +205,19 @@ class PanelState:
         budget = "no budget" if self.dose_budget is None else f"budget {self.dose_budget:.4g}"
         parts = ", ".join(f"{k} {self.dose[k]:.4g}" for k in ("haadf", "chem") if k in self.dose)
         return f"dose {used} e/Å² ({budget})" + (f": {parts}" if parts else "")
+
+    def timing_text(self) -> str:
+        """The solver's time per tilt and how far the reconstruction is behind the newest
+        tilt (controller/live/timing.py)."""
+        proc = DASH if self.processing_s is None else f"{self.processing_s:.2f} s"
+        if self.lag_tilts is None:
+            lag = DASH
+        elif self.lag_tilts == 0:
+            lag = "up to date"
+        else:
+            lag = f"{self.lag_tilts} tilt{'s' if self.lag_tilts != 1 else ''} behind" + (
+                "" if self.lag_s is None else f" ({self.lag_s:.1f} s)")
+        return f"processing per tilt: {proc}; reconstruction: {lag}"
 
     def costs_text(self) -> str:
         if not self.costs:

@@ -79,7 +79,10 @@ class ViewerState:
     chem_maps_budget: int | None = None
     haadf_angles: list[float] = field(default_factory=list)
     chem_angles: list[float] = field(default_factory=list)
-    latency_s: float | None = None
+    latency_s: float | None = None  # arrival -> published, of the last settled tilt
+    processing_s: float | None = None  # the solver's time on the last settled tilt
+    lag_s: float | None = None  # how long the oldest tilt not yet shown has waited
+    lag_tilts: int | None = None  # tilts received but not yet in the reconstruction
     advice_mode: str | None = None
     operator_endpoint: str | None = None
     elements: tuple[str, ...] = ()
@@ -237,8 +240,11 @@ class ViewerModel:
             s.dose_budget = _num(h.get("dose_budget_e_per_A2"))
         for k, v in angles.items():
             setattr(s, k, v)
-        if "latency_s" in h:
-            s.latency_s = _num(h.get("latency_s"))
+        for name in ("latency_s", "processing_s", "lag_s"):
+            if name in h:
+                setattr(s, name, _num(h.get(name)))
+        if "lag_tilts" in h:
+            s.lag_tilts = _int(h.get("lag_tilts"))
         if "advice_mode" in h:
             s.advice_mode = _str(h.get("advice_mode"))
         if "operator_endpoint" in h:

@@ -318,6 +318,20 @@ def advice_html(adv: Advice | None, state: ViewerState) -> str:
     return "<br>".join(lines)
 
 
+def timing_text(processing_s: float | None, lag_s: float | None,
+                lag_tilts: int | None) -> list[str]:
+    """The two latency figures (controller/live/timing.py): the solver's time per tilt,
+    and how far the reconstruction shown is behind the newest tilt."""
+    out = []
+    if processing_s is not None:
+        out.append(f"processing {processing_s:.2f} s/tilt")
+    if lag_tilts is not None:
+        out.append("up to date" if lag_tilts == 0 else
+                   f"lag {lag_tilts} tilt{'s' if lag_tilts != 1 else ''}"
+                   + ("" if lag_s is None else f" ({lag_s:.1f} s)"))
+    return out
+
+
 def status_text(state: ViewerState) -> str:
     def of(n: int, planned: int | None) -> str:
         return f"{n}/{planned}" if planned is not None else str(n)
@@ -326,8 +340,7 @@ def status_text(state: ViewerState) -> str:
              f"iteration {state.iteration}",
              f"HAADF {of(state.haadf_tilts, state.planned_haadf)}",
              f"chemical {of(state.chem_tilts, state.planned_chem)}"]
-    if state.latency_s is not None:
-        parts.append(f"latency {state.latency_s:.2f} s")
+    parts.extend(timing_text(state.processing_s, state.lag_s, state.lag_tilts))
     if state.slices_iteration is not None:
         parts.append(f"slices of iteration {state.slices_iteration}")
     if state.errors:
