@@ -3,10 +3,9 @@ it was, a reader beside a live writer, and tilts that survive `kill -9` of the w
 
 from __future__ import annotations
 
-import re
-
 import json
 import os
+import re
 import select
 import shutil
 import signal

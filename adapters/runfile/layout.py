@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from fusetomo.adapters.protocol import SeriesStart
-from fusetomo.adapters.runfile.storage import compressed
+from fusetomo.adapters.runfile import storage
 from fusetomo.adapters.runfile.store import (
     EVENT_ROW_BYTES,
     H5_ERRORS,
@@ -110,10 +110,10 @@ def _appendable(group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any,
                 chunk_rows: int = 256, chunk_row: tuple[int, ...] | None = None,
                 compress: bool = False) -> h5py.Dataset:
     """An empty dataset growing along axis 0; `compress` only for one row per chunk, each
-    chunk written once (storage.py)."""
+    chunk written once (storage.py: storage.CODEC, read when the file is built)."""
     return group.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype,
                                 chunks=(chunk_rows, *(chunk_row or row)),
-                                **(compressed() if compress else {}))
+                                **(storage.CODEC.h5_kwargs() if compress else {}))
 
 
 def build(f: h5py.File, lay: Layout) -> None:
