@@ -23,7 +23,9 @@ def iterate(s: LiveSession, phase: int | None) -> None:
     step = recon.update(phase)
     if step is None:
         return
-    run.record_costs(step.iteration, step.costs)
+    # the terms this run file records (one made before a term was added lacks it)
+    run.record_costs(step.iteration, {k: v for k, v in step.costs.items()
+                                      if k in run.cost_terms})
     p = s.params
     if (p.snapshot_every and step.iteration % p.snapshot_every == 0
             and recon.solver.x is not None):
