@@ -111,3 +111,50 @@ def typed_start(s) -> SeriesStart:
                        pixel_size_nm=0.5))
     assert isinstance(start, SeriesStart)
     return start
+
+
+def _idle_run(sim, idle_stop) -> LiveReconstruction:
+    """All tilts of the series, then idle iterations until none is due."""
+    s = sim.series
+    params = LiveParams(iterations_per_tilt=1, max_idle_iterations=60, idle_stop=idle_stop,
+                        fusion=FusionParams(gamma=1.7))
+    recon = LiveReconstruction(solver_for(typed_start(s), params), params)
+    for i, a in enumerate(s.haadf_angles):
+        recon.add(TiltIn(i + 1, "haadf", float(a), image=s.haadf[i]), 0.0)
+    for j, a in enumerate(s.common_chem_angles):
+        recon.add(TiltIn(100 + j, "chem", float(a),
+                         maps={e: s.chem[e][j] for e in s.elements}), 0.0)
+    while recon.update() is not None:
+        pass
+    return recon
+
+
+def test_idle_iterations_stop_by_the_stopping_rule(sim) -> None:
+    """Idle iterations end when the offline stopping rule fires on the iterations since the
+    last tilt, and the reason is what the recorded history shows; without the rule they run
+    to max_idle_iterations."""
+    from fusetomo.solver.stopping import StopRule
+
+    rule = StopRule(tol=2e-3, min_iterations=4, max_iterations=10**9)
+    recon = _idle_run(sim, rule)
+    h = recon.solver.history
+    assert recon.idle_stopped in ("converged", "data terms rising")
+    assert 4 <= recon.idle_done < 60
+    tail = slice(-rule.patience, None)
+    if recon.idle_stopped == "converged":
+        assert max(h.change[tail]) < rule.tol
+    else:
+        assert np.all(np.diff(h.haadf[-rule.patience - 1:]) > 0)
+        assert np.all(np.diff(h.chem[-rule.patience - 1:]) > 0)
+    # it stopped at the first idle iteration where the rule holds
+    n = recon.idle_done
+    first = next(k for k in range(4, n + 1)
+                 if rule.check(h.change[:len(h.change) - n + k], h.haadf[:len(h.haadf) - n + k],
+                               h.chem[:len(h.chem) - n + k], k) is not None)
+    assert first == n
+    free = _idle_run(sim, None)
+    assert free.idle_done == 60 and free.idle_stopped is None
+    # a new tilt restarts the idle iterations
+    s = sim.series
+    recon.add(TiltIn(999, "haadf", 1.0, image=s.haadf[len(s.haadf) // 2]), 0.0)
+    assert recon.idle_stopped is None and recon.due() == PHASE_TILT

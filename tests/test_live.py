@@ -442,7 +442,6 @@ def test_replay_of_a_series_then_of_its_run_records_the_same_data(tmp_path, smal
 @pytest.mark.slow
 def test_live_demo_json(tmp_path):
     out = tmp_path / "demo"
-    t0 = time.perf_counter()
     proc = subprocess.run(
         fusetomo_argv("live-demo", "--out", str(out), "--specimen", "core-shell", "--size",
                       "16", "--speed", "1e4", "--tilt-range", "-60", "60", "--haadf-step",
@@ -464,7 +463,6 @@ def test_live_demo_json(tmp_path):
     assert 0 < summary["nrmse_mean"] < 1.5 and summary["latency_s_median"] > 0
     assert json.loads((out / "summary.json").read_text())["nrmse"] == summary["nrmse"]
     assert describe_run(out / "run.h5")["complete"]
-    assert time.perf_counter() - t0 < 90
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from fusetomo.controller.live.aligner import LiveAlignParams
 from fusetomo.controller.live.desk import AdviceParams
 from fusetomo.core.errors import FusetomoError
 from fusetomo.solver.fusion import FusionParams
+from fusetomo.solver.stopping import StopRule
 
 HEALTHY, INTERRUPTED = 0, 1  # LiveController.run()'s return values
 # What an iteration was run for (the `phase` cost column).
@@ -32,6 +33,12 @@ class LiveParams:
     iterations_per_tilt: int = 3  # k: warm-start iterations after each tilt
     idle_iterations: bool = True  # keep iterating while waiting for tilts
     max_idle_iterations: int = 50  # at most this many idle iterations after each tilt
+    # Idle iterations also stop when the offline stopping rule (solver/stopping.py) fires on
+    # the iterations since the last tilt: the volumes have converged, or the HAADF and
+    # chemical terms both rose for `patience` iterations (going on would fit the data worse
+    # until the next tilt brings new data). None: only max_idle_iterations stops them.
+    idle_stop: StopRule | None = field(
+        default_factory=lambda: StopRule(min_iterations=4, max_iterations=10**9))
     final_iterations: int = 20  # after the series end
     interleave: bool = True  # False: run each tilt's k iterations before reading on
     snapshot_chem: bool = True  # record a snapshot once a chemical tilt's k are done

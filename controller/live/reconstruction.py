@@ -84,6 +84,7 @@ class Step:
     phase: int
     costs: dict[str, float]
     settled: tuple[Pending, ...] = ()
+    idle_stopped: str | None = None  # this idle iteration ended the idle ones: why
 
 
 @dataclass
@@ -94,6 +95,7 @@ class LiveReconstruction:
     params: LiveParams
     owed: int = 0  # per-tilt iterations not run yet
     idle_done: int = 0  # idle iterations since the last tilt
+    idle_stopped: str | None = None  # why idle iterations stopped before the cap (or None)
     final_left: int | None = None  # final iterations still to run (None: not finishing)
     pending: list[Pending] = field(default_factory=list)
     last_costs: dict[str, float] = field(default_factory=dict)
@@ -117,6 +119,7 @@ class LiveReconstruction:
             self.solver.add_chem(tilt.angle, {e: tilt.maps[e][None]
                                               for e in self.solver.elements}, shifts=frac)
         self.idle_done = 0
+        self.idle_stopped = None
         if self.solver.ready:
             self.owed += self.params.iterations_per_tilt
             self.pending.append(Pending(tilt.seq, t_arrival, self.iteration + self.owed,
@@ -137,9 +140,21 @@ class LiveReconstruction:
         if self.final_left is not None:
             return PHASE_FINAL if self.final_left > 0 else None
         p = self.params
-        if p.idle_iterations and self.idle_done < p.max_idle_iterations:
+        if (p.idle_iterations and self.idle_done < p.max_idle_iterations
+                and self.idle_stopped is None):
             return PHASE_IDLE
         return None
+
+    def _check_idle_stop(self) -> None:
+        """After an idle iteration: whether the stopping rule ends the idle iterations (on
+        the iterations since the last tilt only: min_iterations > patience)."""
+        rule = self.params.idle_stop
+        if rule is None:
+            return
+        h = self.solver.history
+        reason = rule.check(h.change, h.haadf, h.chem, self.idle_done)
+        if reason is not None and reason != "max_iterations":
+            self.idle_stopped = reason
 
     def done(self) -> bool:
         return self.due() is None
@@ -152,8 +167,11 @@ class LiveReconstruction:
         s = self.solver
         costs = s.step()
         self.last_costs = costs
+        stopped = None
         if phase == PHASE_IDLE:
             self.idle_done += 1
+            self._check_idle_stop()
+            stopped = self.idle_stopped
         elif phase == PHASE_TILT:
             self.owed = max(self.owed - 1, 0)
         elif self.final_left:
@@ -161,7 +179,7 @@ class LiveReconstruction:
         row = {**costs, "haadf_scale": s.haadf_scale, "n_haadf": s.n_haadf,
                "n_chem": s.n_chem, "idle": int(phase == PHASE_IDLE), "phase": phase,
                "change": s.history.change[-1] if s.history.change else float("nan")}
-        return Step(s.iteration, phase, row, self.take_settled())
+        return Step(s.iteration, phase, row, self.take_settled(), stopped)
 
     def take_settled(self) -> tuple[Pending, ...]:
         """The pending tilts whose k iterations are done (removed)."""
