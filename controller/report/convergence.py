@@ -106,6 +106,22 @@ def verdict(conv: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
     return ConvergenceVerdict("not yet converged", f"{last}; {rule_text}")
 
 
+def _symlog(ax: Any, y: np.ndarray) -> None:
+    """A symmetric log axis spanning 4 decades below the largest |y|, with decade ticks
+    (at most 4 per sign) clear of the linear band around 0."""
+    top = float(np.max(np.abs(y))) or 1.0
+    lt = top * 1e-4
+    ax.set_yscale("symlog", linthresh=lt, linscale=1.0)
+    k0, k1 = int(np.ceil(np.log10(lt * 10))), int(np.floor(np.log10(top)))
+    decades = list(range(k0, k1 + 1))
+    decades = decades[::-(-len(decades) // 4)] if decades else []
+    ticks = [0.0]
+    for sign in (1.0, -1.0):
+        if np.any(sign * y > lt):
+            ticks += [sign * 10.0**k for k in decades]
+    ax.set_yticks(sorted(ticks))
+
+
 def draw(fig: Figure, conv: Mapping[str, np.ndarray], params: Mapping[str, Any],
          chem_added: list[int]) -> ConvergenceVerdict:
     """Total and weighted terms relative to their final value, and the volumes' change."""
@@ -123,8 +139,7 @@ def draw(fig: Figure, conv: Mapping[str, np.ndarray], params: Mapping[str, Any],
         if ok.any():
             rel = y - y[ok][-1]
             ax.plot(it[ok], rel[ok], lw=1.0, color="k" if name == "total cost" else "C0")
-            scale = float(np.nanmax(np.abs(rel[ok]))) or 1.0
-            ax.set_yscale("symlog", linthresh=scale * 1e-4, linscale=2.0)
+            _symlog(ax, rel[ok])
         ax.axhline(0, color="0.6", lw=0.5)
         ax.set_title(name, fontsize=9)
         ax.set_ylabel("minus final value", fontsize=8)
