@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["CODEC", "PREVIEW_BITS", "Codec", "quantise"]
+__all__ = ["CODEC", "PREVIEW_BITS", "Codec", "quantise", "stored"]
 
 PREVIEW_BITS = {"snapshots": 12, "std_error": 10}
 
@@ -92,3 +92,9 @@ def quantise(stack: np.ndarray, bits: int) -> np.ndarray:
         if step > 0:  # a maximum near the smallest float32 keeps its values
             out[0, i] = np.rint(v / step) * step
     return out
+
+
+def stored(stack: np.ndarray, group: str, final: bool) -> np.ndarray:
+    """What is written of a volume stack of `group` (snapshots, std_error): exactly the
+    final one; a preview rounded to PREVIEW_BITS[group] so that it compresses."""
+    return stack if final else quantise(stack, PREVIEW_BITS[group])
