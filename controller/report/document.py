@@ -90,7 +90,7 @@ def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:
         v = verdict(inp.convergence, inp.fit_params)
         out["convergence"] = {"state": v.state, "detail": v.detail}
     out["units"] = {"volumes": "counts per voxel", "std_error": "counts per voxel",
-                    "fractions": "atomic fraction", "dose": "e/Å²", "angles": "degree",
+                    "fractions": "atomic fraction", "dose": "e⁻/Å²", "angles": "degree",
                     "pixel_size": "nm"}
     if inp.std_error is not None:
         ref = inp.truth if inp.truth is not None else inp.volumes
@@ -205,7 +205,7 @@ def _html(inp: ReportInput, doc: Mapping[str, Any], figures: list[FigureEntry]) 
     if "convergence" in doc:
         numbers["convergence"] = (f"{doc['convergence']['state']} "
                                   f"({doc['convergence']['detail']})")
-    for key, label in (("dose_e_per_A2", "dose (e/Å²)"), ("images", "images"),
+    for key, label in (("dose_e_per_A2", "dose (e⁻/Å²)"), ("images", "images"),
                        ("mean_std_error", "mean standard error in the specimen (counts "
                                           "per voxel)")):
         if key in doc:

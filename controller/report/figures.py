@@ -259,15 +259,15 @@ def fig_dose(inp: ReportInput) -> Figure:
         if np.all(np.cumsum(val[order]) > 0):
             ax.set_yscale("log")
         ax.set_xlabel("image number (acquisition order)")
-        ax.set_ylabel("cumulative dose (e/Å²)")
+        ax.set_ylabel("cumulative dose (e⁻/Å²)")
         ax.legend(fontsize=8)
     ax = axes[-1]
     bars = ax.bar(list(totals), list(totals.values()), color=["C0", "C1"][:len(totals)])
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in totals.values()], fontsize=8)
     counts = {m: inp.dose[m].size for m in inp.dose}
     ax.set_xticks(range(len(totals)), [f"{m}\n({counts[m]} images)" for m in totals])
-    ax.set_ylabel("dose (e/Å²)")
-    ax.set_title(f"total {sum(totals.values()):.4g} e/Å²", fontsize=9)
+    ax.set_ylabel("dose (e⁻/Å²)")
+    ax.set_title(f"total {sum(totals.values()):.4g} e⁻/Å²", fontsize=9)
     fig.suptitle("dose per modality")
     return fig
 
@@ -289,7 +289,7 @@ def fig_advice(inp: ReportInput) -> Figure:
     for i, t in enumerate(taken):
         ax.axvline(t, color="C3", lw=1.2, label="spectrum image taken" if i == 0 else None)
     ax.set_xlabel("stage tilt at the advice (°)")
-    ax.set_ylabel("nats per e/Å²")
+    ax.set_ylabel("nats per e⁻/Å²")
     if gain and all(g > 0 for _, g in gain):
         ax.set_yscale("log")
     ax.legend(fontsize=8)
