@@ -15,6 +15,17 @@ from fusetomo.adapters.seriesfile import read_series, read_truth
 from fusetomo.cli.argtypes import add_threads_option, positive_int
 from fusetomo.cli.common import nrmse_line, nrmse_scores
 from fusetomo.controller.reconstruct import METHODS, reconstruct
+from fusetomo.solver.stopping import StopRule
+
+
+def _tolerance(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"the tolerance must be in (0, 1), got {v}")
+    return v
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -27,7 +38,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         align = OfflineAlignParams(rotation_deg=args.align_rotation)
     res = reconstruct(series, method=args.method, iterations=args.iterations,
                       device=args.device, progress=not args.quiet,
-                      uncertainty=args.uncertainty, align=align)
+                      uncertainty=args.uncertainty, align=align,
+                      stop=StopRule(tol=args.stop_tol))
     res.save(args.out, source=args.series)
     stop = res.params.get("stop_reason")
     print(f"wrote {args.out}: {args.method}, {res.params['iterations']} iterations"
@@ -59,6 +71,10 @@ def register(sub: Any) -> None:
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="fixed number of iterations (fused default: until the stopping rule "
                         "says the volumes have converged, docs/model.md)")
+    p.add_argument("--stop-tol", type=_tolerance, default=StopRule.tol, metavar="TOL",
+                   help="fused: the stopping rule's tolerance on the volumes' relative "
+                        "change per iteration (default %(default)g; 1e-3 runs up to a third "
+                        "longer for an answer about 1 %% better, docs/benchmarks.md)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--align", action="store_true",

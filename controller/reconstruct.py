@@ -92,7 +92,7 @@ def _maps(series: TiltSeries) -> np.ndarray:
 
 def _fused(series: TiltSeries, iterations: int | None, device: str, params: FusionParams,
            progress: bool, align: OfflineAlignParams | None = None,
-           ) -> tuple[FusedSolver, dict[str, Any]]:
+           stop: StopRule | None = None) -> tuple[FusedSolver, dict[str, Any]]:
     """The fused reconstruction: `iterations` fixed, or None for the stopping rule
     (solver/stopping.py)."""
     p = fusion_params_for(series, params)
@@ -110,7 +110,7 @@ def _fused(series: TiltSeries, iterations: int | None, device: str, params: Fusi
         solver.add_haadf(series.haadf_angles, series.haadf)
         solver.add_chem(series.common_chem_angles, series.chem)
     solver.initialize()
-    rule = StopRule()
+    rule = stop or StopRule()
     with tqdm(total=iterations or rule.max_iterations, desc="fused", unit="it",
               disable=not progress, leave=False) as bar:
 
@@ -204,6 +204,7 @@ def reconstruct(
     progress: bool = True,
     uncertainty: str | None = None,
     align: OfflineAlignParams | bool | None = None,
+    stop: StopRule | None = None,
 ) -> ReconResult:
     """Reconstruct `series` by `method` (see METHODS). For 'fused', the series' gamma
     (when set) replaces params.gamma, and Z and background come from the series;
@@ -211,7 +212,8 @@ def reconstruct(
     estimate: solver/resample.py; fused only) adds per-voxel standard errors to the
     result; `align` (True or OfflineAlignParams) aligns the series first and records the
     shifts (fused: controller/offline_align.py; haadf, sirt:
-    controller/stack_align.py). A HAADF-only series takes `haadf` or `sirt` only."""
+    controller/stack_align.py). A HAADF-only series takes `haadf` or `sirt` only. `stop`:
+    the fused iterations' stopping rule when `iterations` is None (default StopRule())."""
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if iterations is not None and iterations < 0:
@@ -249,7 +251,7 @@ def reconstruct(
     warnings: tuple[str, ...] = ()
     if method == "fused":
         solver, fparams = _fused(series, iterations, dev, params or FusionParams(), progress,
-                                 align)
+                                 align, stop)
         volumes, history = solver.volumes(), solver.history
         info.update(iterations=len(history.haadf), **fparams)
         info.update(solver.model_summary())

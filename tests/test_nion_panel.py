@@ -19,6 +19,7 @@ import zmq
 from fusetomo.adapters import protocol as proto
 from fusetomo.adapters.transport import StatusPublisher
 from fusetomo.controller.live import orthoslices
+from fusetomo.controller.live.publish import slice_calibration
 from fusetomo.ui.nion.state import PanelDataError, PanelState, montage
 from fusetomo.ui.slices import decode_slices
 from tests.alignment_status import ALIGNMENT, SORTED_ANGLES, SORTED_SHIFTS, SUMMARY
@@ -199,15 +200,19 @@ def test_panel_shows_status_and_slices_and_sends_operator_commands(swift) -> Non
             assert h.tilts_text_label.text == "tilts: HAADF 5 of 41, spectrum images 1 of 3"
             assert h.tilt_text_label.text == "current tilt -58.0°"
             assert h.dose_text_label.text == \
-                "dose 123.5 e/Å² (budget 500): haadf 100, chem 23.5"
+                "dose 123.5 e⁻/Å² (budget 500): haadf 100, chem 23.5"
+            assert (h.haadf_progress_bar.value, h.dose_progress_bar.value) == (12, 25)
+            assert h.behind_text_label.text.startswith("panel: ") and h.behind_s is not None
             assert h.costs_text_label.text == "costs: haadf 0.0123, chem 4.56, tv 0.789"
             assert h.timing_text_label.text == \
                 "processing per tilt: 0.31 s; reconstruction: 2 tilts behind (4.0 s)"
             assert h.force_button.enabled and not h.accept_button.enabled
 
+            calibration = slice_calibration(x.shape, len(ELEMENTS), 32, 0.5)
             slices = proto.make(proto.STATUS, "s1", 1, iteration=9,
                                 slices=orthoslices(x, ELEMENTS, 32),
-                                std_slices=orthoslices(err, ELEMENTS, 32), std_iteration=8)
+                                std_slices=orthoslices(err, ELEMENTS, 32), std_iteration=8,
+                                calibration=calibration)
             _pump(dc, lambda: len(h.data_items.keys) == 4,
                   publish=lambda: pub.publish("slices", slices))
             model = dc.document_model
@@ -219,6 +224,14 @@ def test_panel_shows_status_and_slices_and_sends_operator_commands(swift) -> Non
                     assert (meta["element"], meta["kind"]) == (e, kind)
                     image = item.data
                     assert image.shape == (8, 26)
+                    # calibrated: 0.5 nm pixels (no averaging at 8 px), counts per voxel
+                    for cal in item.xdata.dimensional_calibrations:
+                        assert (cal.offset, cal.scale, cal.units) == (0.0, 0.5, "nm")
+                    assert item.xdata.intensity_calibration.units == "counts/voxel"
+                    # central slices s = 3 of 6, u = v = 4 of 8: +0.25 nm from the centre
+                    assert item.title.endswith(
+                        "(s = +0.25 nm | u = +0.25 nm | v = +0.25 nm)"), item.title
+                    assert [p["position_nm"] for p in meta["panes"]] == [0.25, 0.25, 0.25]
                     for pane, want in zip(meta["panes"], _central(vol, i), strict=True):
                         (r, c), (hh, ww) = (pane["row"], pane["col"]), pane["shape"]
                         np.testing.assert_allclose(image[r:r + hh, c:c + ww], want,
@@ -424,3 +437,56 @@ def test_panel_with_keys_sees_an_authenticated_controller(swift, tmp_path, monke
     finally:
         pub.close()
         zctx.term()
+
+
+# -- keeping up and calibration (issue 19) -----------------------------------------------------
+def test_mailbox_keeps_the_newest_message_per_kind_and_posts_one_drain() -> None:
+    from fusetomo.ui.nion.link import Mailbox
+
+    box = Mailbox()
+    posts = [box.put("status", {"seq": 0}), box.put("slices", {"seq": 1}),
+             box.put("status", {"seq": 2}), box.put("event", {"event": "tilt_received",
+                                                              "seq": 3}),
+             box.put("event", {"event": "tilt_received", "seq": 4})]
+    assert posts == [True, False, False, False, False]  # one drain task while one is pending
+    taken = box.take()
+    # ordered by the newest arrival; the status of seq 0 superseded by seq 2; events all kept
+    assert [(t, h["seq"]) for t, h in taken] == [("slices", 1), ("status", 2), ("event", 3),
+                                                 ("event", 4)]
+    assert box.superseded == 1 and box.take() == []
+    assert box.put("status", {"seq": 5})  # emptied: the next message posts a drain again
+
+
+def test_slice_calibration_positions_and_bad_values_named() -> None:
+    from fusetomo.controller.live.publish import slice_calibration
+    from fusetomo.ui.slices import decode_calibration
+
+    # 64^3 at 0.5 nm, 2 elements, 32 px previews: 2x2 blocks, 1 nm per published pixel
+    doc = slice_calibration((2, 64, 64, 64), 2, 32, 0.5)
+    assert (doc["block"], doc["voxel_nm"], doc["pixel_nm"]) == (2, 0.5, 1.0)
+    cal = decode_calibration(doc)
+    assert cal.pixel_nm == 1.0 and cal.units == "counts/voxel"
+    assert cal.position_nm("s") == pytest.approx(0.25)  # slice 32 of 64: (32.5 - 32) * 0.5
+    assert cal.title("u") == "u = +0.25 nm"
+    none = decode_calibration(slice_calibration((1, 8, 8, 8), 1, 32, None))
+    assert none.pixel_nm is None and none.title("s") == "s"
+    assert decode_calibration(None).pixel_nm is None  # an older controller
+    with pytest.raises(PanelDataError, match=r"calibration\.pixel_nm.*-1"):
+        decode_calibration({**doc, "pixel_nm": -1}, "calibration", PanelDataError)
+    with pytest.raises(PanelDataError, match=r"calibration\.block.*0"):
+        decode_calibration({**doc, "block": 0}, "calibration", PanelDataError)
+    s = PanelState()
+    with pytest.raises(PanelDataError, match=r"volume_shape.*\[8, 8\]"):
+        s.apply("slices", {"calibration": {**doc, "volume_shape": [8, 8]}})
+    assert s.calibration.pixel_nm is None  # nothing applied
+
+
+def test_state_keeps_the_timing_per_tilt_from_reconstruction_updates() -> None:
+    s = PanelState()
+    changed = s.apply("event", {"event": "reconstruction_updated", "processing_s": [0.5, 0.25],
+                                "lag_s": 1.5, "lag_tilts": 1})
+    assert "timing" in changed
+    assert s.timing_rows == [(0.5, 1.5), (0.25, 1.5)] and s.processing_s == 0.25
+    assert s.timing_text() == "processing per tilt: 0.25 s; reconstruction: 1 tilt behind (1.5 s)"
+    with pytest.raises(PanelDataError, match="processing_s"):
+        s.apply("event", {"event": "reconstruction_updated", "processing_s": "fast"})

@@ -53,14 +53,61 @@ def test_wheel_ships_the_nion_swift_plug_in(wheel: Path, tmp_path: Path) -> None
     for mod in ("__init__", "panel", "link", "dataitems", "state"):
         assert f"fusetomo/ui/nion/{mod}.py" in names
     zipfile.ZipFile(wheel).extractall(tmp_path)  # the site-packages layout
-    code = (f"import importlib, pkgutil, sys\nsys.path[:0] = [{str(tmp_path)!r}]\n"
-            f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
-            "import nionswift_plugin\n"
-            "assert 'fusetomo' in [m.name for m in "
-            "pkgutil.iter_modules(nionswift_plugin.__path__)]\n"
-            "importlib.import_module('nionswift_plugin.fusetomo').run()\n"
-            "from nion.swift import Panel\n"
-            "assert 'fusetomo-panel' in Panel.PanelManager().panel_ids\n")
+    # this interpreter's site-packages (a --system-site-packages venv has two), whose .pth
+    # files -S leaves unread
+    sites = [sysconfig.get_paths()["purelib"], *(p for p in sys.path
+                                                 if p.endswith("site-packages"))]
+    code = (f"import sys\nsys.path[:0] = [{str(tmp_path)!r}]\n"
+            f"sys.path += {sites!r}\n" + SWIFT_LOADS)
     # -S: skip .pth files, so the editable checkout's finder cannot stand in for the wheel
-    subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=120,
-                   capture_output=True)
+    out = subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=120,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == str(tmp_path / "nionswift_plugin" / "fusetomo" / "__init__.py")
+
+
+# What Swift's plug-in loader does (nion.swift.model.PlugInManager.load_plug_ins): list the
+# modules of the `nionswift_plugin` namespace package with pkgutil, load each through a
+# ModuleAdapter, call its `run()`. Prints where the plug-in was loaded from.
+SWIFT_LOADS = """
+import pkgutil, nionswift_plugin
+from nion.swift.model import PlugInManager
+found = [m for m in pkgutil.iter_modules(nionswift_plugin.__path__) if m.name == "fusetomo"]
+assert found, [m.name for m in pkgutil.iter_modules(nionswift_plugin.__path__)]
+adapter = PlugInManager.ModuleAdapter(nionswift_plugin.__name__, found[0])
+adapter.load()
+adapter.loaded_module.run()
+from nion.swift import Panel
+assert "fusetomo-panel" in Panel.PanelManager().panel_ids
+print(adapter.loaded_module.__file__)
+"""
+
+
+def test_strict_editable_install_is_seen_by_swifts_plug_in_search(tmp_path: Path) -> None:
+    """A default editable install maps the packages with an import hook that pkgutil cannot
+    list, so Swift never finds the plug-in; setuptools' strict editable mode (a tree of
+    links under build/) is listed like an installed package. This is the README's install."""
+    pytest.importorskip("nion.swift")
+    env = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)],
+                   check=True, timeout=120, capture_output=True)
+    python = env / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "-e", str(ROOT),
+                    "--config-settings", "editable_mode=strict"],
+                   check=True, timeout=300, capture_output=True)
+    out = subprocess.run([str(python), "-c", SWIFT_LOADS], check=True, timeout=120,
+                         capture_output=True, text=True, cwd=tmp_path)
+    loaded = Path(out.stdout.strip())
+    # from the link tree, which points at the checkout's file
+    assert loaded.name == "__init__.py" and loaded.parts[-3:-1] == ("nionswift_plugin",
+                                                                    "fusetomo")
+    assert loaded.resolve() == ROOT / "ui" / "nionswift_plugin" / "fusetomo" / "__init__.py"
+
+
+def test_readme_and_ci_install_in_strict_editable_mode() -> None:
+    """The README's test command is what .ci/run runs, with the install Swift can see."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    (command,) = [line for line in ci.splitlines() if line.startswith("python3 -m pip")]
+    assert "--config-settings editable_mode=strict" in command
+    assert f"\n{command}\n" in readme

@@ -66,3 +66,27 @@ def test_reconstruct_stops_by_the_rule_by_default() -> None:
         assert max(res.history.change[-rule.patience:]) < rule.tol
     fixed = reconstruct(sim.series, "fused", iterations=7, device="cpu", progress=False)
     assert fixed.params["iterations"] == 7 and "stop_reason" not in fixed.params
+
+
+def test_a_looser_tolerance_stops_at_the_first_iteration_the_rule_allows() -> None:
+    """`stop` (the CLI's --stop-tol) replaces the default rule: the run stops where that
+    rule first holds on the recorded history, no later than the default's."""
+    sim = simulate("nanocubes", 24, seed=0)
+    loose = StopRule(tol=5e-3)
+    res = reconstruct(sim.series, "fused", device="cpu", progress=False, stop=loose)
+    h = res.history
+    n = res.params["iterations"]
+    assert res.params["stop_tol"] == 5e-3
+    first = next(k for k in range(1, n + 1)
+                 if loose.check(h.change[:k], h.haadf[:k], h.chem[:k], k) is not None)
+    assert first == n
+    default = reconstruct(sim.series, "fused", device="cpu", progress=False)
+    assert n <= default.params["iterations"]
+
+
+def test_cli_refuses_a_tolerance_outside_0_1(tmp_path, capsys) -> None:
+    from fusetomo.cli import main
+
+    assert main(["reconstruct", str(tmp_path / "s.h5"), "--out", str(tmp_path / "r.h5"),
+                 "--stop-tol", "1.5"]) == 2
+    assert "tolerance must be in (0, 1), got 1.5" in capsys.readouterr().err

@@ -76,3 +76,76 @@ def decode_slices(doc: Any, where: str,
                   for p in PLANES}
         out[str(element)] = OrthoSlices(float(vmax), **planes)
     return out
+
+
+@dataclass(frozen=True)
+class SliceCalibration:
+    """What a published slice pixel is (the `calibration` of a `slices` message): `pixel_nm`
+    a side (None when the series states no pixel size), the volume's shape and the index of
+    each central slice, the volumes' quantity and unit (standard errors share the unit)."""
+
+    pixel_nm: float | None = None
+    voxel_nm: float | None = None
+    block: int = 1
+    volume_shape: tuple[int, int, int] | None = None
+    central: tuple[tuple[str, int], ...] = ()
+    quantity: str = "counts per voxel"
+    units: str = "counts/voxel"
+
+    def position_nm(self, plane: str) -> float | None:
+        """Where the central slice normal to `plane` lies, in nm from the volume's centre
+        (voxel centres: (i + 1/2 - n/2) * voxel); None without a pixel size."""
+        idx = dict(self.central).get(plane)
+        if idx is None or self.voxel_nm is None or self.volume_shape is None:
+            return None
+        n = self.volume_shape[PLANES.index(plane)]
+        return (idx + 0.5 - n / 2) * self.voxel_nm
+
+    def title(self, plane: str) -> str:
+        """A pane title: the plane and its position in nm ('s = +0.25 nm')."""
+        pos = self.position_nm(plane)
+        return plane if pos is None else f"{plane} = {pos:+.3g} nm"
+
+
+def _positive(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v) if v > 0 else None
+
+
+def decode_calibration(doc: Any, where: str = "calibration",
+                       error: type[Exception] = SliceDataError) -> SliceCalibration:
+    """A `calibration` object -> SliceCalibration; absent (an older controller): no pixel
+    size. A present field of the wrong kind raises `error` naming it and the value."""
+    if doc is None:
+        return SliceCalibration()
+    if not isinstance(doc, Mapping):
+        raise error(f"{where}: expected an object, got {doc!r:.80}")
+    out: dict[str, Any] = {}
+    for name in ("pixel_nm", "voxel_nm"):
+        v = doc.get(name)
+        if v is not None and _positive(v) is None:
+            raise error(f"{where}.{name}: must be a finite number > 0 or null, got {v!r}")
+        out[name] = _positive(v)
+    block = doc.get("block", 1)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise error(f"{where}.block: must be an integer >= 1, got {block!r}")
+    shape = doc.get("volume_shape")
+    if shape is not None:
+        if (not isinstance(shape, list) or len(shape) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise error(f"{where}.volume_shape: expected 3 positive integers, got {shape!r}")
+        out["volume_shape"] = tuple(shape)
+    central = doc.get("central") or {}
+    if not isinstance(central, Mapping) or not all(
+            p in PLANES and isinstance(i, int) and not isinstance(i, bool) and i >= 0
+            for p, i in central.items()):
+        raise error(f"{where}.central: expected {{s, u, v: index >= 0}}, got {central!r:.80}")
+    out["central"] = tuple((p, int(central[p])) for p in PLANES if p in central)
+    for name in ("quantity", "units"):
+        v = doc.get(name)
+        if v is not None and not isinstance(v, str):
+            raise error(f"{where}.{name}: expected a string, got {v!r}")
+        if v:
+            out[name] = v
+    return SliceCalibration(block=block, **out)

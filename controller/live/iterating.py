@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fusetomo.adapters.protocol import STATUS
-from fusetomo.controller.live.publish import orthoslices
+from fusetomo.controller.live.publish import orthoslices, slice_calibration
 from fusetomo.controller.live.reconstruction import Pending
 
 if TYPE_CHECKING:
@@ -79,15 +79,26 @@ def publish_slices(s: LiveSession) -> None:
         # No spectrum image yet: the volume HAADF sees, under the name HAADF.
         vol = solver.haadf_volume()[None]
         s.publish("slices", STATUS, iteration=solver.iteration,
-                  slices=orthoslices(vol, ["HAADF"], s.params.slice_size))
+                  slices=orthoslices(vol, ["HAADF"], s.params.slice_size),
+                  calibration=_calibration(s, vol.shape, 1))
         return
     if solver is None or solver.x is None:
         return
     extra: dict[str, Any] = {}
+    n_volumes = len(solver.elements) * (1 if s.std.maps is None else 2)  # one header
+    size = s.params.slice_size
     if s.std.maps is not None:
         std = np.stack([s.std.maps[e] for e in solver.elements])
-        extra = {"std_slices": orthoslices(std, solver.elements, s.params.slice_size),
+        extra = {"std_slices": orthoslices(std, solver.elements, size, n_volumes),
                  "std_iteration": s.std.iteration}
     s.publish("slices", STATUS, iteration=solver.iteration,
-                 slices=orthoslices(solver.x, solver.elements, s.params.slice_size),
-                 **extra)
+              slices=orthoslices(solver.x, solver.elements, size, n_volumes),
+              calibration=_calibration(s, solver.x.shape, n_volumes), **extra)
+
+
+def _calibration(s: LiveSession, shape: tuple[int, ...], n_elements: int) -> dict[str, Any]:
+    """The published slices' pixel size in nm (from the series' pixel size), for the
+    viewers' scale bars and calibrated Nion data items."""
+    start = s.run.start_header if s.run is not None else {}
+    return slice_calibration(tuple(int(v) for v in shape), n_elements, s.params.slice_size,
+                             start.get("pixel_size_nm"))

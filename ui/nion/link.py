@@ -2,9 +2,18 @@
 
 The thread owns both sockets (ZeroMQ sockets are not thread-safe): a SUB on the controller's
 status PUB (`StatusSubscriber`) and, once the controller has said where, a DEALER to its
-operator ROUTER (`OperatorClient`, docs/operator channel). It never touches the UI: every
-message, reply and error is handed over through `post`, which the panel sets to the document
-controller's `queue_task`, so the callbacks run on the UI thread in arrival order.
+operator ROUTER (`OperatorClient`, docs/operator channel). It never touches the UI: messages,
+replies and errors are handed over through `post`, which the panel sets to the document
+controller's `queue_task`, so the callbacks run on the UI thread.
+
+Keeping up: the worker reads everything the SUB holds at each poll and keeps only the newest
+message per `mailbox_key` (the topic; events are all kept): a status, a preview, an advice
+replaces the one before it while the UI has not taken it yet. It posts one drain task when
+the mailbox becomes non-empty, never one per message, and the UI thread takes the whole
+mailbox at once (`on_messages`, in order of arrival). A UI slower than the controller's
+publishing therefore skips stale states instead of queueing them (an earlier panel posted
+one task per message and fell ~65 s behind while the controller published slices at every
+idle iteration).
 
 Operator commands (`send`) are queued to the thread, which sends them between two polls of
 the SUB; the reply (or the reason there is none) comes back through `post` as well. Sending
@@ -29,6 +38,45 @@ from fusetomo.adapters.transport import CurveKeys, StatusSubscriber
 log = logging.getLogger(__name__)
 
 Task = Callable[[], None]
+Received = tuple[str, dict[str, Any]]  # (topic, header)
+
+
+def mailbox_key(topic: str, header: dict[str, Any]) -> tuple[str, str]:
+    """Messages with the same key supersede each other: status, slices, advice, alignment
+    per topic (the newest says all); events are kept each (small, a few per tilt, and
+    `reconstruction_updated` carries the per-tilt timing)."""
+    if topic == "event":
+        return topic, f"{header.get('event')}#{header.get('seq')}"
+    return topic, ""
+
+
+class Mailbox:
+    """The newest message per key, in order of arrival, shared by the worker (put) and the
+    UI thread (take). `put` says whether a drain must be posted (the mailbox was empty and
+    no drain is pending)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, str], Received] = {}
+        self._pending = False
+        self.superseded = 0  # messages replaced before the UI took them
+
+    def put(self, topic: str, header: dict[str, Any]) -> bool:
+        key = mailbox_key(topic, header)
+        with self._lock:
+            if self._items.pop(key, None) is not None:
+                self.superseded += 1
+            self._items[key] = (topic, header)  # re-inserted: ordered by newest arrival
+            post = not self._pending
+            self._pending = True
+        return post
+
+    def take(self) -> list[Received]:
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+            self._pending = False
+        return items
 
 
 @dataclass(frozen=True)
@@ -36,10 +84,13 @@ class LinkParams:
     poll_ms: int = 50  # how long the worker waits for a status message before checking commands
     reply_timeout_s: float = 2.0  # operator command -> ack
     join_timeout_s: float = 2.0  # close() waits this long for the worker
+    max_batch: int = 1000  # messages read per poll before operator commands get a turn
 
     def __post_init__(self) -> None:
         if self.poll_ms < 1:
             raise ValueError(f"poll_ms must be >= 1, got {self.poll_ms}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if not self.reply_timeout_s > 0:
             raise ValueError(f"reply_timeout_s must be > 0, got {self.reply_timeout_s}")
 
@@ -67,11 +118,12 @@ def _default_client_factory(endpoint: str, ctx: zmq.Context, *,
 
 class ControllerLink:
     """Subscribes to `status_endpoint` and delivers, on the UI thread (through `post`):
-    `on_message(topic, header)` for each status message, `on_error(text)` for a message
+    `on_messages([(topic, header), ...])` with the newest message of each kind received
+    since the last call (`Mailbox`), `on_error(text)` for a message
     that could not be decoded, `on_result(OperatorResult)` for each operator command."""
 
     def __init__(self, status_endpoint: str, *, post: Callable[[Task], None],
-                 on_message: Callable[[str, dict[str, Any]], None],
+                 on_messages: Callable[[list[Received]], None],
                  on_error: Callable[[str], None],
                  on_result: Callable[[OperatorResult], None],
                  operator_endpoint: str | None = None, params: LinkParams | None = None,
@@ -84,7 +136,8 @@ class ControllerLink:
             raise ValueError("status endpoint is empty (expected e.g. tcp://127.0.0.1:5556)")
         self.status_endpoint = status_endpoint
         self.params = params or LinkParams()
-        self._post, self._on_message = post, on_message
+        self._post, self._on_messages = post, on_messages
+        self.mailbox = Mailbox()
         self._on_error, self._on_result = on_error, on_result
         self._ctx = ctx or zmq.Context.instance()
         self._curve = curve
@@ -166,18 +219,30 @@ class ControllerLink:
                 client.close()
 
     def _receive(self, sub: StatusSubscriber) -> None:
-        try:
-            got = sub.recv(self.params.poll_ms)
-        except ProtocolError as e:
-            self._deliver(self._on_error, f"undecodable status message: [{e.code}] {e}")
-            return
-        if got is None:
-            return
-        topic, msg = got
-        endpoint = msg.header.get("operator_endpoint")
-        if topic == "status" and isinstance(endpoint, str) and endpoint:
-            self._operator_endpoint = endpoint
-        self._deliver(self._on_message, topic, msg.header)
+        """Wait up to poll_ms for a message, then take every message already there (at most
+        `max_batch`), keeping the newest of each kind in the mailbox."""
+        timeout = self.params.poll_ms
+        for _ in range(self.params.max_batch):
+            try:
+                got = sub.recv(timeout)
+            except ProtocolError as e:
+                self._deliver(self._on_error, f"undecodable status message: [{e.code}] {e}")
+                continue
+            if got is None:
+                return
+            timeout = 0
+            topic, msg = got
+            endpoint = msg.header.get("operator_endpoint")
+            if topic == "status" and isinstance(endpoint, str) and endpoint:
+                self._operator_endpoint = endpoint
+            if self.mailbox.put(topic, msg.header):
+                self._deliver(self._drain)
+
+    def _drain(self) -> None:
+        # On the UI thread: everything the mailbox holds, at once.
+        items = self.mailbox.take()
+        if items:
+            self._on_messages(items)
 
     def _command(self, client: Any, action: str, advice_id: int | None) -> OperatorResult:
         if client is None:

@@ -1,15 +1,19 @@
-"""The fusetomo panel for Nion Swift (Declarative UI).
+"""The fusetomo panel for Nion Swift (Declarative UI; layout in view.py).
 
-Connects to a controller's status PUB and shows the series state, the current tilt, dose
-used and budget, the three cost terms, the live alignment (axis offset, refinements) and the
-advisor's suggestion with Accept / Skip / Force (and Pause / Resume); keeps live data items
-with the orthoslices of each element volume and of its standard error, and with the
-alignment's shifts (dataitems.py).
+Connects to a controller's status PUB and shows the series state and progress, the current
+tilt, dose used against the budget (e⁻/Å²), the solver's processing time per tilt and its lag
+behind the newest tilt, how far the panel itself is behind the controller, the three cost
+terms, the live alignment and the advisor's suggestion with Accept / Skip / Force (and Pause /
+Resume), or, with Auto-accept checked, answers each advice itself by following it. Keeps
+calibrated live data items (nm, counts/voxel) with the orthoslices of each element volume
+and of its standard error, the timing per tilt and the alignment's shifts (dataitems.py),
+put in the workspace's empty display panels when first made.
 
-Threads: `ControllerLink` (link.py) receives on its own thread and hands every message to
-the UI thread through `document_controller.queue_task`; everything here runs on the UI
-thread. `run()` registers the panel with Swift's workspace (called by Swift's plug-in
-loader through `nionswift_plugin.fusetomo`), `stop()` unregisters it.
+Threads: `ControllerLink` (link.py) receives on its own thread and hands the newest state to
+the UI thread through `document_controller.queue_task` (one drain task at a time, never one
+per message); everything here runs on the UI thread. `run()` registers the panel with
+Swift's workspace (called by Swift's plug-in loader through `nionswift_plugin.fusetomo`),
+`stop()` unregisters it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import gettext
 import logging
 import os
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +32,15 @@ from nion.ui import Declarative
 from nion.utils import Observable
 
 from fusetomo.adapters.keys import keys_for
-from fusetomo.ui.nion.dataitems import AlignmentDataItem, SliceDataItems
-from fusetomo.ui.nion.link import ControllerLink, LinkParams, OperatorResult, Task
+from fusetomo.ui.nion.dataitems import (
+    AlignmentDataItem,
+    SliceDataItems,
+    TimingDataItem,
+    place_in_empty_display_panel,
+)
+from fusetomo.ui.nion.link import ControllerLink, LinkParams, OperatorResult, Received, Task
 from fusetomo.ui.nion.state import PanelDataError, PanelState
+from fusetomo.ui.nion.view import panel_view
 
 _ = gettext.gettext
 log = logging.getLogger(__name__)
@@ -46,13 +58,17 @@ _SHOWN: dict[str, Any] = {
     "tilt_text": "",
     "dose_text": "",
     "timing_text": "",
+    "behind_text": "",
     "costs_text": "",
     "alignment_text": "",
     "advice_text": "",
     "result_text": "",
     "can_answer": False,
     "can_command": False,
+    "haadf_progress": 0,
+    "dose_progress": 0,
 }
+BEHIND_ROWS = 1000  # (topic, seconds behind) of the last shown messages, for the tests
 
 
 class _Shown:
@@ -76,12 +92,15 @@ class FusetomoPanelHandler(Observable.Observable):
     tilt_text = _Shown()
     dose_text = _Shown()
     timing_text = _Shown()
+    behind_text = _Shown()
     costs_text = _Shown()
     alignment_text = _Shown()
     advice_text = _Shown()
     result_text = _Shown()
     can_answer = _Shown()
     can_command = _Shown()
+    haadf_progress = _Shown()
+    dose_progress = _Shown()
 
     def __init__(self, document_controller: DocumentController.DocumentController, *,
                  endpoint: str = "", link_params: LinkParams | None = None,
@@ -99,43 +118,17 @@ class FusetomoPanelHandler(Observable.Observable):
         self.state = PanelState()
         self.data_items = SliceDataItems()
         self.alignment_item = AlignmentDataItem()
+        self.timing_item = TimingDataItem()
         self.link: ControllerLink | None = None
         self.n_messages = 0
+        # how far behind the controller each shown message was: shown (data items updated)
+        # minus published (its t_sent), seconds, newest last
+        self.behind: deque[tuple[str, float]] = deque(maxlen=BEHIND_ROWS)
+        self._auto_accept = False
+        self._auto_answered: set[int] = set()
         self._closed = False
         self._refresh()
-        self.ui_view = self._view()
-
-    def _view(self) -> Any:
-        u = Declarative.DeclarativeUI()
-
-        def label(prop: str, **kw: Any) -> Any:
-            return u.create_label(text=f"@binding({prop})", name=prop + "_label", **kw)
-
-        endpoint_row = u.create_row(
-            u.create_line_edit(text="@binding(endpoint)", name="endpoint_edit",
-                               placeholder_text="tcp://127.0.0.1:PORT (controller status)"),
-            u.create_push_button(text="@binding(connect_label)", name="connect_button",
-                                 on_clicked="connect_clicked"),
-            spacing=6)
-        buttons = u.create_row(
-            u.create_push_button(text=_("Accept"), name="accept_button",
-                                 on_clicked="accept_clicked", enabled="@binding(can_answer)"),
-            u.create_push_button(text=_("Skip"), name="skip_button",
-                                 on_clicked="skip_clicked", enabled="@binding(can_answer)"),
-            u.create_push_button(text=_("Force"), name="force_button",
-                                 on_clicked="force_clicked", enabled="@binding(can_command)",
-                                 tool_tip=_("acquire a spectrum image here now")),
-            u.create_stretch(),
-            u.create_push_button(text=_("Pause"), name="pause_button",
-                                 on_clicked="pause_clicked", enabled="@binding(can_command)"),
-            u.create_push_button(text=_("Resume"), name="resume_button",
-                                 on_clicked="resume_clicked", enabled="@binding(can_command)"),
-            spacing=6)
-        return u.create_column(
-            endpoint_row, label("connection_text"), label("series_text"), label("tilts_text"),
-            label("tilt_text"), label("dose_text"), label("timing_text"), label("costs_text"),
-            label("alignment_text"), label("advice_text", word_wrap=True), buttons,
-            label("result_text", word_wrap=True), u.create_stretch(), spacing=4, margin=8)
+        self.ui_view = panel_view()
 
     # -- bound properties -------------------------------------------------------------------
     @property
@@ -149,6 +142,23 @@ class FusetomoPanelHandler(Observable.Observable):
             self._endpoint = value
             self.notify_property_changed("endpoint")
 
+    @property
+    def auto_accept(self) -> bool:
+        return self._auto_accept
+
+    @auto_accept.setter
+    def auto_accept(self, value: bool) -> None:
+        value = bool(value)
+        if value != self._auto_accept:
+            self._auto_accept = value
+            self.notify_property_changed("auto_accept")
+            self._answer_automatically()
+
+    @property
+    def behind_s(self) -> float | None:
+        """How far the panel was behind the controller when it last showed a message."""
+        return self.behind[-1][1] if self.behind else None
+
     def _show(self, name: str, value: Any) -> None:
         if self._shown[name] != value:
             self._shown[name] = value
@@ -161,6 +171,11 @@ class FusetomoPanelHandler(Observable.Observable):
         self._show("tilt_text", s.tilt_text())
         self._show("dose_text", s.dose_text())
         self._show("timing_text", s.timing_text())
+        behind = self.behind_s
+        self._show("behind_text", "panel: " + ("—" if behind is None else
+                                               f"{behind:.2f} s behind the controller"))
+        self._show("haadf_progress", s.haadf_progress())
+        self._show("dose_progress", s.dose_progress())
         self._show("costs_text", s.costs_text())
         self._show("alignment_text", s.alignment_text())
         self._show("advice_text", s.advice_text())
@@ -181,9 +196,10 @@ class FusetomoPanelHandler(Observable.Observable):
         endpoint = (endpoint or self._endpoint).strip()
         self.endpoint = endpoint
         self.state, self.n_messages = PanelState(operator_endpoint=operator_endpoint), 0
+        self.behind.clear()
         try:
             extra = {} if self._keys is None else {"curve": keys_for(self._keys, "viewer")}
-            link = self._link_factory(endpoint, post=self._post, on_message=self._on_message,
+            link = self._link_factory(endpoint, post=self._post, on_messages=self._on_messages,
                                       on_error=self._on_error, on_result=self._on_result,
                                       operator_endpoint=operator_endpoint,
                                       params=self._link_params, **extra)
@@ -212,27 +228,44 @@ class FusetomoPanelHandler(Observable.Observable):
             dc.queue_task(task)
 
     # -- on the UI thread, from the link ------------------------------------------------------
-    def _on_message(self, topic: str, header: dict[str, Any]) -> None:
+    def _on_messages(self, items: list[Received]) -> None:
+        """The newest message of each kind since the last call (link.Mailbox): applied in
+        order of arrival, then the data items updated once, the labels refreshed, an open
+        advice answered in auto-accept mode."""
         if self._closed:
             return
-        self.n_messages += 1
-        try:
-            changed = self.state.apply(topic, header)
-        except PanelDataError as e:
-            self._show("result_text", f"{topic} message not shown: {e}")
-            return
+        self.n_messages += len(items)
+        changed: set[str] = set()
+        shown: list[tuple[str, Any]] = []
+        for topic, header in items:
+            try:
+                changed |= self.state.apply(topic, header)
+            except PanelDataError as e:
+                self._show("result_text", f"{topic} message not shown: {e}")
+                continue
+            shown.append((topic, header.get("t_sent")))
+        self._update_items(changed)
+        now = time.time()
+        for topic, t_sent in shown:
+            if isinstance(t_sent, int | float) and not isinstance(t_sent, bool):
+                self.behind.append((topic, max(now - float(t_sent), 0.0)))
+        self._refresh()
+        self._answer_automatically()
+
+    def _update_items(self, changed: set[str]) -> None:
         dc = self._dc()
         if dc is not None and dc.document_model is not None:
-            s = self.state
-            if "slices" in changed:
-                self.data_items.update(dc.document_model, "value", s.slices, series=s.series,
-                                       iteration=s.slices_iteration)
-            if "std_slices" in changed:
-                self.data_items.update(dc.document_model, "std", s.std_slices,
-                                       series=s.series, iteration=s.std_iteration)
-            if "alignment" in changed and s.alignment is not None:
-                self.alignment_item.update(dc.document_model, s.alignment, series=s.series)
-        self._refresh()
+            update_items(self, dc, changed)
+
+    def _answer_automatically(self) -> None:
+        """Auto-accept: an open advice not yet answered by this panel is accepted."""
+        a = self.state.advice
+        if (not self._auto_accept or self.link is None or a is None or not a.open
+                or a.id in self._auto_answered or not self.state.can_answer()):
+            return
+        self._auto_answered.add(a.id)
+        self.link.send("accept", advice_id=a.id)
+        self._show("result_text", f"accept advice #{a.id}: sent (auto)")
 
     def _on_error(self, text: str) -> None:
         if not self._closed:
@@ -321,3 +354,25 @@ def run() -> None:
 
 def stop() -> None:
     Workspace.WorkspaceManager().unregister_panel(PANEL_ID)
+
+
+def update_items(h: FusetomoPanelHandler, dc: DocumentController.DocumentController,
+                 changed: set[str]) -> None:
+    """Update the live data items for what changed ('slices', 'std_slices', 'timing',
+    'alignment'); a new one goes to an empty display panel."""
+    s, model = h.state, dc.document_model
+
+    def place(item: Any) -> None:
+        place_in_empty_display_panel(dc, item)
+
+    if "slices" in changed:
+        h.data_items.update(model, "value", s.slices, series=s.series,
+                            iteration=s.slices_iteration, calibration=s.calibration,
+                            place=place)
+    if "std_slices" in changed:
+        h.data_items.update(model, "std", s.std_slices, series=s.series,
+                            iteration=s.std_iteration, calibration=s.calibration, place=place)
+    if "timing" in changed:
+        h.timing_item.update(model, s.timing_rows, series=s.series, place=place)
+    if "alignment" in changed and s.alignment is not None:
+        h.alignment_item.update(model, s.alignment, series=s.series)

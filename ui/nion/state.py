@@ -19,10 +19,18 @@ import numpy as np
 
 from fusetomo.core.errors import FusetomoError
 from fusetomo.ui.alignment import Alignment, decode_alignment
-from fusetomo.ui.slices import PLANES, OrthoSlices, decode_slices
+from fusetomo.ui.slices import (
+    PLANES,
+    OrthoSlices,
+    SliceCalibration,
+    decode_calibration,
+    decode_slices,
+)
 
 COST_TERMS = ("haadf", "chem", "tv")
 DASH = "—"
+DOSE_UNIT = "e⁻/Å²"
+MAX_TIMING_ROWS = 10_000  # per-tilt timing history kept for the timing plot
 
 
 class PanelDataError(FusetomoError, ValueError):
@@ -74,13 +82,16 @@ class PanelState:
     slices_iteration: int | None = None
     std_slices: dict[str, OrthoSlices] = field(default_factory=dict)
     std_iteration: int | None = None
+    calibration: SliceCalibration = field(default_factory=SliceCalibration)
+    # per settled tilt, from `reconstruction_updated` events: (processing s, lag s)
+    timing_rows: list[tuple[float, float]] = field(default_factory=list)
     alignment: Alignment | None = None
     last_event: str | None = None
 
     # -- messages -----------------------------------------------------------------------
     def apply(self, topic: str, header: Mapping[str, Any]) -> set[str]:
         """Apply one message; return what changed among {'labels', 'slices', 'std_slices',
-        'alignment'}. Raises PanelDataError for content that cannot be shown (nothing is
+        'timing', 'alignment'}. Raises PanelDataError for content that cannot be shown (nothing is
         applied then)."""
         # Work on a shallow copy (every field is replaced, never mutated in place) and keep
         # it only if the whole message was understood.
@@ -95,6 +106,8 @@ class PanelState:
             trial._advice(header.get("advice"))
         elif topic == "event":
             trial._event(header)
+            if header.get("event") == "reconstruction_updated":
+                changed.add("timing")
         elif topic == "slices":
             changed = trial._slices(header)
         elif topic == "alignment":
@@ -159,6 +172,8 @@ class PanelState:
 
     def _event(self, h: Mapping[str, Any]) -> None:
         name = _str(h.get("event"), "event") or "?"
+        if name == "reconstruction_updated":
+            self._timing(h)
         if name == "tilt_received":
             angle = _num(h.get("angle"), "angle")
             if angle is not None:
@@ -171,8 +186,24 @@ class PanelState:
         else:
             self.last_event = name.replace("_", " ")
 
+    def _timing(self, h: Mapping[str, Any]) -> None:
+        proc = h.get("processing_s")
+        if not isinstance(proc, list):
+            raise PanelDataError(f"processing_s: expected a list of seconds, got {proc!r:.80}")
+        lag = _num(h.get("lag_s"), "lag_s") or 0.0
+        rows = [(_num(p, "processing_s[]") or 0.0, lag) for p in proc]
+        self.timing_rows = (self.timing_rows + rows)[-MAX_TIMING_ROWS:]
+        if rows:
+            self.processing_s = rows[-1][0]
+        self.lag_s = lag
+        if "lag_tilts" in h:
+            self.lag_tilts = _int(h["lag_tilts"], "lag_tilts")
+
     def _slices(self, h: Mapping[str, Any]) -> set[str]:
         changed = set()
+        if "calibration" in h:
+            self.calibration = decode_calibration(h["calibration"], "calibration",
+                                                  PanelDataError)
         if "slices" in h:
             decoded = decode_slices(h["slices"], "slices", error=PanelDataError)
             self.slices, self.slices_iteration = decoded, _int(h.get("iteration"), "iteration")
@@ -204,7 +235,7 @@ class PanelState:
         used = DASH if total is None else f"{total:.4g}"
         budget = "no budget" if self.dose_budget is None else f"budget {self.dose_budget:.4g}"
         parts = ", ".join(f"{k} {self.dose[k]:.4g}" for k in ("haadf", "chem") if k in self.dose)
-        return f"dose {used} e/Å² ({budget})" + (f": {parts}" if parts else "")
+        return f"dose {used} {DOSE_UNIT} ({budget})" + (f": {parts}" if parts else "")
 
     def timing_text(self) -> str:
         """The solver's time per tilt and how far the reconstruction is behind the newest
@@ -233,13 +264,22 @@ class PanelState:
         a = self.advice
         if a is None:
             return f"advice: none (mode {self.advice_mode or DASH})"
-        gain = "" if a.gain_per_dose is None else f", gain {a.gain_per_dose:.3g} nats per e/Å²"
+        gain = ("" if a.gain_per_dose is None
+                else f", gain {a.gain_per_dose:.3g} nats per {DOSE_UNIT}")
         best = "" if a.best_angle is None else f", best remaining {_deg(a.best_angle)}"
         state = "waiting for the operator" if a.open else ", ".join(
             x for x in (a.answer and f"answered {a.answer}", a.decision and
                         f"decided {a.decision}") if x)
         return (f"advice #{a.id} ({a.mode or self.advice_mode or DASH}): {a.action} at "
                 f"{_deg(a.angle)}{gain}{best} [{state}]: {a.reason}")
+
+    def haadf_progress(self) -> int:
+        """HAADF tilts taken, in percent of those planned (0 when unknown)."""
+        return _percent(self.haadf_tilts, self.planned_haadf)
+
+    def dose_progress(self) -> int:
+        """Dose used, in percent of the budget (0 without a budget)."""
+        return _percent(self.dose.get("total"), self.dose_budget)
 
     def can_answer(self) -> bool:
         """Accept / Skip make sense: an open advice and somewhere to send the answer."""
@@ -298,6 +338,12 @@ def _numbers(d: Mapping[str, Any], name: str) -> dict[str, float]:
         if x is not None:
             out[str(k)] = x
     return out
+
+
+def _percent(n: float | None, total: float | None) -> int:
+    if n is None or not total or total <= 0:
+        return 0
+    return round(min(max(100.0 * n / total, 0.0), 100.0))
 
 
 def _of(n: int | None, total: int | None) -> str:
