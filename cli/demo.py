@@ -161,7 +161,7 @@ def run_live_demo(args: argparse.Namespace) -> int:
     summary["policy"] = args.policy or "planned"
     summary["scheme"] = args.scheme
     summary["files"].update(demo_outputs(run_path, out, not args.no_report))
-    summary["next"] = next_commands(summary["files"])
+    summary["next"] = next_commands(summary["files"], len(summary["nrmse"]))
     summary["elapsed_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -204,16 +204,18 @@ def demo_outputs(run_path: Path, out: Path, report: bool) -> dict[str, str]:
     return files
 
 
-def next_commands(files: dict[str, str]) -> list[str]:
-    """The lines that tell the user what to open next."""
+def next_commands(files: dict[str, str], n_elements: int = 2) -> list[str]:
+    """The lines that tell the user what to open next (no stoichiometry for fewer than two
+    elements, e.g. a HAADF-only run)."""
     recon = Path(files["recon"])
     lines = []
     if "report" in files:
         lines.append(f"report:  open {files['report']} in a browser (figures, atomic "
                      "fractions, convergence)")
-    lines += [f"viewer:  fusetomo view --run {files['run']}",
-              f"regions: fusetomo stoichiometry {recon}",
-              f"export:  fusetomo export {recon} --mrc {recon.with_suffix('.mrc')}   (or "
+    lines.append(f"viewer:  fusetomo view --run {files['run']}")
+    if n_elements >= 2:
+        lines.append(f"regions: fusetomo stoichiometry {recon}")
+    lines += [f"export:  fusetomo export {recon} --mrc {recon.with_suffix('.mrc')}   (or "
               f"--emd {recon.with_suffix('.emd')} for tomviz)"]
     return lines
 

@@ -114,6 +114,8 @@ def test_demo_haadf_only(tmp_path):
     assert set(summary["nrmse"]) == {"HAADF"} and 0 < summary["nrmse_mean"] < 0.6
     assert (summary["haadf_tilts"], summary["chem_tilts"]) == (21, 0)
     assert describe_run(out / "run.h5")["elements"] == []
+    assert any("view --run" in c for c in summary["next"])
+    assert not any("stoichiometry" in c for c in summary["next"])  # one volume: no fractions
     bad = subprocess.run(fusetomo_argv("demo", "--haadf-only", "--policy", "adaptive",
                                        "--out", str(tmp_path / "x")),
                          capture_output=True, text=True, timeout=60)
