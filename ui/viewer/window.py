@@ -24,19 +24,19 @@ from fusetomo.ui.viewer.model import (
     ViewerState,
 )
 from fusetomo.ui.viewer.operator import OperatorLink
+from fusetomo.ui.viewer.costplot import CostPlots
 from fusetomo.ui.viewer.panels import (
     SHIFT_COLOURS,
     AdviceBox,
     AlignmentPanel,
-    CostPlots,
     DoseBar,
     PolarAngles,
-    SliceGrid,
     advice_html,
     status_text,
 )
 from fusetomo.ui.viewer.qtcompat import RefcountGuard
 from fusetomo.ui.viewer.runsource import RecordedRun
+from fusetomo.ui.viewer.slicegrid import SliceGrid
 
 __all__ = ["SHIFT_COLOURS", "ViewerWindow"]
 
