@@ -19,12 +19,12 @@ from typing import Any
 
 from PySide6 import QtCore, QtWidgets
 
+from fusetomo.ui.viewer.costplot import CostPlots
 from fusetomo.ui.viewer.model import (
     ViewerModel,
     ViewerState,
 )
 from fusetomo.ui.viewer.operator import OperatorLink
-from fusetomo.ui.viewer.costplot import CostPlots
 from fusetomo.ui.viewer.panels import (
     SHIFT_COLOURS,
     AdviceBox,
