@@ -262,8 +262,10 @@ def test_markers_sit_where_tilts_joined_and_idle_iterations_stopped(qapp, live_r
                       + w["chem"] * np.asarray(recorded.costs["chem"])
                       + w["tv"] * np.asarray(recorded.costs["tv"]))
         np.testing.assert_allclose(total, want_total, rtol=1e-12)
-        assert "λ HAADF 1, λ chemical 0.01, λ TV 0.005" in win.costs.plots["total"].titleLabel.text
-        assert win.costs.plots["chem"].getAxis("left").labelText == "chemical data term"
+        assert "λ HAADF 1, λ chemical 0.01, λ TV 0.005" in win.costs.header.text
+        assert win.costs.names["chem"].text == "chemical data term"
+        assert [win.costs.names[t].text for t in ("total", "haadf", "tv")] == [
+            "total cost", "HAADF data term", "TV"]
     finally:
         win.shutdown()
         win.close()

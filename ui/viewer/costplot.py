@@ -25,6 +25,9 @@ MARK_PENS = {
     "idle": pg.mkPen((200, 200, 200, 200), width=1, style=QtCore.Qt.PenStyle.DotLine)}
 MARK_NAMES = {"haadf": "HAADF tilt joined", "chem": "spectrum image joined",
               "idle": "idle iterations stopped"}
+MARK_KEY = ("<span style='color:#6eaaff'>┆ HAADF tilt joined</span> &nbsp; "
+            "<span style='color:#ff5a3c'>│ spectrum image joined</span> &nbsp; "
+            "<span style='color:#c8c8c8'>⋮ idle iterations stopped</span>")
 
 
 def marker_positions(marks: list[TiltMark], stops: list[IdleStop]) -> dict[str, list[float]]:
@@ -53,28 +56,35 @@ class CostPlots(pg.GraphicsLayoutWidget):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.lines: dict[str, list[pg.InfiniteLine]] = {r: [] for r in ROWS}
         self.drawn_marks: dict[str, list[float]] = {k: [] for k in MARK_NAMES}
+        self.header = self.addLabel(weights_text(None), row=0, col=0, size="9pt")
+        self.names: dict[str, pg.LabelItem] = {}
         first = None
         for i, t in enumerate(ROWS):
-            p = self.addPlot(row=i, col=0)
-            p.setLabel("left", ROW_NAMES[t])
+            p = self.addPlot(row=i + 1, col=0)
+            # The name inside the plot's upper left corner: as an axis label it is longer
+            # than the plot is high, as a title it takes a row of the plot's height.
+            name = pg.LabelItem(ROW_NAMES[t], size="8pt", color=COST_COLOURS[t],
+                                parent=p.vb)
+            name.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(4, 0))
+            self.names[t] = name
             for side in ("left", "bottom"):  # "x1e+06" beside log ticks misleads
                 p.getAxis(side).enableAutoSIPrefix(False)
+            if i < len(ROWS) - 1:  # iteration numbers once, under the last plot
+                p.getAxis("bottom").setStyle(showValues=False)
+                p.getAxis("bottom").setHeight(4)
             p.showGrid(x=True, y=True, alpha=0.3)
             if first is None:
                 first = p
-                p.setTitle(weights_text(None), size="9pt")
-                legend = p.addLegend(offset=(5, 5), labelTextSize="7pt", colCount=3)
-                for k, pen in MARK_PENS.items():  # legend entries for the marker lines
-                    legend.addItem(pg.PlotDataItem(pen=pen), MARK_NAMES[k])
             else:
                 p.setXLink(first)
             if i == len(ROWS) - 1:
                 p.setLabel("bottom", "iteration")
             self.plots[t] = p
             self.curves[t] = p.plot(pen=pg.mkPen(COST_COLOURS[t], width=2), connect="finite")
+        self.key = self.addLabel(MARK_KEY, row=len(ROWS) + 1, col=0, size="8pt")
 
     def draw(self, state: ViewerState) -> None:
-        self.plots["total"].setTitle(weights_text(state.cost_weights), size="9pt")
+        self.header.setText(weights_text(state.cost_weights), size="9pt")
         x = np.asarray(state.cost_iterations, dtype=np.float64)
         rows = weighted_costs(state.costs, state.cost_weights)
         for t in ROWS:
@@ -104,11 +114,11 @@ class CostPlots(pg.GraphicsLayoutWidget):
             self.lines[t] = []
             for kind, xs in marks.items():
                 for j, xv in enumerate(xs):
-                    label = None
-                    if kind == "idle" and t == "total" and j < len(stops):
-                        label = stops[j].reason or "stopped"
-                    line = pg.InfiniteLine(pos=xv, angle=90, pen=MARK_PENS[kind], label=label,
-                                           labelOpts={"position": 0.85, "color": (200, 200,
-                                                                                   200)})
+                    line = pg.InfiniteLine(pos=xv, angle=90, pen=MARK_PENS[kind])
+                    if kind == "idle" and j < len(stops):  # why, on hovering the line
+                        line.setToolTip(f"idle iterations stopped at iteration "
+                                        f"{stops[j].iteration}: {stops[j].reason}")
+                    else:
+                        line.setToolTip(f"{MARK_NAMES[kind]} before iteration {xv + 0.5:g}")
                     p.addItem(line, ignoreBounds=True)
                     self.lines[t].append(line)
