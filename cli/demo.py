@@ -54,6 +54,9 @@ def add_demo_options(p: argparse.ArgumentParser) -> None:
                    help="random specimen drift per tilt, px (the instrument's)")
     p.add_argument("--axis-offset", type=float, default=0.0, metavar="PX",
                    help="tilt-axis offset, px (the instrument's)")
+    p.add_argument("--haadf-only", action="store_true",
+                   help="a HAADF-only series (no spectrum image): the HAADF volume, scored "
+                        "against the specimen's HAADF signal")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
@@ -107,6 +110,10 @@ def run_live_demo(args: argparse.Namespace) -> int:
            "--drift", str(args.drift), "--axis-offset", str(args.axis_offset)]
     threads = [] if args.threads is None else ["--threads", str(args.threads)]
     sim += threads
+    if args.haadf_only:
+        if args.policy is not None:
+            return error("--haadf-only takes no spectrum image: it has no --policy")
+        sim += ["--haadf-only"]
     advice: list[str] = []
     if args.policy is not None:
         # The instrument holds at each tilt and the controller's policy decides.
@@ -179,6 +186,11 @@ def live_summary(run_path: Path, specimen: str, size: int, seed: int) -> dict[st
     if spec.size != size * o:
         spec = resample(spec, size * o)
     truth = {e: bin_volume(spec.volumes[i], o) for i, e in enumerate(spec.elements)}
+    if "HAADF" in volumes:  # a HAADF-only run: the volume of what HAADF sees
+        from fusetomo.simulators.forward import haadf_signal
+
+        gamma = AcquisitionParams().gamma
+        truth["HAADF"] = bin_volume(haadf_signal(spec.volumes, np.asarray(spec.Z), gamma), o)
     scores = nrmse_per_element({e: truth[e] for e in volumes if e in truth}, volumes)
     return {
         "specimen": str(specimen),

@@ -56,6 +56,8 @@ def register(subparsers: Any) -> None:
                         "acquire_spectrum or continue (spectrum images possible at every tilt)")
     p.add_argument("--hold-timeout", type=_positive_float, default=120.0, metavar="S",
                    help="with --hold-for-advice: go on after this long without a decision")
+    p.add_argument("--haadf-only", action="store_true",
+                   help="a HAADF-only series: no element announced, no spectrum image")
     p.add_argument("--source", default=None, metavar="FILE.h5",
                    help="replay this series or run file instead of simulating")
     p.add_argument("--series-id", default=None, help="series id (default: a fresh one)")
@@ -83,7 +85,7 @@ def params_from_args(args: argparse.Namespace) -> InstrumentParams:
         axis_offset_px=args.axis_offset, auto=not args.manual, window=args.window,
         source=args.source, bind=args.bind, series_id=args.series_id, acquisition=acq,
         curve=_curve(args), hold_for_advice=args.hold_for_advice,
-        hold_timeout_s=args.hold_timeout)
+        hold_timeout_s=args.hold_timeout, haadf_only=args.haadf_only)
 
 
 def _curve(args: argparse.Namespace) -> CurveKeys | None:

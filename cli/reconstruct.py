@@ -73,8 +73,8 @@ def register(sub: Any) -> None:
                         "says the volumes have converged, docs/model.md)")
     p.add_argument("--stop-tol", type=_tolerance, default=StopRule.tol, metavar="TOL",
                    help="fused: the stopping rule's tolerance on the volumes' relative "
-                        "change per iteration (default %(default)g; 2e-3 answers up to a "
-                        "quarter sooner on converging specimens, docs/benchmarks.md)")
+                        "change per iteration (default %(default)g; 1e-3 runs up to a third "
+                        "longer for an answer about 1 %% better, docs/benchmarks.md)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--align", action="store_true",

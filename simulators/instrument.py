@@ -95,6 +95,7 @@ class InstrumentParams:
     dose_budget: float | None = None  # e/A^2; default: the plan's total dose
     hold_for_advice: bool = False  # hold after each tilt for acquire_spectrum / continue
     hold_timeout_s: float = 120.0  # then go on without a spectrum image
+    haadf_only: bool = False  # a HAADF-only series: no element announced, no spectrum image
 
     def __post_init__(self) -> None:
         if self.source is None:
@@ -105,6 +106,10 @@ class InstrumentParams:
         if self.scheme not in ORDERS:
             raise InstrumentError(f"tilt scheme {self.scheme!r} is not one of {list(ORDERS)}")
         _positive("speed", self.speed)
+        if self.haadf_only and (self.hold_for_advice or self.source is not None):
+            raise InstrumentError("haadf_only simulates a series without spectrum images: it "
+                                  "takes no advice and no replay source (a HAADF-only file "
+                                  "replays as it is)")
         if self.hold_for_advice and self.source is not None:
             raise InstrumentError("hold_for_advice needs a simulated series (a replayed "
                                   "file has spectrum images only where they were taken)")
@@ -205,7 +210,7 @@ class SimulatedInstrument(InstrumentSession):
             plan = from_angles(plan.haadf_angles, [], p.scheme)
             grid = tuple(sorted(plan.haadf_angles))
             scheme = TiltScheme(haadf_angles=grid, chem_angles=grid)
-        elif plan.n_chem == 0:
+        elif plan.n_chem == 0 and not p.haadf_only:
             raise InstrumentError("the tilt plan has no chemical tilt; the simulated series "
                                   "needs at least one spectrum image")
         o = self._acq.oversample
@@ -215,9 +220,14 @@ class SimulatedInstrument(InstrumentSession):
         sim = simulate(spec, p.size, scheme, self._acq, seed=p.seed)
         self._fine = spec.volumes
         self._Z = np.asarray(spec.Z)
+        series = sim.series
+        if p.haadf_only:  # the HAADF images alone, announced with no element
+            plan = from_angles(plan.haadf_angles, [], p.scheme)
+            series = TiltSeries(series.haadf, series.haadf_angles, {}, {}, gamma=series.gamma,
+                                pixel_size_nm=series.pixel_size_nm, attrs=dict(series.attrs))
         log.info("simulated %s at size %d: %d HAADF + %d chemical tilts (%s)", spec.name,
                  p.size, len(plan), plan.n_chem, plan.order)
-        return plan, sim.series
+        return plan, series
 
     def _load_source(self, path: Path) -> tuple[TiltPlan, TiltSeries]:
         series = read_series(path)

@@ -239,8 +239,10 @@ class FusedSolver:
         0. `chem_kind` "subtracted": the maps had a background subtracted and may
         be negative; `subtracted` is the level subtracted per element (None: estimated
         from the vacuum's variance)."""
-        if len(elements) == 0:
-            raise ValueError("at least one element is needed")
+        if len(elements) == 0 and not (params is not None and params.haadf_phase):
+            # No element: only a HAADF-only series' HAADF phase (live) has nothing to fuse.
+            raise ValueError("at least one element is needed (or params.haadf_phase, for "
+                             "a HAADF-only series)")
         if len(Z) != len(elements):
             raise ValueError(f"{len(elements)} elements but {len(Z)} Z values")
         if len(set(elements)) != len(elements):
@@ -478,6 +480,9 @@ class FusedSolver:
         signed for background-subtracted maps). `shifts` [k, 2] as for `add_haadf`.
         `vacuum_masks` [k, n_slices, n]: where the maps see vacuum, from a caller that
         passes a part of the images (a slab); by default from the nearest HAADF images."""
+        if not self.elements:
+            raise ValueError("this solver has no element (a HAADF-only series): it takes "
+                             "no spectrum image")
         ang = np.atleast_1d(np.asarray(angles, dtype=np.float64))
         raw = self._chem_stack(maps, ang.size)
         masks = self._vacuum_masks(ang) if vacuum_masks is None else np.asarray(

@@ -117,7 +117,7 @@ def test_hostile_messages_get_specific_errors_and_change_nothing(tmp_path, small
     expect_error("unknown element in series_start",
                  start_frames(s, elements=["Xx"], Z={"Xx": 1}), "unknown_element")
     expect_error("bad series shape", start_frames(s, shape=[16]), "bad_shape")
-    expect_error("no elements", start_frames(s, elements=[], Z={}), "bad_field")
+    expect_error("elements not a list", start_frames(s, elements="Cu", Z={}), "bad_field")
     assert not run.exists()
     expect_ack(start_frames(s), "recorded", 0)
     expect_ack(start_frames(s), "duplicate", 0)

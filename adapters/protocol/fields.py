@@ -114,12 +114,15 @@ class Fields:
             raise self._bad(name, v, "a JSON object")
         return v
 
-    def elements(self, name: str = "elements") -> tuple[str, ...]:
-        """A non-empty list of distinct element symbols."""
+    def elements(self, name: str = "elements", *,
+                 allow_empty: bool = False) -> tuple[str, ...]:
+        """A list of distinct element symbols; empty only where `allow_empty` (a HAADF-only
+        series announces no element)."""
         v = self._get(name, True)
-        if (not isinstance(v, list) or not v or len(v) > len(ATOMIC_NUMBER)
-                or not all(isinstance(e, str) for e in v)):
-            raise self.fail("bad_field", f"{name} must be a non-empty list of element "
+        if (not isinstance(v, list) or (not v and not allow_empty)
+                or len(v) > len(ATOMIC_NUMBER) or not all(isinstance(e, str) for e in v)):
+            what = "a list" if allow_empty else "a non-empty list"
+            raise self.fail("bad_field", f"{name} must be {what} of element "
                                          f"symbols, got {show(v)}")
         unknown = [e for e in v if e not in ATOMIC_NUMBER]
         if unknown:

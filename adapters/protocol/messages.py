@@ -87,7 +87,7 @@ class SeriesStart(Message):
     @classmethod
     def parse(cls, h: dict[str, Any], arrays: tuple[np.ndarray, ...] = ()) -> SeriesStart:
         f = _fields(h)
-        els = f.elements()
+        els = f.elements(allow_empty=True)  # none: a HAADF-only series
         z_in = f.mapping("Z")
         assert z_in is not None
         if sorted(z_in) != sorted(els):

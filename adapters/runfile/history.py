@@ -35,7 +35,9 @@ class Book:
 
 
 def angle_dataset(modality: str, elements: tuple[str, ...] | list[str]) -> str:
-    return "haadf/angles" if modality == "haadf" else f"chem/{elements[0]}/angles"
+    if modality == "haadf":
+        return "haadf/angles"
+    return f"chem/{elements[0]}/angles" if elements else "chem/angles"  # HAADF-only: empty
 
 
 def tilt_frames(f: h5py.File, modality: str, elements: list[str] | tuple[str, ...],
@@ -133,7 +135,7 @@ def tilts(f: h5py.File, path: Path, s: State, elements: list[str]
                                                                path)
     haadf = [(float(a), h_data[i]) for i, a in enumerate(h_ang)]
     maps = {e: rows(f, f"chem/{e}/data", s.chem, path) for e in elements}
-    c_ang = rows(f, f"chem/{elements[0]}/angles", s.chem, path)
+    c_ang = rows(f, angle_dataset("chem", elements), s.chem, path)
     chem = [(float(a), {e: maps[e][i] for e in elements}) for i, a in enumerate(c_ang)]
     return haadf, chem
 

@@ -69,9 +69,16 @@ class Layout:
     version: int = VERSION
     checksums: bool = True  # meta_crc32 and volume crc32 datasets (see VERSION)
 
+    @property
+    def volume_names(self) -> tuple[str, ...]:
+        """The volumes a snapshot holds: the elements, or the HAADF volume of a HAADF-only
+        run (no element)."""
+        return self.elements or ("HAADF",)
+
     def dataset_names(self) -> list[str]:
         names = ["haadf/data", "haadf/angles"]
         names += [f"chem/{e}/{d}" for e in self.elements for d in ("data", "angles")]
+        names += [] if self.elements else ["chem/angles"]
         names += [f"run/{m}/{k}" for m in MODALITIES for k in self.tilt_fields]
         names += ["run/events", "run/costs/iteration"]
         names += [f"run/costs/{t}" for t in self.cost_terms]
@@ -129,6 +136,9 @@ def build(f: h5py.File, lay: Layout) -> None:
             g.attrs["background"] = float(lay.background[e])
         _appendable(g, "data", (ns, nd), np.float32, chunk_rows=1)
         _appendable(g, "angles", (), np.float64).attrs["units"] = "degree"
+    if not lay.elements:  # a HAADF-only run: no map, and chemical angles stay empty
+        f.attrs["haadf_only"] = True
+        _appendable(chem, "angles", (), np.float64).attrs["units"] = "degree"
     run = f.create_group("run", track_order=True)
     for m in MODALITIES:
         g = run.create_group(m, track_order=True)
@@ -143,8 +153,9 @@ def build(f: h5py.File, lay: Layout) -> None:
     slab = max(1, min(ns, (4 << 20) // (nd * nd * 4)))
     for name in VOLUME_GROUPS:
         g = run.create_group(name, track_order=True)
-        _appendable(g, "volumes", (len(lay.elements), ns, nd, nd), np.float32, chunk_rows=1,
-                    chunk_row=(1, slab, nd, nd)).attrs["elements"] = list(lay.elements)
+        _appendable(g, "volumes", (len(lay.volume_names), ns, nd, nd), np.float32,
+                    chunk_rows=1, chunk_row=(1, slab, nd, nd)
+                    ).attrs["elements"] = list(lay.volume_names)
         _appendable(g, "iteration", (), np.int64)
         _appendable(g, "n_tilts", (2,), np.int64).attrs["columns"] = list(MODALITIES)
         _appendable(g, "final", (), np.int8)
@@ -188,9 +199,10 @@ def layout_from_file(f: h5py.File, path: Path) -> Layout:
         raise RunFileError(f"{path}: /haadf/data has shape {data.shape}, expected 3 axes")
     try:
         chem = f.get("chem")
-        if not isinstance(chem, h5py.Group) or not len(chem):
+        haadf_only = bool(attrs.get("haadf_only", False))
+        if not isinstance(chem, h5py.Group) or not (len(chem) or haadf_only):
             raise RunFileError(f"{path}: group /chem is missing or empty")
-        elements = tuple(chem)
+        elements = () if haadf_only else tuple(chem)
         Z = {e: float(attr_value(chem[e].attrs.get("Z", atomic_number(e)))) for e in elements}
         bg = {e: float(attr_value(chem[e].attrs["background"])) for e in elements
               if "background" in chem[e].attrs}

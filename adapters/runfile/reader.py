@@ -60,7 +60,8 @@ def read_run(path: str | Path) -> RunRecord:
                  for k in ("iteration", *lay.cost_terms)}
         snaps = rows(f, "run/snapshots/iteration", s.snapshots, path)
         check_tilts(f, path, s, lay, book,
-                    {"haadf": h_ang, "chem": c_ang[lay.elements[0]]})
+                    {"haadf": h_ang,
+                     "chem": rows(f, angle_dataset("chem", lay.elements), s.chem, path)})
     attrs = {k: v for k, v in lay.attrs.items()
              if k not in ("format", "version", "gamma", "pixel_size_nm")}
     try:
@@ -106,7 +107,7 @@ def read_snapshot(path: str | Path, index: int = -1,
         it = rows(f, f"run/{group}/iteration", n, path)[i]
         vol = rows(f, f"run/{group}/volumes", i + 1, path, i)[0]
         _check_volume(f, path, lay, group, i, n, vol)
-    return int(it), {e: vol[k] for k, e in enumerate(lay.elements)}
+    return int(it), {e: vol[k] for k, e in enumerate(lay.volume_names)}
 
 
 def verify_run(path: str | Path) -> dict[str, int]:

@@ -219,7 +219,8 @@ class RunFile:
                         volumes: Mapping[str, np.ndarray], final: bool) -> None:
         self._check_open()
         where = f"{self.path}: {group} of iteration {iteration!r}"
-        stack = history.volume_stack(volumes, self.elements, self.shape, iteration, where)
+        stack = history.volume_stack(volumes, list(self.layout.volume_names), self.shape,
+                                     iteration, where)
         n_tilts = [self._state.haadf, self._state.chem]
         data = {f"run/{group}/volumes": stack, f"run/{group}/iteration": [int(iteration)],
                 f"run/{group}/n_tilts": [n_tilts], f"run/{group}/final": [int(bool(final))]}

@@ -168,8 +168,12 @@ def finish(s: LiveSession) -> None:
     assert run is not None
     if recon is not None and recon.ready and recon.solver.x is None:
         iterating.settle(s, recon.take_settled())
-        log.warning("the series ended without a spectrum image: the HAADF volume was "
-                    "reconstructed, no element volumes")
+        if not recon.solver.elements:  # a HAADF-only series: its result is the HAADF volume
+            run.record_snapshot(recon.iteration, {"HAADF": recon.solver.haadf_volume()},
+                                final=True)
+        else:
+            log.warning("the series ended without a spectrum image: the HAADF volume was "
+                        "reconstructed, no element volumes")
     elif recon is not None and recon.ready:
         iterating.settle(s, recon.take_settled())
         run.record_snapshot(recon.iteration, recon.solver.volumes())

@@ -88,9 +88,9 @@ class RecordedRun:
             raise RunFileError(str(summary["problem"]))
         self.record: RunRecord = read_run(self.path)
         rec = self.record
-        self.elements: tuple[str, ...] = tuple(rec.series.elements)
-        angles = {"haadf": rec.series.haadf_angles,
-                  "chem": rec.series.chem_angles[self.elements[0]]}
+        # The volumes shown: the elements, or the HAADF volume of a HAADF-only run.
+        self.elements: tuple[str, ...] = tuple(rec.series.elements) or ("HAADF",)
+        angles = {"haadf": rec.series.haadf_angles, "chem": rec.series.common_chem_angles}
         tilts = [Tilt(int(q), m, float(a), float(d), float(t))
                  for m in ("haadf", "chem")
                  for q, a, d, t in zip(rec.seq[m], angles[m], rec.dose_e_per_A2[m],
