@@ -2,7 +2,7 @@
 
     simulate, reconstruct, export, offline-demo, inspect     (offline)
     instrument-sim, control, replay, demo (live-demo)        (the live loop)
-    report, view, import, align, sweep, reconstruct-slabs, nion-usim, keys
+    report, stoichiometry, view, import, align, sweep, reconstruct-slabs, nion-usim, keys
 
 Every failure the user can cause (bad file, unknown specimen or element, missing GPU, a
 message or run file that cannot be used, ...) is a `fusetomo.core.FusetomoError` (or an
@@ -40,6 +40,7 @@ from fusetomo.cli import (  # noqa: E402 (after the MPI set-up)
     report,
     simulate,
     slabs,
+    stoichiometry,
     sweep,
     view,
 )
@@ -50,7 +51,7 @@ from fusetomo.core.errors import FusetomoError  # noqa: E402
 # The order of `fusetomo --help`.
 COMMANDS: tuple[ModuleType, ...] = (
     simulate, reconstruct, export, offline_demo, inspect, instrument, control, replay, demo,
-    report, view, imports, align, sweep, slabs, nion, keys,
+    report, stoichiometry, view, imports, align, sweep, slabs, nion, keys,
 )
 USER_ERRORS: tuple[type[BaseException], ...] = (FusetomoError, OSError)
 

@@ -1,6 +1,7 @@
 """`fusetomo demo` (alias `live-demo`): the simulated instrument and the controller as
-two processes over loopback ZeroMQ, with a progress display; writes DIR/run.h5 and
-DIR/summary.json.
+two processes over loopback ZeroMQ, with a progress display; writes DIR/run.h5, the final
+reconstruction DIR/recon.h5 (with its standard error), the report DIR/report/index.html
+(unless --no-report) and DIR/summary.json, and ends with the commands that open them.
 
     fusetomo live-demo [--out DIR] [--specimen NAME|FILE] [--size N] [--json] [--speed X]
 """
@@ -58,6 +59,8 @@ def add_demo_options(p: argparse.ArgumentParser) -> None:
                    help="a HAADF-only series (no spectrum image): the HAADF volume, scored "
                         "against the specimen's HAADF signal")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write DIR/report (figures and index.html)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
                    help="fail when the instrument is silent this long (default 60)")
@@ -157,6 +160,8 @@ def run_live_demo(args: argparse.Namespace) -> int:
     summary = live_summary(run_path, args.specimen, args.size, args.seed)
     summary["policy"] = args.policy or "planned"
     summary["scheme"] = args.scheme
+    summary["files"].update(demo_outputs(run_path, out, not args.no_report))
+    summary["next"] = next_commands(summary["files"])
     summary["elapsed_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -168,8 +173,49 @@ def run_live_demo(args: argparse.Namespace) -> int:
             f"{summary['dose_e_per_A2']:.4g} e/A^2")
         for line in summary_lines(summary):
             log(line)
-        log(f"wrote {run_path}, {out / 'summary.json'} in {summary['elapsed_s']:.1f} s")
+        written = ", ".join(str(v) for k, v in summary["files"].items() if k != "report")
+        log(f"wrote {written}, {out / 'summary.json'} in {summary['elapsed_s']:.1f} s")
+        log("")
+        log("what next:")
+        for line in summary["next"]:
+            log(f"  {line}")
     return 0
+
+
+def demo_outputs(run_path: Path, out: Path, report: bool) -> dict[str, str]:
+    """The final reconstruction as a reconstruction file (for export) and, if `report`,
+    the report of the run; their paths."""
+    from fusetomo.adapters.reconfile import write_recon
+    from fusetomo.adapters.runfile import describe_run
+    from fusetomo.controller.report import make_report
+
+    files: dict[str, str] = {}
+    rec = read_run(run_path)
+    iteration, volumes = read_snapshot(run_path)
+    std = read_snapshot(run_path, -1, group="std_error")[1] \
+        if describe_run(run_path).get("std_errors") else None
+    recon = write_recon(out / "recon.h5", volumes, std_error=std, attrs={
+        "method": "fused (live)", "iterations": int(iteration),
+        "source_file": run_path.name, "pixel_size_nm": rec.series.pixel_size_nm})
+    files["recon"] = str(recon)
+    if report:
+        make_report(run_path, out / "report")
+        files["report"] = str(out / "report" / "index.html")
+    return files
+
+
+def next_commands(files: dict[str, str]) -> list[str]:
+    """The lines that tell the user what to open next."""
+    recon = Path(files["recon"])
+    lines = []
+    if "report" in files:
+        lines.append(f"report:  open {files['report']} in a browser (figures, atomic "
+                     "fractions, convergence)")
+    lines += [f"viewer:  fusetomo view --run {files['run']}",
+              f"regions: fusetomo stoichiometry {recon}",
+              f"export:  fusetomo export {recon} --mrc {recon.with_suffix('.mrc')}   (or "
+              f"--emd {recon.with_suffix('.emd')} for tomviz)"]
+    return lines
 
 
 def live_summary(run_path: Path, specimen: str, size: int, seed: int) -> dict[str, Any]:

@@ -59,9 +59,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         st = ", ".join(f"{e} {s['mean']:.2f}±{s['std']:.2f}"
                        for e, s in doc["stoichiometry"].items())
         print(f"stoichiometry (fraction where present): {st}")
+    if doc.get("regions"):
+        from fusetomo.controller.report.stoichiometry import RegionRow, table_lines
+
+        print("atomic fraction per region, mean ± standard error (spread):")
+        rows = [RegionRow(**r) for r in doc["regions"]]
+        for line in table_lines(rows, list(doc["elements"])):
+            print("  " + line)
+    if "convergence" in doc:
+        print(f"convergence: {doc['convergence']['state']} ({doc['convergence']['detail']})")
     if "mean_std_error" in doc:
         se = ", ".join(f"{e} {v:.3g}" for e, v in doc["mean_std_error"].items())
-        print(f"mean standard error in the specimen: {se} (mean "
+        print(f"mean standard error in the specimen (counts per voxel): {se} (mean "
               f"{np.mean(list(doc['mean_std_error'].values())):.3g})")
     return 0
 

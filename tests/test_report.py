@@ -13,14 +13,16 @@ import pytest
 from live_fixtures import SMALL, controller_thread, instrument_thread, wait_for
 from matplotlib.image import imread
 
+from fusetomo.adapters.runfile import read_run
 from fusetomo.adapters.seriesfile import write_series
 from fusetomo.cli import main
 from fusetomo.cli.demo import live_summary
 from fusetomo.controller.report import ReportParams, composition_fractions
 from fusetomo.simulators.forward import TiltScheme, simulate
+from fusetomo.solver.stopping import StopRule
 
 ELEMENTS = ["Co", "Cu", "O", "Au"]
-ALWAYS = ["overlay", "convergence", "dose", "stoichiometry",
+ALWAYS = ["overlay", "convergence", "dose", "stoichiometry", "fractions",
           *(f"orthoslices_{e}" for e in ELEMENTS)]
 
 
@@ -116,6 +118,25 @@ def test_report_of_a_run_file_matches_the_file(tmp_path, live_run, sim, capsys):
     for e in ("Co", "Cu", "O"):
         assert abs(st[e]["mean"] - 0.5) < 0.05, (e, st[e])
     assert st["Au"]["mean"] > 0.5
+    # The truth is drawn in the reconstruction's quantity: the instrument's counts per
+    # voxel of a unit concentration, recovered from the run's start header.
+    assert doc["truth_counts_per_unit"] == pytest.approx(
+        float(sim.series.attrs["counts_per_unit"]), rel=1e-6)
+    assert doc["units"]["volumes"] == doc["units"]["std_error"] == "counts per voxel"
+    # The live run records the volumes' change: the verdict is the stopping rule's, on the
+    # final iterations (after the last tilt joined).
+    rec = read_run(live_run)
+    c = rec.costs
+    last = int(np.flatnonzero(np.diff(c["n_haadf"]) + np.diff(c["n_chem"]))[-1]) + 1
+    seg = slice(last, None)
+    want_state = StopRule().check(c["change"][seg].tolist(), c["haadf"][seg].tolist(),
+                                  c["chem"][seg].tolist(), c["change"][seg].size)
+    names = {"converged": "converged", "data terms rising": "stopped: data terms rising",
+             None: "not yet converged"}
+    assert doc["convergence"]["state"] == names[want_state]
+    # Region table: the atomic fractions of the stoichiometry module, per region.
+    assert doc["regions"] and all(abs(sum(r["fraction"].values()) - 1) < 1e-9
+                                  for r in doc["regions"])
 
 
 # -- reconstruction and series files ----------------------------------------------------------
@@ -138,6 +159,12 @@ def test_report_of_a_reconstruction_file(tmp_path, sim, capsys):
     assert doc["nrmse"] == pytest.approx(want, rel=1e-9)
     assert f"<NRMSE> = {doc['nrmse_mean']:.3f}" in printed  # as reconstruct printed it
     assert conv == 15
+    with h5py.File(recon, "r") as f:
+        hist = {k: f[f"convergence/{k}"][()].tolist() for k in ("change", "haadf", "chem")}
+    want_state = StopRule().check(hist["change"], hist["haadf"], hist["chem"], 15)
+    assert doc["convergence"]["state"] == {"converged": "converged", None: "not yet converged",
+                                           "data terms rising": "stopped: data terms rising"
+                                           }[want_state]
     attrs = sim.series.attrs
     assert doc["dose_e_per_A2"]["chem"] == pytest.approx(3 * attrs["chem_dose_e_per_A2"])
 

@@ -54,8 +54,10 @@ Where SWMR falls short, and what is done instead:
   with `os.replace` (a kill during the copy leaves the old file). A cleanly closed run is
   reopened in place, without a copy. After `close`, any HDF5 reader opens the file.
 - Variable-length strings are not relied on (SWMR's guarantees are about appending to
-  chunked datasets of fixed-size types), hence the fixed-width event rows; no compression
-  either (filtered chunks are reallocated when rewritten).
+  chunked datasets of fixed-size types), hence the fixed-width event rows. Filtered chunks
+  are reallocated when rewritten, so only datasets whose every chunk holds one row, written
+  once, are compressed (the images, maps and volumes: `storage`, gzip with shuffle; preview
+  volumes rounded first); a reader needs nothing but HDF5's built-in gzip filter.
 - HDF5 drops its own file lock once SWMR writing starts, so a live writer holds an
   open-file-description lock (Linux `F_OFD_SETLK`) on one byte far past the end of the
   file, which HDF5 readers' `flock` does not touch; `resume` and `create(overwrite=True)`
@@ -63,8 +65,9 @@ Where SWMR falls short, and what is done instead:
   `resume` deletes temporary files left by dead writers.
 
 The package: `store` (commit record, lock, file modes, rows), `layout` (the datasets, built
-up front; checksums), `writer` (`RunFile`), `history` (reading back, shaping rows),
-`reader` (`read_run`, `read_snapshot`, `describe_run`, `verify_run`).
+up front; checksums), `storage` (compression, preview rounding), `writer` (`RunFile`),
+`history` (reading back, shaping rows), `reader` (`read_run`, `read_snapshot`,
+`describe_run`, `verify_run`).
 """
 
 from fusetomo.adapters.runfile.layout import COST_TERMS, FORMAT, TILT_FIELDS, VERSION

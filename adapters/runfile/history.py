@@ -63,7 +63,7 @@ def check_tilts(f: h5py.File, path: Path, state: State, lay: Layout,
         ang = angles[m] if angles is not None else rows(f, angle_dataset(m, lay.elements), n,
                                                         path)
         for i0 in range(0, n, 64):
-            frames = tilt_frames(f, m, lay.elements, i0, min(n, i0 + 64), path)
+            frames = _readable_frames(f, m, lay.elements, i0, min(n, i0 + 64), path, b["seq"])
             for j, fr in enumerate(frames):
                 i = i0 + j
                 seq = int(b["seq"][i])
@@ -77,6 +77,22 @@ def check_tilts(f: h5py.File, path: Path, state: State, lay: Layout,
                                        f"(/run/{m}/meta_crc32 of its seq, angle and doses: "
                                        f"/{angle_dataset(m, lay.elements)} or "
                                        f"/run/{m}/dose_e_per_A2 damaged)")
+
+
+def _readable_frames(f: h5py.File, m: str, elements: list[str] | tuple[str, ...], start: int,
+                    stop: int, path: Path, seqs: np.ndarray) -> np.ndarray:
+    """tilt_frames, or a RunFileError naming the first tilt whose stored frames cannot be
+    read (a damaged compressed chunk fails zlib's own checksum before ours is reached)."""
+    try:
+        return tilt_frames(f, m, elements, start, stop, path)
+    except RunFileError:
+        for i in range(start, stop):
+            try:
+                tilt_frames(f, m, elements, i, i + 1, path)
+            except RunFileError as e:
+                raise RunFileError(f"{path}: {m} tilt {i} (seq {int(seqs[i])}): its frames "
+                                   f"cannot be read, file damaged ({e})") from None
+        raise
 
 
 def load_book(f: h5py.File, path: Path, state: State, lay: Layout) -> Book:

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from fusetomo.adapters.protocol import SeriesStart
+from fusetomo.adapters.runfile import storage
 from fusetomo.adapters.runfile.store import (
     EVENT_ROW_BYTES,
     H5_ERRORS,
@@ -113,9 +114,13 @@ def volume_crc(volumes: np.ndarray, iteration: int, n_tilts: Any, final: int) ->
 
 # -- building ----------------------------------------------------------------------------------
 def _appendable(group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any,
-                chunk_rows: int = 256, chunk_row: tuple[int, ...] | None = None) -> h5py.Dataset:
+                chunk_rows: int = 256, chunk_row: tuple[int, ...] | None = None,
+                compress: bool = False) -> h5py.Dataset:
+    """An empty dataset growing along axis 0; `compress` only for one row per chunk, each
+    chunk written once (storage.py: storage.CODEC, read when the file is built)."""
     return group.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype,
-                                chunks=(chunk_rows, *(chunk_row or row)))
+                                chunks=(chunk_rows, *(chunk_row or row)),
+                                **(storage.CODEC.h5_kwargs() if compress else {}))
 
 
 def build(f: h5py.File, lay: Layout) -> None:
@@ -125,7 +130,7 @@ def build(f: h5py.File, lay: Layout) -> None:
         if v is not None:
             f.attrs[k] = v
     h = f.create_group("haadf")
-    _appendable(h, "data", (ns, nd), np.float32, chunk_rows=1)
+    _appendable(h, "data", (ns, nd), np.float32, chunk_rows=1, compress=True)
     _appendable(h, "angles", (), np.float64).attrs["units"] = "degree"
     chem = f.create_group("chem", track_order=True)
     for e in lay.elements:
@@ -134,7 +139,7 @@ def build(f: h5py.File, lay: Layout) -> None:
         g.attrs["Z"] = int(z) if float(z).is_integer() else float(z)
         if e in lay.background:
             g.attrs["background"] = float(lay.background[e])
-        _appendable(g, "data", (ns, nd), np.float32, chunk_rows=1)
+        _appendable(g, "data", (ns, nd), np.float32, chunk_rows=1, compress=True)
         _appendable(g, "angles", (), np.float64).attrs["units"] = "degree"
     if not lay.elements:  # a HAADF-only run: no map, and chemical angles stay empty
         f.attrs["haadf_only"] = True
@@ -154,7 +159,7 @@ def build(f: h5py.File, lay: Layout) -> None:
     for name in VOLUME_GROUPS:
         g = run.create_group(name, track_order=True)
         _appendable(g, "volumes", (len(lay.volume_names), ns, nd, nd), np.float32,
-                    chunk_rows=1, chunk_row=(1, slab, nd, nd)
+                    chunk_rows=1, chunk_row=(1, slab, nd, nd), compress=True
                     ).attrs["elements"] = list(lay.volume_names)
         _appendable(g, "iteration", (), np.int64)
         _appendable(g, "n_tilts", (2,), np.int64).attrs["columns"] = list(MODALITIES)

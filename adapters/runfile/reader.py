@@ -50,18 +50,19 @@ def read_run(path: str | Path) -> RunRecord:
         s = read_state(f, path)
         lay = layout_from_file(f, path)
         h_ang = rows(f, "haadf/angles", s.haadf, path)
-        haadf = rows(f, "haadf/data", s.haadf, path)
-        chem = {e: rows(f, f"chem/{e}/data", s.chem, path) for e in lay.elements}
         c_ang = {e: rows(f, f"chem/{e}/angles", s.chem, path) for e in lay.elements}
         book = {m: {k: rows(f, f"run/{m}/{k}", getattr(s, m), path) for k in lay.tilt_fields}
                 for m in MODALITIES}
+        # First, so that a damaged tilt is named (its compressed frames may not even read).
+        check_tilts(f, path, s, lay, book,
+                    {"haadf": h_ang,
+                     "chem": rows(f, angle_dataset("chem", lay.elements), s.chem, path)})
+        haadf = rows(f, "haadf/data", s.haadf, path)
+        chem = {e: rows(f, f"chem/{e}/data", s.chem, path) for e in lay.elements}
         events = events_from_rows(rows(f, "run/events", s.events, path), path)
         costs = {k: rows(f, f"run/costs/{k}", s.costs, path)
                  for k in ("iteration", *lay.cost_terms)}
         snaps = rows(f, "run/snapshots/iteration", s.snapshots, path)
-        check_tilts(f, path, s, lay, book,
-                    {"haadf": h_ang,
-                     "chem": rows(f, angle_dataset("chem", lay.elements), s.chem, path)})
     attrs = {k: v for k, v in lay.attrs.items()
              if k not in ("format", "version", "gamma", "pixel_size_nm")}
     try:

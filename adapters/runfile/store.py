@@ -214,8 +214,19 @@ def open_swmr_write(path: Path) -> h5py.File:
 
 
 def open_read(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
-    """Open a run file for reading, whether its writer is live, dead or done."""
-    return open_h5(path, RunFileError, swmr=True)
+    """Open a run file for reading, whether its writer is live, dead or done: as an SWMR
+    reader only when a plain reader is refused (a live or dead writer's file). HDF5 retries
+    an SWMR reader's metadata reads that fail their checksum for minutes, so a closed file
+    with a damaged object header is read plainly, which fails at once."""
+    return open_h5(path, RunFileError, swmr=not _opens_plainly(path))
+
+
+def _opens_plainly(path: Path) -> bool:
+    try:
+        h5py.File(path, "r").close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def truncate(f: h5py.File, state: State) -> None:

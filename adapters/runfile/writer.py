@@ -37,6 +37,7 @@ from fusetomo.adapters.runfile.layout import (
     rebuild,
     volume_crc,
 )
+from fusetomo.adapters.runfile.storage import stored
 from fusetomo.adapters.runfile.store import (
     MODALITIES,
     RecordRefusedError,
@@ -219,14 +220,13 @@ class RunFile:
                         volumes: Mapping[str, np.ndarray], final: bool) -> None:
         self._check_open()
         where = f"{self.path}: {group} of iteration {iteration!r}"
-        stack = history.volume_stack(volumes, list(self.layout.volume_names), self.shape,
-                                     iteration, where)
-        n_tilts = [self._state.haadf, self._state.chem]
+        stack = stored(history.volume_stack(volumes, list(self.layout.volume_names),
+                                            self.shape, iteration, where), group, final)
+        n_tilts, fin = [self._state.haadf, self._state.chem], int(bool(final))
         data = {f"run/{group}/volumes": stack, f"run/{group}/iteration": [int(iteration)],
-                f"run/{group}/n_tilts": [n_tilts], f"run/{group}/final": [int(bool(final))]}
+                f"run/{group}/n_tilts": [n_tilts], f"run/{group}/final": [fin]}
         if self.layout.checksums:
-            data[f"run/{group}/crc32"] = [volume_crc(stack[0], iteration, n_tilts,
-                                                     int(bool(final)))]
+            data[f"run/{group}/crc32"] = [volume_crc(stack[0], iteration, n_tilts, fin)]
         self._append(data, group, getattr(self._state, group), where)
 
     def mark_complete(self, end: SeriesEnd | Message | Mapping[str, Any]) -> None:

@@ -23,7 +23,9 @@ def iterate(s: LiveSession, phase: int | None) -> None:
     step = recon.update(phase)
     if step is None:
         return
-    run.record_costs(step.iteration, step.costs)
+    # the terms this run file records (one made before a term was added lacks it)
+    run.record_costs(step.iteration, {k: v for k, v in step.costs.items()
+                                      if k in run.cost_terms})
     if step.idle_stopped is not None:
         # Recorded and shown: the idle iterations stop until the next tilt, and why.
         run.record_event("idle_stopped", iteration=step.iteration, reason=step.idle_stopped)

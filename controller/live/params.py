@@ -16,7 +16,10 @@ HEALTHY, INTERRUPTED = 0, 1  # LiveController.run()'s return values
 PHASE_TILT, PHASE_IDLE, PHASE_FINAL = 0, 1, 2
 # Cost rows recorded per iteration: the solver's terms, the tilt counts it held (to replay
 # the schedule), and the phase.
-RUN_COST_TERMS = ("haadf", "chem", "tv", "haadf_scale", "n_haadf", "n_chem", "idle", "phase")
+# "change": the volumes' relative change in the iteration, the quantity of the stopping rule
+# (solver/stopping.py) that the report applies; a run file made before it lacks the column.
+RUN_COST_TERMS = ("haadf", "chem", "tv", "haadf_scale", "n_haadf", "n_chem", "idle", "phase",
+                  "change")
 
 
 class LiveError(FusetomoError, RuntimeError):

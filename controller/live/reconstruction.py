@@ -177,7 +177,8 @@ class LiveReconstruction:
         elif self.final_left:
             self.final_left -= 1
         row = {**costs, "haadf_scale": s.haadf_scale, "n_haadf": s.n_haadf,
-               "n_chem": s.n_chem, "idle": int(phase == PHASE_IDLE), "phase": phase}
+               "n_chem": s.n_chem, "idle": int(phase == PHASE_IDLE), "phase": phase,
+               "change": s.history.change[-1] if s.history.change else float("nan")}
         return Step(s.iteration, phase, row, self.take_settled(), stopped)
 
     def take_settled(self) -> tuple[Pending, ...]:

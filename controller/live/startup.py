@@ -176,7 +176,7 @@ def finish(s: LiveSession) -> None:
                         "reconstructed, no element volumes")
     elif recon is not None and recon.ready:
         iterating.settle(s, recon.take_settled())
-        run.record_snapshot(recon.iteration, recon.solver.volumes())
+        run.record_snapshot(recon.iteration, recon.solver.volumes(), final=True)
         for h in s.hooks:
             h.finished(s)
     elif s.params.reconstruct:

@@ -36,4 +36,5 @@ class UncertaintyHook(LiveHook):
 
     def finished(self, ctx: HookContext) -> None:
         self.refresh(ctx)
-        self.snapshot(-1, ctx)
+        if ctx.std.maps is not None and ctx.run is not None:  # stored exactly (final)
+            ctx.run.record_std_error(ctx.std.iteration, ctx.std.maps, final=True)

@@ -27,7 +27,8 @@ global backend switch), so a report can be made inside a Qt viewer process.
 
 The package: `model` (ReportParams, ReportInput, ReportError), `inputs` (reading the file
 and its truth), `numbers` (support, composition fractions), `figures`, `document`
-(`make_report`, the summary and index.html).
+(`make_report`, the summary and index.html), `stoichiometry` (atomic fractions per voxel
+and per region, with standard errors; also `fusetomo stoichiometry`).
 """
 
 from fusetomo.controller.report.document import FigureEntry, make_report, summary

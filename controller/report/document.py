@@ -12,10 +12,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fusetomo.adapters.reconfile import describe_model, model_lines
+from fusetomo.controller.report.convergence import verdict
 from fusetomo.controller.report.figures import (
     fig_advice,
     fig_convergence,
     fig_dose,
+    fig_fractions,
     fig_orthoslices,
     fig_overlay,
     fig_progress,
@@ -25,6 +27,7 @@ from fusetomo.controller.report.figures import (
 from fusetomo.controller.report.inputs import ADVICE_COLUMNS, load_input
 from fusetomo.controller.report.model import ReportInput, ReportParams, Skip
 from fusetomo.controller.report.numbers import _masked_mean, _stats, _support, composition_fractions
+from fusetomo.controller.report.stoichiometry import StoichiometryParams, region_table
 from fusetomo.solver.metrics import nrmse_per_element
 
 
@@ -44,7 +47,9 @@ def _entries(inp: ReportInput, p: ReportParams) -> list[tuple[FigureEntry, Calla
     out += [
         (FigureEntry("overlay", "Colour overlay"), lambda: fig_overlay(inp)),
         (FigureEntry("std_error", "Standard-error maps"), lambda: fig_std_error(inp)),
-        (FigureEntry("convergence", "Convergence of the three terms"),
+        (FigureEntry("fractions", "Atomic fraction per voxel"),
+         lambda: fig_fractions(inp, p)),
+        (FigureEntry("convergence", "Convergence: total cost and weighted terms"),
          lambda: fig_convergence(inp)),
         (FigureEntry("progress", "Uncertainty and <NRMSE> against tilt number"),
          lambda: fig_progress(inp)),
@@ -66,7 +71,8 @@ def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:
     out: dict[str, Any] = {"file": str(inp.path), "kind": inp.kind, "elements": inp.elements,
                            "volumes": inp.volumes_label or None,
                            "truth": inp.truth_note or None,
-                           "pixel_size_nm": inp.pixel_size_nm}
+                           "pixel_size_nm": inp.pixel_size_nm,
+                           "truth_counts_per_unit": inp.truth_counts_per_unit}
     if inp.volumes is not None and inp.truth is not None:
         scores = nrmse_per_element({e: inp.truth[e] for e in inp.volumes}, inp.volumes)
         out["nrmse"] = scores
@@ -76,6 +82,16 @@ def summary(inp: ReportInput, p: ReportParams) -> dict[str, Any]:
         if inp.truth is not None:
             out["stoichiometry_truth"] = _stats(composition_fractions(
                 {e: inp.truth[e] for e in inp.volumes}, p))
+    if inp.volumes is not None and len(inp.volumes) >= 2:
+        rows = region_table(inp.volumes, inp.std_error, None,
+                            StoichiometryParams(p.fraction_support))
+        out["regions"] = [asdict(r) for r in rows]
+    if inp.convergence.get("iteration", np.zeros(0)).size:
+        v = verdict(inp.convergence, inp.fit_params)
+        out["convergence"] = {"state": v.state, "detail": v.detail}
+    out["units"] = {"volumes": "counts per voxel", "std_error": "counts per voxel",
+                    "fractions": "atomic fraction", "dose": "e⁻/Å²", "angles": "degree",
+                    "pixel_size": "nm"}
     if inp.std_error is not None:
         ref = inp.truth if inp.truth is not None else inp.volumes
         mask = _support(ref, p) if ref is not None else None
@@ -162,6 +178,19 @@ def _rows_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _regions_table(rows: list[dict[str, Any]], elements: list[str]) -> str:
+    head = "<th>region</th><th>voxels</th>" + "".join(f"<th>{html.escape(e)}</th>"
+                                                      for e in elements)
+    body = ""
+    for r in rows:
+        cells = ""
+        for e in elements:
+            se = f" ± {r['std_error'][e]:.3f}" if r.get("std_error") else ""
+            cells += f"<td>{r['fraction'][e]:.3f}{se} ({r['spread'][e]:.3f})</td>"
+        body += f"<tr><td>{html.escape(r['region'])}</td><td>{r['voxels']}</td>{cells}</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def _html(inp: ReportInput, doc: Mapping[str, Any], figures: list[FigureEntry]) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fusetomo report: "
@@ -173,8 +202,12 @@ def _html(inp: ReportInput, doc: Mapping[str, Any], figures: list[FigureEntry]) 
     if "nrmse_mean" in doc:
         numbers["<NRMSE>"] = doc["nrmse_mean"]
         numbers["NRMSE per element"] = doc["nrmse"]
-    for key, label in (("dose_e_per_A2", "dose (e/Å²)"), ("images", "images"),
-                       ("mean_std_error", "mean standard error in the specimen")):
+    if "convergence" in doc:
+        numbers["convergence"] = (f"{doc['convergence']['state']} "
+                                  f"({doc['convergence']['detail']})")
+    for key, label in (("dose_e_per_A2", "dose (e⁻/Å²)"), ("images", "images"),
+                       ("mean_std_error", "mean standard error in the specimen (counts "
+                                          "per voxel)")):
         if key in doc:
             numbers[label] = doc[key]
     for key, label in (("stoichiometry", "stoichiometry (mean ± std)"),
@@ -184,6 +217,12 @@ def _html(inp: ReportInput, doc: Mapping[str, Any], figures: list[FigureEntry]) 
                               for el, s in doc[key].items()}
     if numbers:
         parts += ["<h2>Results</h2>", _table(numbers)]
+    if doc.get("regions"):
+        parts += ["<h2>Stoichiometry per region</h2>",
+                  "<p>Mean atomic fraction of each element in each connected region of the "
+                  "specimen ± its standard error (voxel errors taken as independent: a lower "
+                  "bound), and in brackets the spread over the region's voxels.</p>",
+                  _regions_table(doc["regions"], inp.elements)]
     if "model" in doc:
         parts.append("<h2>Model of the data (stated or estimated)</h2><ul>")
         parts += [f"<li>{e(line)}</li>" for line in model_lines(inp.parameters)]

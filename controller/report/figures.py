@@ -5,12 +5,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
+from fusetomo.controller.report.convergence import draw as draw_convergence
 from fusetomo.controller.report.model import (
     MODALITIES,
     PALETTE,
@@ -21,6 +23,7 @@ from fusetomo.controller.report.model import (
     Skip,
 )
 from fusetomo.controller.report.numbers import _cut, _planes, _vmax, composition_fractions
+from fusetomo.controller.report.stoichiometry import StoichiometryParams, atomic_fractions
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -47,39 +50,88 @@ def _scale_bar(ax: Any, n_px: int, pixel_size_nm: float | None) -> None:
                                   fontproperties={"size": 8}))
 
 
+COUNTS = "counts per voxel"
+
+
 def _show_row(fig: Figure, axes: Any, vol: np.ndarray, planes: Mapping[str, int], label: str,
-              cmap: str, units: str, px: float | None) -> None:
-    vmax = _vmax(vol)
+              cmap: str, units: str, px: float | None, vmax: float | None = None,
+              vmin: float = 0.0) -> None:
+    vmax = _vmax(vol) if vmax is None else vmax
     im = None
     for ax, a in zip(axes, PLANES, strict=True):
-        im = ax.imshow(_cut(vol, a, planes[a]), cmap=cmap, vmin=0, vmax=vmax,
-                       interpolation="nearest")
+        cut = _cut(vol, a, planes[a])
+        im = ax.imshow(cut, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        _scale_bar(ax, _cut(vol, a, planes[a]).shape[1], px)
+        _scale_bar(ax, cut.shape[1], px)
     axes[0].set_ylabel(label)
     fig.colorbar(im, ax=list(axes), shrink=0.85, label=units)
 
 
-def _plane_titles(axes: Any, planes: Mapping[str, int]) -> None:
+def _plane_titles(axes: Any, planes: Mapping[str, int], px: float | None = None) -> None:
     for ax, a in zip(axes, PLANES, strict=True):
-        ax.set_title(f"{PLANE_TITLES[a]} = {planes[a]}", fontsize=9)
+        at = f" ({planes[a] * px:.1f} nm)" if px else ""
+        ax.set_title(f"{PLANE_TITLES[a]} = {planes[a]}{at}", fontsize=9)
+
+
+def _truth_rows(inp: ReportInput, vol: np.ndarray, truth: np.ndarray | None,
+                ) -> list[tuple[np.ndarray, str, str]]:
+    """(volume, label, units) rows: the reconstruction and, when known, the truth in the
+    same quantity (counts per voxel: the truth times the instrument's dose scale)."""
+    if inp.kind == "series":
+        return [(vol, "truth", "concentration (simulated specimen)")]
+    rows = [(vol, "reconstruction", COUNTS)]
+    if truth is not None:
+        k = inp.truth_counts_per_unit
+        rows.append((truth * k, "truth", COUNTS) if k else
+                    (truth, "truth", "concentration (dose scale unknown: not comparable)"))
+    return rows
 
 
 def fig_orthoslices(inp: ReportInput, element: str) -> Figure:
     if inp.volumes is None:
         raise Skip(inp.notes.get("volumes", "no volumes"))
     planes = _planes(inp.volumes)
-    rows = [(inp.volumes[element], "reconstruction" if inp.kind != "series" else "truth",
-             "magma", "counts / voxel" if inp.kind != "series" else "concentration")]
-    if inp.truth is not None and element in inp.truth:
-        rows.append((inp.truth[element], "truth", "magma", "concentration"))
+    truth = inp.truth.get(element) if inp.truth is not None else None
+    rows = _truth_rows(inp, inp.volumes[element], truth)
+    same = [r for r in rows if r[2] == COUNTS]
+    top = max(_vmax(r[0]) for r in same) if same else None
     fig = _figure(9.5, 3.0 * len(rows) + 0.4)
     axes = fig.subplots(len(rows), 3, squeeze=False)
-    for r, (vol, label, cmap, units) in enumerate(rows):
-        _show_row(fig, axes[r], vol, planes, label, cmap, units, inp.pixel_size_nm)
-    _plane_titles(axes[0], planes)
-    fig.suptitle(f"{element}: {inp.volumes_label}")
+    for r, (vol, label, units) in enumerate(rows):
+        _show_row(fig, axes[r], vol, planes, label, "magma", units, inp.pixel_size_nm,
+                  vmax=top if units == COUNTS else None)
+    _plane_titles(axes[0], planes, inp.pixel_size_nm)
+    fig.suptitle(f"{element}: {inp.volumes_label}" + ("; rows on one colour scale"
+                                                      if len(same) > 1 else ""))
+    return fig
+
+
+def fig_fractions(inp: ReportInput, p: ReportParams) -> Figure:
+    """Atomic fraction maps (stoichiometry.py) of each element, reconstruction above the
+    truth, on one 0-1 scale; grey where the summed volumes are below the threshold."""
+    if inp.volumes is None:
+        raise Skip(inp.notes.get("volumes", "no volumes"))
+    if len(inp.volumes) < 2:
+        raise Skip("atomic fractions need at least two element volumes")
+    sp = StoichiometryParams(p.fraction_support)
+    rec = atomic_fractions(inp.volumes, sp)
+    truth = atomic_fractions({e: inp.truth[e] for e in inp.volumes}, sp) \
+        if inp.truth is not None and inp.kind != "series" else None
+    planes = _planes(inp.volumes)
+    rows = [(e, "", rec[e]) for e in inp.volumes]
+    if truth is not None:
+        rows = [r for e in inp.volumes for r in ((e, "", rec[e]), (e, " truth", truth[e]))]
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.35")
+    fig = _figure(9.5, 2.4 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for r, (e, what, f) in enumerate(rows):
+        _show_row(fig, axes[r], np.ma.masked_invalid(f), planes, f"{e}{what}", cmap,
+                  "atomic fraction", inp.pixel_size_nm, vmax=1.0)
+    _plane_titles(axes[0], planes, inp.pixel_size_nm)
+    fig.suptitle(f"atomic fraction c_El / Σ c per voxel where Σ c > "
+                 f"{100 * p.fraction_support:g} % of its max (grey: vacuum); equal counts "
+                 "per atom assumed")
     return fig
 
 
@@ -130,9 +182,9 @@ def fig_std_error(inp: ReportInput) -> Figure:
     fig = _figure(9.5, 2.6 * len(els) + 0.4)
     axes = fig.subplots(len(els), 3, squeeze=False)
     for r, e in enumerate(els):
-        _show_row(fig, axes[r], inp.std_error[e], planes, e, "viridis", "std error (volume units)",
-                  inp.pixel_size_nm)
-    _plane_titles(axes[0], planes)
+        _show_row(fig, axes[r], inp.std_error[e], planes, e, "viridis",
+                  f"standard error ({COUNTS})", inp.pixel_size_nm)
+    _plane_titles(axes[0], planes, inp.pixel_size_nm)
     fig.suptitle("per-voxel standard error"
                  + (f" ({inp.parameters['std_error']})" if "std_error" in inp.parameters
                     else ""))
@@ -143,24 +195,9 @@ def fig_convergence(inp: ReportInput) -> Figure:
     c = inp.convergence
     if not c or c.get("iteration", np.zeros(0)).size == 0:
         raise Skip(inp.notes.get("convergence", "no cost history"))
-    terms = [(k, t) for k, t in (("haadf", "HAADF data term (Psi1)"),
-                                 ("chem", "chemical data term (Psi2)"),
-                                 ("tv", "total variation")) if k in c]
-    fig = _figure(9.5, 2.3 * len(terms) + 0.4)
-    axes = fig.subplots(len(terms), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (k, title) in zip(axes, terms, strict=True):
-        y = np.asarray(c[k], np.float64)
-        ok = np.isfinite(y)
-        ax.plot(c["iteration"][ok], y[ok], lw=1.0, color="C0")
-        if ok.any() and np.all(y[ok] > 0):
-            ax.set_yscale("log")
-        for it in inp.chem_added:
-            ax.axvline(it, color="C3", lw=0.6, ls=":")
-        ax.set_ylabel(k)
-        ax.set_title(title, fontsize=9)
-    axes[-1].set_xlabel("iteration" + ("  (dotted: a spectrum image joined)"
-                                       if inp.chem_added else ""))
-    fig.suptitle("convergence of the three cost terms")
+    n = sum(k in c for k in ("haadf", "chem", "tv")) + 1 + int("change" in c)
+    fig = _figure(9.5, 1.9 * n + 1.0)
+    draw_convergence(fig, c, inp.fit_params, inp.chem_added)
     return fig
 
 
@@ -185,7 +222,7 @@ def fig_progress(inp: ReportInput) -> Figure:
                     label="<NRMSE>")
             ax.set_ylabel("NRMSE")
         else:
-            ax.set_ylabel("std error (volume units)")
+            ax.set_ylabel(f"standard error ({COUNTS})")
         for q in pts:
             ax.annotate(str(q.n_chem), (q.n_haadf, ax.get_ylim()[1]), fontsize=7,
                         ha="center", va="top", color="C3")
@@ -222,15 +259,15 @@ def fig_dose(inp: ReportInput) -> Figure:
         if np.all(np.cumsum(val[order]) > 0):
             ax.set_yscale("log")
         ax.set_xlabel("image number (acquisition order)")
-        ax.set_ylabel("cumulative dose (e/Å²)")
+        ax.set_ylabel("cumulative dose (e⁻/Å²)")
         ax.legend(fontsize=8)
     ax = axes[-1]
     bars = ax.bar(list(totals), list(totals.values()), color=["C0", "C1"][:len(totals)])
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in totals.values()], fontsize=8)
     counts = {m: inp.dose[m].size for m in inp.dose}
     ax.set_xticks(range(len(totals)), [f"{m}\n({counts[m]} images)" for m in totals])
-    ax.set_ylabel("dose (e/Å²)")
-    ax.set_title(f"total {sum(totals.values()):.4g} e/Å²", fontsize=9)
+    ax.set_ylabel("dose (e⁻/Å²)")
+    ax.set_title(f"total {sum(totals.values()):.4g} e⁻/Å²", fontsize=9)
     fig.suptitle("dose per modality")
     return fig
 
@@ -251,8 +288,8 @@ def fig_advice(inp: ReportInput) -> Figure:
     taken = [a["angle"] for a in pts if a.get("decision") == "acquire"]
     for i, t in enumerate(taken):
         ax.axvline(t, color="C3", lw=1.2, label="spectrum image taken" if i == 0 else None)
-    ax.set_xlabel("stage tilt at the advice (deg)")
-    ax.set_ylabel("nats per e/Å²")
+    ax.set_xlabel("stage tilt at the advice (°)")
+    ax.set_ylabel("nats per e⁻/Å²")
     if gain and all(g > 0 for _, g in gain):
         ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -286,7 +323,7 @@ def fig_stoichiometry(inp: ReportInput, p: ReportParams) -> Figure:
             title += f"\n(truth {truth[e].mean():.2f} ± {truth[e].std():.2f})"
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("fraction x_i / Σ x_j")
+        ax.set_xlabel("atomic fraction c_El / Σ c")
         ax.set_yticks([])
     for ax in axes[len(els):]:
         ax.set_visible(False)

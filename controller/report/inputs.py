@@ -127,6 +127,31 @@ def simulated_truth(header: Mapping[str, Any], size: int,
     return truth, f"specimen {specimen!r}, seed {seed}, re-simulated (as fusetomo demo does)"
 
 
+def counts_per_unit(header: Mapping[str, Any], beside: Path | None = None) -> float | None:
+    """Counts per voxel of a unit truth concentration behind a run: the replayed series'
+    `counts_per_unit`, or for the simulated instrument its chemical dose turned back into
+    its dose scale (simulators/forward.py: kappa = dose * (10 * pixel_size_nm)^2 * yield)."""
+    from fusetomo.simulators.forward import CHEM_YIELD
+
+    source = header.get("source")
+    if source:
+        src = _source_path(str(source), beside)
+        return _series_counts_per_unit(src) if src is not None else None
+    dose, px = header.get("chem_dose_e_per_A2"), header.get("pixel_size_nm")
+    if not isinstance(header.get("specimen"), str) or not all(
+            isinstance(v, int | float) and v > 0 for v in (dose, px)):
+        return None
+    return float(dose) * (10.0 * float(px)) ** 2 * CHEM_YIELD
+
+
+def _series_counts_per_unit(path: Path) -> float | None:
+    try:
+        v = read_series(path).attrs.get("counts_per_unit")
+    except (OSError, ValueError):
+        return None
+    return float(v) if isinstance(v, int | float | np.floating) and v > 0 else None
+
+
 def _tilts_at(costs: Mapping[str, np.ndarray], iteration: int) -> tuple[int, int]:
     """HAADF and chemical tilts the solver held at `iteration` (from the cost rows)."""
     its = costs.get("iteration", np.zeros(0))
@@ -174,7 +199,8 @@ def _load_run(path: Path, p: ReportParams) -> ReportInput:
         inp.notes["nrmse_per_tilt"] = "fewer than two snapshots were recorded"
     c = rec.costs
     if c.get("iteration", np.zeros(0)).size:
-        inp.convergence = {k: c[k] for k in ("iteration", "haadf", "chem", "tv") if k in c}
+        inp.convergence = {k: c[k] for k in ("iteration", "haadf", "chem", "tv", "change",
+                                             "n_haadf", "n_chem") if k in c}
         if "n_chem" in c:
             grow = np.flatnonzero(np.diff(c["n_chem"], prepend=0) > 0)
             inp.chem_added = [int(c["iteration"][i]) for i in grow]
@@ -185,9 +211,12 @@ def _load_run(path: Path, p: ReportParams) -> ReportInput:
     budget = rec.attrs.get("dose_budget_e_per_A2")
     inp.dose_budget = float(budget) if isinstance(budget, int | float) else None
     inp.truth, inp.truth_note = simulated_truth(header, s.shape[1], path.parent)
+    inp.truth_counts_per_unit = counts_per_unit(header, path.parent)
     inp.events = dict(Counter(str(e.get("kind")) for e in rec.events))
     inp.advice = advice_log(rec.events)
     controller = next((e for e in rec.events if e.get("kind") == "controller"), {})
+    fusion = controller.get("fusion")
+    inp.fit_params = dict(fusion) if isinstance(fusion, dict) else {}
     inp.parameters.update(_run_parameters(info, header, controller))
     return inp
 
@@ -267,11 +296,14 @@ def _load_recon(path: Path, p: ReportParams) -> ReportInput:
     if conv.get("haadf", np.zeros(0)).size:
         n = conv["haadf"].size
         inp.convergence = {"iteration": np.arange(1, n + 1),
-                           **{k: conv[k] for k in ("haadf", "chem", "tv") if k in conv}}
+                           **{k: conv[k] for k in ("haadf", "chem", "tv", "change",
+                                                   "n_haadf_tilts", "n_chem_tilts")
+                              if k in conv and conv[k].size == n}}
     else:
         inp.notes["convergence"] = (f"method {a.get('method')!r} keeps no cost history "
                                     "(/convergence is empty)")
     inp.parameters = dict(a)
+    inp.fit_params = dict(a)
     inp.notes["advice"] = "a reconstruction file holds no run record (report on the run file)"
     src = _source_path(a.get("source_file"), path.parent)
     if src is not None:
@@ -297,14 +329,16 @@ def _recon_source(src: Path, inp: ReportInput) -> None:
     """Truth and dose of a reconstruction from the file it was made from."""
     if file_format(src) == RUN_FORMAT:
         rec = read_run(src)
-        inp.truth, inp.truth_note = simulated_truth(_start_header(rec.attrs, src),
-                                                    rec.series.shape[1], src.parent)
+        header = _start_header(rec.attrs, src)
+        inp.truth, inp.truth_note = simulated_truth(header, rec.series.shape[1], src.parent)
+        inp.truth_counts_per_unit = counts_per_unit(header, src.parent)
         inp.dose = {m: np.asarray(rec.dose_e_per_A2[m], np.float64) for m in MODALITIES}
         inp.dose_seq = {m: np.asarray(rec.seq[m]) for m in MODALITIES}
         return
     truth = read_truth(src)
     inp.truth, inp.truth_note = (truth, f"/truth of {src}") if truth else (
         None, f"the source file {src} has no /truth")
+    inp.truth_counts_per_unit = _series_counts_per_unit(src)
     _series_dose(read_series(src), inp)
 
 

@@ -34,12 +34,15 @@ class ReportParams:
     # an element is present in a support voxel above this fraction of its own max there
     presence_fraction: float = 0.25
     bins: int = 50                 # stoichiometry histogram bins on [0, 1]
+    # atomic fractions (maps and the region table) where the summed volumes exceed this
+    # fraction of their max (controller/report/stoichiometry.py)
+    fraction_support: float = 0.10
     dpi: int = 110
     max_snapshots: int = 60        # per-tilt curves read at most this many snapshots
     truth: Path | None = None      # a series file with /truth (overrides the automatic one)
 
     def __post_init__(self) -> None:
-        for name in ("support_fraction", "presence_fraction"):
+        for name in ("support_fraction", "presence_fraction", "fraction_support"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ReportError(f"{name} must lie in [0, 1), got {v}")
@@ -70,7 +73,11 @@ class ReportInput:
     std_error: dict[str, np.ndarray] | None = None
     truth: dict[str, np.ndarray] | None = None
     truth_note: str = ""
+    # counts per voxel of a unit truth concentration (the simulated instrument's dose scale),
+    # so that the truth is shown in the reconstruction's quantity; None: not known
+    truth_counts_per_unit: float | None = None
     pixel_size_nm: float | None = None
+    fit_params: dict[str, Any] = field(default_factory=dict)  # lambdas, stop_reason
     convergence: dict[str, np.ndarray] = field(default_factory=dict)
     chem_added: list[int] = field(default_factory=list)   # iterations a chemical tilt joined
     nrmse_per_tilt: list[TiltPoint] = field(default_factory=list)
