@@ -101,6 +101,14 @@ class SliceCalibration:
         n = self.volume_shape[PLANES.index(plane)]
         return (idx + 0.5 - n / 2) * self.voxel_nm
 
+    def position_voxels(self, plane: str) -> float | None:
+        """Where the central slice normal to `plane` lies, in voxels from the volume's
+        centre ((i + 1/2 - n/2)); None without the volume's shape and the slice index."""
+        idx = dict(self.central).get(plane)
+        if idx is None or self.volume_shape is None:
+            return None
+        return idx + 0.5 - self.volume_shape[PLANES.index(plane)] / 2
+
     def title(self, plane: str) -> str:
         """A pane title: the plane and its position in nm ('s = +0.25 nm')."""
         pos = self.position_nm(plane)

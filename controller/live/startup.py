@@ -193,6 +193,12 @@ def finish(s: LiveSession) -> None:
     log.info("run complete: %s", s.run_path)
 
 
+def cost_weights(fusion: Any) -> dict[str, float]:
+    """The λ weighting each cost term in the objective (the viewers plot weighted terms)."""
+    return {"haadf": float(fusion.lambda_haadf), "chem": float(fusion.lambda_chem),
+            "tv": float(fusion.lambda_tv)}
+
+
 def status_fields(s: LiveSession, state: str) -> dict[str, Any]:
     run, solver, recon = s.run, s.solver, s.recon
     start = run.start_header if run is not None else {}
@@ -200,6 +206,7 @@ def status_fields(s: LiveSession, state: str) -> dict[str, Any]:
         "state": state,
         "iteration": 0 if solver is None else solver.iteration,
         "costs": {} if recon is None else recon.last_costs,
+        "cost_weights": None if solver is None else cost_weights(solver.params),
         "haadf_tilts": 0 if run is None else run.haadf_count,
         "chem_tilts": 0 if run is None else run.chem_count,
         "planned_haadf": _planned(start, "haadf_angles"),

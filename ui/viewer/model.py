@@ -22,16 +22,34 @@ from fusetomo.core.errors import FusetomoError
 from fusetomo.ui.alignment import Alignment, decode_alignment
 from fusetomo.ui.fields import integer as _int
 from fusetomo.ui.fields import number as _num
-from fusetomo.ui.slices import OrthoSlices, decode_slices
+from fusetomo.ui.slices import OrthoSlices, SliceCalibration, decode_calibration, decode_slices
 
 COST_TERMS = ("haadf", "chem", "tv")
 ADVICE_ACTIONS = ("acquire_now", "wait", "stop_spectroscopy")
 ANSWERS = ("accept", "skip", "force")
 MAX_COST_ROWS = 100_000  # a long run's history stays bounded (oldest rows dropped)
+MAX_MARKS = 10_000  # tilt and idle-stop markers kept
 
 
 class ViewerDataError(FusetomoError, ValueError):
     """A status message whose content cannot be shown; names the field and the value."""
+
+
+@dataclass(frozen=True)
+class TiltMark:
+    """A tilt joined the reconstruction: `iteration` is the first iteration whose costs
+    include its data (the cost plot marks it just before, at iteration - 1/2)."""
+
+    iteration: int
+    modality: str  # "haadf" or "chem"
+
+
+@dataclass(frozen=True)
+class IdleStop:
+    """An `idle_stopped` event: the stopping rule ended the idle iterations at `iteration`."""
+
+    iteration: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,10 @@ class ViewerState:
     iteration: int = 0
     cost_iterations: list[int] = field(default_factory=list)
     costs: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in COST_TERMS})
+    cost_weights: dict[str, float] | None = None  # the λ of each term (None: unweighted)
+    tilt_marks: list[TiltMark] = field(default_factory=list)
+    idle_stops: list[IdleStop] = field(default_factory=list)
+    seen_tilts: tuple[int, int] | None = None  # HAADF, chemical tilts of the last status
     haadf_tilts: int = 0
     chem_tilts: int = 0
     planned_haadf: int | None = None
@@ -88,6 +110,7 @@ class ViewerState:
     elements: tuple[str, ...] = ()
     slices: dict[str, OrthoSlices] = field(default_factory=dict)
     slices_iteration: int | None = None
+    calibration: SliceCalibration | None = None  # what a slice pixel is (None: unknown)
     std_slices: dict[str, OrthoSlices] = field(default_factory=dict)
     std_iteration: int | None = None
     advice: Advice | None = None
@@ -155,6 +178,7 @@ class ViewerModel:
             s = self._state
             return replace(s, cost_iterations=list(s.cost_iterations),
                            costs={k: list(v) for k, v in s.costs.items()},
+                           tilt_marks=list(s.tilt_marks), idle_stops=list(s.idle_stops),
                            dose=dict(s.dose), haadf_angles=list(s.haadf_angles),
                            chem_angles=list(s.chem_angles), slices=dict(s.slices),
                            std_slices=dict(s.std_slices), received=dict(s.received),
@@ -190,6 +214,8 @@ class ViewerModel:
                     s.last_event = ev
                     if ev == "series_start":  # a new series: forget the last one's history
                         self._reset_series(s, header)
+                    elif ev == "idle_stopped":
+                        self._idle_stopped(s, header)
                 else:
                     return False
             except ViewerDataError as e:
@@ -208,6 +234,7 @@ class ViewerModel:
         series = _str(header.get("series"))
         if series is not None and series != s.series:
             s.cost_iterations, s.costs = [], {t: [] for t in COST_TERMS}
+            s.tilt_marks, s.idle_stops, s.seen_tilts = [], [], None
             s.slices, s.std_slices, s.advice, s.alignment = {}, {}, None, None
             s.slices_iteration = s.std_iteration = None
 
@@ -222,11 +249,20 @@ class ViewerModel:
         costs = h.get("costs")
         if costs is not None and not isinstance(costs, Mapping):
             raise ViewerDataError(f"status: costs must be an object, got {costs!r:.80}")
+        weights = h.get("cost_weights")
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ViewerDataError(f"status: cost_weights must be an object, got "
+                                  f"{weights!r:.80}")
         s.state = _str(h.get("state")) or s.state
         if it is not None:
             s.iteration = it
             if costs:
                 self._add_costs(s, it, costs)
+            self._tilts_joined(s, it, _int(h.get("haadf_tilts")), _int(h.get("chem_tilts")))
+        if weights is not None:
+            w = {t: _num(weights.get(t)) for t in COST_TERMS}
+            s.cost_weights = ({t: float(v) for t, v in w.items() if v is not None}
+                              if any(v is not None for v in w.values()) else None)
         for name in ("haadf_tilts", "chem_tilts"):
             v = _int(h.get(name))
             if v is not None:
@@ -274,13 +310,44 @@ class ViewerModel:
                 del s.costs[t][0]
 
     @staticmethod
+    def _tilts_joined(s: ViewerState, it: int, n_haadf: int | None,
+                      n_chem: int | None) -> None:
+        """A status counting more tilts than the last one: each new tilt joined after
+        iteration `it` (the controller publishes a status as each tilt is added), so its
+        data first shows in the costs of iteration it + 1. The first status seen is the
+        baseline (a viewer connecting mid-run marks only what arrives after)."""
+        if n_haadf is None or n_chem is None:
+            return
+        if s.tilt_marks and s.tilt_marks[-1].iteration > it + 1:  # resumed earlier
+            s.tilt_marks = [m for m in s.tilt_marks if m.iteration <= it + 1]
+        if s.seen_tilts is not None:
+            for modality, now, before in (("haadf", n_haadf, s.seen_tilts[0]),
+                                          ("chem", n_chem, s.seen_tilts[1])):
+                s.tilt_marks.extend(TiltMark(it + 1, modality)
+                                    for _ in range(max(now - before, 0)))
+            del s.tilt_marks[:-MAX_MARKS]
+        s.seen_tilts = (n_haadf, n_chem)
+
+    @staticmethod
+    def _idle_stopped(s: ViewerState, h: Mapping[str, Any]) -> None:
+        it = _int(h.get("iteration"))
+        if it is None:
+            raise ViewerDataError(f"event idle_stopped: iteration must be an integer, got "
+                                  f"{h.get('iteration')!r}")
+        s.idle_stops = [*(m for m in s.idle_stops if m.iteration < it),
+                        IdleStop(it, _str(h.get("reason")) or "")][-MAX_MARKS:]
+
+    @staticmethod
     def _slices(s: ViewerState, h: Mapping[str, Any]) -> None:
         new = (decode_slices(h.get("slices"), "slices", error=ViewerDataError)
                if h.get("slices") is not None else None)
         std = (decode_slices(h.get("std_slices"), "std_slices", error=ViewerDataError)
                if h.get("std_slices") is not None else None)
+        cal = (decode_calibration(h.get("calibration"), "calibration", ViewerDataError)
+               if h.get("calibration") is not None else None)
         if new is not None:
             s.slices = new
+            s.calibration = cal
             s.slices_iteration = _int(h.get("iteration"))
             if not s.elements or set(s.elements) != set(new):
                 s.elements = tuple(new)

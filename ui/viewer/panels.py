@@ -1,6 +1,6 @@
-"""The viewer window's panels (pyqtgraph on PySide6): the orthoslice grid, the cost plots,
-the dose bar, the polar plot of tilt angles, the alignment panel, the advice box, and the
-texts of the advice and the status line."""
+"""The viewer window's panels (pyqtgraph on PySide6): the dose bar, the polar plot of tilt
+angles, the alignment panel, the advice box, and the texts of the advice and the status
+line. The slice grid is in `slicegrid`, the cost plots in `costplot`."""
 
 from __future__ import annotations
 
@@ -12,136 +12,12 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
-from fusetomo.ui.slices import PLANES, OrthoSlices
-from fusetomo.ui.viewer.model import (
-    COST_TERMS,
-    Advice,
-    ViewerState,
-)
-from fusetomo.ui.viewer.render import element_colour, polar_rays, rgb_overlay
+from fusetomo.ui.viewer.model import Advice, ViewerState
+from fusetomo.ui.viewer.render import polar_rays
+from fusetomo.ui.viewer.units import DOSE_UNIT
 
-PLANE_TITLES = {"s": "s (normal to tilt axis)", "u": "u", "v": "v"}
-COST_COLOURS = {"haadf": (90, 170, 255), "chem": (255, 120, 60), "tv": (120, 220, 120)}
 HAADF_COLOUR, CHEM_COLOUR = (110, 170, 255), (255, 90, 60)
 SHIFT_COLOURS = {"ds": (250, 190, 40), "dd": (0, 210, 210)}  # the columns of shifts_px
-
-
-def _as_displayed(a: np.ndarray) -> np.ndarray:
-    """Arrays here are [row, column]; pyqtgraph's default axis order is column-major."""
-    if pg.getConfigOption("imageAxisOrder") == "row-major":
-        return a
-    return np.swapaxes(a, 0, 1)
-
-
-class _SliceCell:
-    """One image of the slice grid: a ViewBox holding an ImageItem."""
-
-    def __init__(self, layout: pg.GraphicsLayout, row: int, col: int) -> None:
-        self.view = layout.addViewBox(row=row, col=col, lockAspect=True, invertY=True,
-                                      enableMouse=True)
-        self.image = pg.ImageItem()
-        self.view.addItem(self.image)
-        self.shape: tuple[int, ...] | None = None
-
-    def show(self, a: np.ndarray, levels: tuple[float, float] | None,
-             cmap: pg.ColorMap | None) -> None:
-        if cmap is not None:
-            self.image.setColorMap(cmap)
-        self.image.setImage(_as_displayed(a), levels=levels, autoLevels=False)
-        if self.shape != a.shape:  # re-frame only when the size changes (keeps user zoom)
-            self.shape = a.shape
-            self.view.autoRange(padding=0.02)
-
-    def clear(self) -> None:
-        self.image.clear()
-        self.shape = None
-
-
-class SliceGrid(pg.GraphicsLayoutWidget):
-    """Rows: one per element, then the RGB overlay; columns: the planes s, u, v."""
-
-    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.elements: tuple[str, ...] = ()
-        self.cells: dict[tuple[str, str], _SliceCell] = {}
-        self._cmaps = {False: pg.colormap.get("viridis"), True: pg.colormap.get("inferno")}
-        self._build(())
-
-    def _build(self, elements: tuple[str, ...]) -> None:
-        self.clear()
-        self.cells = {}
-        self.elements = elements
-        layout = self.ci
-        layout.addLabel("", row=0, col=0)
-        for j, p in enumerate(PLANES):
-            layout.addLabel(PLANE_TITLES[p], row=0, col=j + 1)
-        for i, row in enumerate((*elements, "RGB")):
-            colour = element_colour(i) if row != "RGB" else (230, 230, 230)
-            layout.addLabel(row, row=i + 1, col=0, angle=-90, color=colour, size="11pt")
-            for j, p in enumerate(PLANES):
-                self.cells[(row, p)] = _SliceCell(layout, i + 1, j + 1)
-
-    def draw(self, state: ViewerState, elements: tuple[str, ...], std: bool) -> None:
-        if elements != self.elements:
-            self._build(elements)
-        source = state.std_slices if std else state.slices
-        for el in elements:
-            sl: OrthoSlices | None = source.get(el)
-            for p in PLANES:
-                cell = self.cells[(el, p)]
-                if sl is None:
-                    cell.clear()
-                else:
-                    cell.show(sl.plane(p), (0.0, max(sl.vmax, 1e-30)), self._cmaps[std])
-        for p in PLANES:
-            cell = self.cells[("RGB", p)]
-            if not state.slices:
-                cell.clear()
-            else:  # the overlay is always of the reconstruction, not of its error
-                cell.show(rgb_overlay(state.slices, elements, p), (0.0, 255.0), None)
-
-
-class CostPlots(pg.GraphicsLayoutWidget):
-    """The three cost terms against iteration, one plot each (their scales differ)."""
-
-    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.plots: dict[str, pg.PlotItem] = {}
-        self.curves: dict[str, pg.PlotDataItem] = {}
-        first = None
-        for i, t in enumerate(COST_TERMS):
-            p = self.addPlot(row=i, col=0)
-            p.setLabel("left", t)
-            for side in ("left", "bottom"):  # "x1e+06" beside log ticks misleads
-                p.getAxis(side).enableAutoSIPrefix(False)
-            p.showGrid(x=True, y=True, alpha=0.3)
-            if first is None:
-                first = p
-                p.setTitle("cost terms")
-            else:
-                p.setXLink(first)
-            if i == len(COST_TERMS) - 1:
-                p.setLabel("bottom", "iteration")
-            self.plots[t] = p
-            self.curves[t] = p.plot(pen=pg.mkPen(COST_COLOURS[t], width=2), connect="finite")
-
-    def draw(self, state: ViewerState) -> None:
-        x = np.asarray(state.cost_iterations, dtype=np.float64)
-        for t in COST_TERMS:
-            y = np.asarray(state.costs.get(t, []), dtype=np.float64)
-            if y.size != x.size or x.size == 0:
-                self.curves[t].setData([], [])
-                continue
-            finite = y[np.isfinite(y)]
-            # Log scale when the term is positive and spans a decade or more (it falls by
-            # decades at the start); over less, log ticks only crowd the axis.
-            log = (bool(finite.size) and bool(np.all(finite > 0))
-                   and float(finite.max()) >= 10 * float(finite.min()))
-            self.plots[t].setLogMode(x=False, y=log)
-            # Markers while the history is short (a single point draws no line).
-            sym = "o" if x.size <= 50 else None
-            self.curves[t].setData(x, y, symbol=sym, symbolSize=5,
-                                   symbolBrush=COST_COLOURS[t], symbolPen=None)
 
 
 class DoseBar(pg.PlotWidget):
@@ -151,7 +27,7 @@ class DoseBar(pg.PlotWidget):
         super().__init__(parent)
         self.setMaximumHeight(120)
         self.hideAxis("left")
-        self.setLabel("bottom", "dose (e/Å²)")
+        self.setLabel("bottom", f"dose ({DOSE_UNIT})")
         self.setMouseEnabled(x=False, y=False)
         self.bars = {m: pg.BarGraphItem(x0=[0.0], width=[0.0], y=[0.0], height=0.6,
                                         brush=pg.mkBrush(c), pen=pg.mkPen(None))
@@ -176,7 +52,7 @@ class DoseBar(pg.PlotWidget):
         top = max(total, budget or 0.0, 1e-9)
         self.setXRange(0, top * 1.05, padding=0)
         frac = f" ({100 * total / budget:.0f} %)" if budget else ""
-        self.setTitle(f"dose {total:.3g} / {'?' if budget is None else f'{budget:.3g}'} e/Å²"
+        self.setTitle(f"dose {total:.3g} / {'?' if budget is None else f'{budget:.3g}'} {DOSE_UNIT}"
                       f"{frac} — HAADF {h:.3g}, chemical {c:.3g}", size="9pt")
 
 
@@ -300,7 +176,7 @@ def advice_html(adv: Advice | None, state: ViewerState) -> str:
         lines.append(html.escape(adv.reason))
     facts = []
     if adv.gain_per_dose is not None:
-        facts.append(f"gain {adv.gain_per_dose:.3g} nats per e/Å²")
+        facts.append(f"gain {adv.gain_per_dose:.3g} nats per {DOSE_UNIT}")
     if adv.best_angle is not None:
         facts.append(f"best remaining {adv.best_angle:+.1f}°")
     if adv.chem_maps_used is not None:
@@ -308,7 +184,7 @@ def advice_html(adv: Advice | None, state: ViewerState) -> str:
         facts.append(f"spectrum images {adv.chem_maps_used}/{budget}")
     if adv.chem_dose_used is not None:
         budget = "?" if adv.chem_dose_budget is None else f"{adv.chem_dose_budget:.4g}"
-        facts.append(f"chemical dose {adv.chem_dose_used:.4g}/{budget} e/Å²")
+        facts.append(f"chemical dose {adv.chem_dose_used:.4g}/{budget} {DOSE_UNIT}")
     if adv.mode:
         facts.append(f"mode {html.escape(adv.mode)}")
     if facts:

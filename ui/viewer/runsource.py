@@ -25,16 +25,19 @@ from fusetomo.adapters.runfile import (
 )
 from fusetomo.adapters.seriesfile import open_h5
 from fusetomo.ui.alignment import Alignment, decode_alignment
-from fusetomo.ui.slices import OrthoSlices
+from fusetomo.ui.slices import OrthoSlices, SliceCalibration
 from fusetomo.ui.viewer.model import (
     ANSWERS,
     COST_TERMS,
     Advice,
+    IdleStop,
+    TiltMark,
     ViewerDataError,
     ViewerState,
     decode_advice,
 )
 from fusetomo.ui.viewer.render import central_slices
+from fusetomo.ui.viewer.units import angle_text
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,16 @@ class RecordedRun:
         self.start = _start_header(rec.attrs.get("start_header"))
         self.advice = _advice_events(rec.events)
         self.alignments = _alignment_events(rec.events)
+        self.cost_weights = _cost_weights(rec.events)
+        self.idle_stops = [IdleStop(int(ev["iteration"]), str(ev.get("reason") or ""))
+                           for ev in rec.events if ev.get("kind") == "idle_stopped"
+                           and isinstance(ev.get("iteration"), int)]
+        ns, nd = (int(v) for v in rec.series.shape)
+        px = _finite(rec.series.pixel_size_nm)
+        # central_slices' planes of the full volumes: one voxel a pixel.
+        self.calibration = SliceCalibration(
+            pixel_nm=px, voxel_nm=px, volume_shape=(ns, nd, nd),
+            central=(("s", ns // 2), ("u", nd // 2), ("v", nd // 2)))
 
     @property
     def n_tilts(self) -> int:
@@ -116,12 +129,14 @@ class RecordedRun:
         dose = {m: float(sum(t.dose for t in taken if t.modality == m))
                 for m in ("haadf", "chem")}
         dose["total"] = dose["haadf"] + dose["chem"]
-        its, costs = self._costs_upto(len(h_ang), len(c_ang))
+        its, costs, marks = self._costs_upto(len(h_ang), len(c_ang))
         state = ViewerState(
             series=str(self.record.attrs.get("series_id") or "") or None,
             state="complete" if k == n and self.record.complete else "recorded",
             iteration=its[-1] if its else 0,
-            cost_iterations=its, costs=costs,
+            cost_iterations=its, costs=costs, cost_weights=self.cost_weights,
+            tilt_marks=marks, idle_stops=[m for m in self.idle_stops
+                                          if its and m.iteration <= its[-1]],
             haadf_tilts=len(h_ang), chem_tilts=len(c_ang),
             planned_haadf=_count(self.start.get("scheme"), "haadf_angles"),
             planned_chem=_count(self.start.get("scheme"), "chem_angles"),
@@ -129,6 +144,7 @@ class RecordedRun:
             haadf_angles=h_ang, chem_angles=c_ang, elements=self.elements)
         i = self.snapshots.latest(len(h_ang), len(c_ang))
         if i is not None:
+            state.calibration = self.calibration
             state.slices = self._slices("snapshots", i)
             state.slices_iteration = int(self.snapshots.iteration[i])
         j = self.std_errors.latest(len(h_ang), len(c_ang))
@@ -140,21 +156,27 @@ class RecordedRun:
         last_seq = taken[-1].seq if taken else -1
         state.advice = _latest_advice(self.advice, last_seq)
         state.alignment = self._alignment_before(k)
-        last = f", last {taken[-1].modality} at {taken[-1].angle:+.1f} deg" if taken else ""
+        last = f", last {taken[-1].modality} at {angle_text(taken[-1].angle)}" if taken else ""
         snap = (f"snapshot of iteration {state.slices_iteration}" if i is not None
                 else "no snapshot yet")
         state.caption = f"tilt {k}/{n}{last}; {snap}"
         return state
 
-    def _costs_upto(self, n_haadf: int, n_chem: int) -> tuple[list[int], dict[str, list[float]]]:
+    def _costs_upto(self, n_haadf: int, n_chem: int
+                    ) -> tuple[list[int], dict[str, list[float]], list[TiltMark]]:
+        """The cost rows of the iterations that had at most these tilts, and where tilts
+        joined: the rows whose tilt counts grew (each new tilt's first iteration)."""
         c = self.record.costs
         its = np.asarray(c.get("iteration", np.zeros(0)), dtype=np.int64)
         ok = np.ones(its.shape, bool)
+        marks: list[TiltMark] = []
         if "n_haadf" in c and "n_chem" in c:
-            ok = (np.asarray(c["n_haadf"]) <= n_haadf) & (np.asarray(c["n_chem"]) <= n_chem)
+            nh, nc = np.asarray(c["n_haadf"]), np.asarray(c["n_chem"])
+            ok = (nh <= n_haadf) & (nc <= n_chem)
+            marks = _tilt_marks(its[ok], nh[ok], nc[ok])
         costs = {t: [float(v) for v in np.asarray(c[t])[ok]] if t in c else
                  [math.nan] * int(ok.sum()) for t in COST_TERMS}
-        return [int(i) for i in its[ok]], costs
+        return [int(i) for i in its[ok]], costs, marks
 
     def _alignment_before(self, k: int) -> Alignment | None:
         """The alignment the live viewer showed before tilt k + 1 arrived: the newest
@@ -187,6 +209,29 @@ class RecordedRun:
     def _slices(self, group: str, index: int) -> dict[str, OrthoSlices]:
         _, volumes = read_snapshot(self.path, index, group=group)
         return {e: central_slices(volumes[e]) for e in self.elements if e in volumes}
+
+
+def _tilt_marks(its: np.ndarray, n_haadf: np.ndarray, n_chem: np.ndarray) -> list[TiltMark]:
+    """One mark per tilt at the first cost row that counts it (the rows before the first
+    count from zero: a run's first iteration follows its first tilts)."""
+    marks: list[TiltMark] = []
+    for modality, n in (("haadf", n_haadf), ("chem", n_chem)):
+        grew = np.diff(np.asarray(n, np.int64), prepend=0)
+        for i, g in zip(its, grew, strict=True):
+            marks.extend(TiltMark(int(i), modality) for _ in range(max(int(g), 0)))
+    return sorted(marks, key=lambda m: (m.iteration, m.modality != "haadf"))
+
+
+def _cost_weights(events: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The λ of each cost term, from the run's `controller` event (its fusion parameters);
+    None when not recorded."""
+    ev = next((e for e in events if e.get("kind") == "controller"), {})
+    fusion = ev.get("fusion")
+    if not isinstance(fusion, dict):
+        return None
+    w = {t: _finite(fusion.get(f"lambda_{t}")) for t in COST_TERMS}
+    return {t: v for t, v in w.items() if v is not None} if all(
+        v is not None for v in w.values()) else None
 
 
 def _finite(v: Any) -> float | None:

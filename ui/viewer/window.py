@@ -19,6 +19,7 @@ from typing import Any
 
 from PySide6 import QtCore, QtWidgets
 
+from fusetomo.ui.viewer.costplot import CostPlots
 from fusetomo.ui.viewer.model import (
     ViewerModel,
     ViewerState,
@@ -28,15 +29,14 @@ from fusetomo.ui.viewer.panels import (
     SHIFT_COLOURS,
     AdviceBox,
     AlignmentPanel,
-    CostPlots,
     DoseBar,
     PolarAngles,
-    SliceGrid,
     advice_html,
     status_text,
 )
 from fusetomo.ui.viewer.qtcompat import RefcountGuard
 from fusetomo.ui.viewer.runsource import RecordedRun
+from fusetomo.ui.viewer.slicegrid import SliceGrid
 
 __all__ = ["SHIFT_COLOURS", "ViewerWindow"]
 
