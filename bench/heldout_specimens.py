@@ -14,22 +14,9 @@ fusetomo's layout V[s, u, v], s along the tilt axis.
 from __future__ import annotations
 
 import numpy as np
+from robustness_specimens import R_CYL, _grid, _make  # the same rasterisation
 
-from fusetomo.core.elements import atomic_number
 from fusetomo.simulators.specimens import Specimen
-
-R_CYL = 0.42
-
-
-def _grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    c = (np.arange(n, dtype=np.float32) - (n - 1) / 2.0) / n
-    return c[:, None, None], c[None, :, None], c[None, None, :]
-
-
-def _make(name: str, vol: dict[str, np.ndarray]) -> Specimen:
-    els = list(vol)
-    return Specimen(name, els, [atomic_number(e) for e in els],
-                    np.stack([vol[e] for e in els]).astype(np.float32))
 
 
 def lamella(size: int, seed: int = 0) -> Specimen:

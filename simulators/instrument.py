@@ -143,18 +143,6 @@ def _non_negative(name: str, value: float) -> None:
         raise InstrumentError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0:
-        raise InstrumentError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _non_negative(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value < 0:
-        raise InstrumentError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
 class SimulatedInstrument(InstrumentSession):
     """A simulated (or replaying) microscope behind an `InstrumentServer`."""
 
