@@ -51,6 +51,7 @@ def panel_module():
         del setup
 
 
+@pytest.mark.slow
 def test_panel_keeps_within_two_seconds_and_auto_accepts_a_usim_series(panel_module,
                                                                          tmp_path) -> None:
     params = LiveParams(device="cpu", iterations_per_tilt=2, idle_iterations=True,

@@ -22,6 +22,7 @@ pytest.importorskip("PySide6")
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 def test_screenshot_of_the_panel_in_swift(tmp_path: Path) -> None:
     out = tmp_path / "panel.png"
     home = tmp_path / "home"

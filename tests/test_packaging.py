@@ -82,6 +82,7 @@ print(adapter.loaded_module.__file__)
 """
 
 
+@pytest.mark.slow
 def test_strict_editable_install_is_seen_by_swifts_plug_in_search(tmp_path: Path) -> None:
     """A default editable install maps the packages with an import hook that pkgutil cannot
     list, so Swift never finds the plug-in; setuptools' strict editable mode (a tree of
