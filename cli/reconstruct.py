@@ -88,6 +88,7 @@ def register(sub: Any) -> None:
                    help="also write per-voxel standard errors /std_error/<Symbol> (fused): "
                         "cheap or accurate (Laplace, fast, not calibrated where nuisances "
                         "are estimated), or resample (32 re-solves of the data with added "
-                        "noise: calibrated, and a per-voxel bias estimate /bias/<Symbol>)")
+                        "noise: closer to Monte Carlo, docs/benchmarks.md; and a per-voxel "
+                        "bias estimate /bias/<Symbol>, a lower bound)")
     add_threads_option(p)
     p.set_defaults(func=cmd_reconstruct)
