@@ -38,6 +38,12 @@ Sub-pixel registration is scikit-image's upsampled-DFT phase correlation
 reconstruction and reprojection run on NumPy or CuPy through `ParallelProjector`, and the
 image resampling through scipy.ndimage or cupyx.scipy.ndimage, whichever holds the array.
 No sockets, no files.
+
+Where the code is: the image operations (vacuum level, `apply_alignment`, binning,
+`register`) in solver/alignment_images.py, the shift and rotation estimators (gauge,
+`com_shifts`, `xcorr_shifts`, `estimate_rotation`) in solver/alignment_shifts.py, and here
+the parameters, projection matching, `align_series` and the chemical maps' registration;
+every public name is importable from this module.
 """
 
 from __future__ import annotations
@@ -50,10 +56,28 @@ from typing import Any, Literal
 
 import numpy as np
 import sigpy as sp
-from scipy.optimize import minimize_scalar
-from skimage.registration import phase_cross_correlation
 
-from fusetomo.core.errors import FusetomoError
+from fusetomo.solver.alignment_images import (
+    AlignmentError,
+    BackgroundMethod,
+    _angles,
+    _stack,
+    apply_alignment,
+    bin_images,
+    register,
+    remove_background,
+    to_axis_frame,
+    to_image_frame,
+    vacuum_level,
+)
+from fusetomo.solver.alignment_shifts import (
+    com_shifts,
+    estimate_rotation,
+    fit_axis,
+    gauge_free,
+    remove_gauge,
+    xcorr_shifts,
+)
 from fusetomo.solver.backend import to_device, to_numpy
 from fusetomo.solver.iterative import sirt_step, sirt_weights
 from fusetomo.solver.projector import ParallelProjector
@@ -80,13 +104,6 @@ __all__ = [
     "vacuum_level",
     "xcorr_shifts",
 ]
-
-BackgroundMethod = Literal["border", "percentile", "none"]
-
-
-class AlignmentError(FusetomoError, ValueError):
-    """Images or parameters that alignment cannot work with; the message names the value."""
-
 
 @dataclass(frozen=True)
 class AlignmentParams:
@@ -182,287 +199,6 @@ class Alignment:
             raise AlignmentError(f"no aligned tilt at {angle} degrees (have "
                                  f"{self.angles.tolist()})")
         return self.shifts[i].copy()
-
-
-# -- images ---------------------------------------------------------------------------------
-def _stack(images: Any, what: str = "images") -> Any:
-    xp = sp.get_device(images).xp
-    a = images if xp is not np else np.asarray(images)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise AlignmentError(f"{what}: expected [n_tilts, n_slices, n_det], got {a.shape}")
-    if a.shape[1] < 4 or a.shape[2] < 4:
-        raise AlignmentError(f"{what}: images of {a.shape[1:]} px are too small to align")
-    if not bool(xp.all(xp.isfinite(a))):
-        raise AlignmentError(f"{what}: contains NaN or inf")
-    return a.astype(xp.float32, copy=False)
-
-
-def _angles(angles: Any, n: int) -> np.ndarray:
-    a = np.atleast_1d(np.asarray(angles, dtype=np.float64)).ravel()
-    if a.size != n:
-        raise AlignmentError(f"{a.size} angles for {n} images")
-    if not np.all(np.isfinite(a)) or np.any(np.abs(a) > 90):
-        raise AlignmentError(f"angles must be finite and within [-90, 90], got {a.tolist()}")
-    return a
-
-
-def vacuum_level(image: np.ndarray, *, method: BackgroundMethod = "border",
-                 border_px: int = 2, percentile: float = 5.0) -> float:
-    """The vacuum level of one projection: the median of its outer frame `border_px` wide
-    ('border', for a specimen inside the field of view) or a low percentile of all pixels
-    ('percentile', for one that touches the frame); 0 for 'none'."""
-    img = to_numpy(image)
-    if method == "none":
-        return 0.0
-    if method == "percentile":
-        return float(np.percentile(img, percentile))
-    if method != "border":
-        raise AlignmentError(f"background method must be border|percentile|none, got "
-                             f"{method!r}")
-    b = int(border_px)
-    if 2 * b >= min(img.shape):
-        raise AlignmentError(f"border_px {b} too wide for an image of {img.shape}")
-    frame = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[b:-b, :b].ravel(),
-                            img[b:-b, -b:].ravel()])
-    return float(np.median(frame))
-
-
-def remove_background(images: Any, *, method: BackgroundMethod = "border", border_px: int = 2,
-                      percentile: float = 5.0) -> tuple[Any, np.ndarray]:
-    """Each projection minus its vacuum level: (stack, levels [n])."""
-    a = _stack(images)
-    levels = np.array([vacuum_level(im, method=method, border_px=border_px,
-                                    percentile=percentile) for im in a])
-    xp = sp.get_device(a).xp
-    with sp.get_device(a):
-        return a - xp.asarray(levels, dtype=xp.float32)[:, None, None], levels
-
-
-def _ndimage(x: Any) -> Any:
-    if sp.get_device(x) == sp.cpu_device:
-        import scipy.ndimage
-
-        return scipy.ndimage
-    import cupyx.scipy.ndimage
-
-    return cupyx.scipy.ndimage
-
-
-def _rotation_matrix(rotation_deg: float) -> np.ndarray:
-    """How scipy.ndimage.rotate(angle, reshape=False) moves points, in (s, d) coordinates."""
-    t = np.deg2rad(rotation_deg)
-    c, s = np.cos(t), np.sin(t)
-    return np.array([[c, -s], [s, c]])
-
-
-def apply_alignment(images: Any, shifts: Any, rotation_deg: float = 0.0, *, order: int = 3,
-                    counts: bool = False) -> Any:
-    """Undo `measured = shift(rotate(P, rotation_deg), shift)` for each image of a stack (or
-    one image) in one interpolation (spline of `order`, edges repeated). `counts`: clip at
-    0. NumPy in, NumPy out; CuPy in, CuPy out."""
-    single = np.ndim(images) == 2
-    a = _stack(images)
-    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    if sh.shape[0] != a.shape[0]:
-        raise AlignmentError(f"{sh.shape[0]} shifts for {a.shape[0]} images")
-    if not np.all(np.isfinite(sh)):
-        raise AlignmentError(f"shifts must be finite, got {sh.tolist()}")
-    nd = _ndimage(a)
-    xp = sp.get_device(a).xp
-    m = _rotation_matrix(rotation_deg)
-    c = (np.asarray(a.shape[1:], dtype=np.float64) - 1) / 2.0
-    out = xp.empty_like(a)
-    with sp.get_device(a):
-        for i in range(a.shape[0]):
-            offset = c + sh[i] - m @ c
-            if rotation_deg == 0.0:
-                out[i] = nd.shift(a[i], tuple(-sh[i]), order=order, mode="nearest")
-            else:
-                out[i] = nd.affine_transform(a[i], xp.asarray(m), offset=tuple(offset),
-                                             order=order, mode="nearest")
-        if counts:
-            out = xp.maximum(out, 0)
-    return out[0] if single else out
-
-
-def to_axis_frame(shifts: Any, rotation_deg: float) -> np.ndarray:
-    """Image-frame shifts (those of `apply_alignment`) as seen in de-rotated images:
-    de-rotating shift(rotate(P), delta) gives P shifted by R^-1 delta."""
-    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    return sh @ _rotation_matrix(rotation_deg)  # rows: (R^T applied) = R^-1 delta
-
-
-def to_image_frame(shifts: Any, rotation_deg: float) -> np.ndarray:
-    """The inverse of `to_axis_frame`."""
-    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    return sh @ _rotation_matrix(rotation_deg).T
-
-
-def bin_images(images: Any, f: int) -> Any:
-    """Block means of f x f pixels (trailing rows/columns that do not fill a block dropped)."""
-    a = _stack(images)
-    if f == 1:
-        return a
-    n, h, w = a.shape
-    h2, w2 = h // f, w // f
-    if h2 < 4 or w2 < 4:
-        raise AlignmentError(f"binning {f} leaves images of {(h2, w2)} px, too small")
-    return a[:, :h2 * f, :w2 * f].reshape(n, h2, f, w2, f).mean(axis=(2, 4))
-
-
-# -- registration ---------------------------------------------------------------------------
-def register(reference: Any, moving: Any, *, upsample: int = 20,
-             normalization: Literal["phase", "none"] = "phase") -> np.ndarray:
-    """The shift (ds, dd) by which `moving` is displaced relative to `reference` (so that
-    apply_shift(reference, shift) ~ moving), to 1/upsample px, by scikit-image's upsampled
-    phase correlation. CPU; CuPy arrays are copied over (the images are small)."""
-    ref, mov = to_numpy(reference), to_numpy(moving)
-    if ref.shape != mov.shape or ref.ndim != 2:
-        raise AlignmentError(f"register: images of {ref.shape} and {mov.shape}; need two "
-                             "2D images of one shape")
-    shift, _, _ = phase_cross_correlation(
-        ref, mov, upsample_factor=upsample,
-        normalization="phase" if normalization == "phase" else None)
-    # skimage returns the shift that registers `moving` onto `reference`: the opposite.
-    return -np.asarray(shift, dtype=np.float64)
-
-
-# -- gauge and the tilt axis ----------------------------------------------------------------
-def _gauge_basis(angles: np.ndarray) -> np.ndarray:
-    t = np.deg2rad(angles)
-    return np.stack([np.cos(t), np.sin(t)], axis=1)
-
-
-def fit_axis(angles: Any, d: Any) -> tuple[float, np.ndarray]:
-    """Least-squares fit of d(t) = c + a cos t + b sin t: (c, [a, b]). With a parallel beam
-    the d centre of mass of a compact object follows this curve; c is the tilt axis' offset
-    from the detector centre (plus the constant part of any drift)."""
-    ang = np.asarray(angles, dtype=np.float64).ravel()
-    y = np.asarray(d, dtype=np.float64).ravel()
-    if ang.size < 3:
-        raise AlignmentError(f"fitting the tilt axis needs >= 3 tilts, got {ang.size}")
-    basis = np.column_stack([np.ones_like(ang), _gauge_basis(ang)])
-    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
-    return float(coef[0]), coef[1:]
-
-
-def gauge_free(angles: Any, shifts: Any) -> np.ndarray:
-    """Shifts with the components the data cannot determine removed: the mean of ds, and the
-    a cos t + b sin t part of dd (a translation of the object). Compare shifts this way."""
-    ang = np.asarray(angles, dtype=np.float64).ravel()
-    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2).copy()
-    sh[:, 0] -= sh[:, 0].mean()
-    g = _gauge_basis(ang)
-    coef, *_ = np.linalg.lstsq(g, sh[:, 1], rcond=None)
-    sh[:, 1] -= g @ coef
-    return sh
-
-
-def remove_gauge(angles: np.ndarray, update: np.ndarray) -> np.ndarray:
-    """An update with its unobservable components removed (keeps the gauge fixed); only when
-    the tilts span enough angle to tell them apart."""
-    if update.shape[0] < 4 or np.ptp(angles) < 20:
-        return update
-    return gauge_free(angles, update)
-
-
-def com_shifts(images: Any, angles: Any) -> tuple[np.ndarray, float]:
-    """Shifts from the centre of mass of background-free projections: (shifts [n, 2], axis
-    offset). s: the centre of mass minus its mean over the series. d: the centre of mass
-    minus the fitted a cos t + b sin t and minus the detector centre, so the constant part
-    (the axis offset) stays in the shifts. Exact for a compact object wholly inside the field
-    of view and a clean background; negative pixels (noise) are clipped."""
-    a = to_numpy(_stack(images))
-    ang = _angles(angles, a.shape[0])
-    w = np.clip(a, 0, None).astype(np.float64)
-    tot = w.sum(axis=(1, 2))
-    if np.any(tot <= 0):
-        bad = int(np.argmin(tot))
-        raise AlignmentError(f"image {bad} (angle {ang[bad]}) has no signal above the vacuum "
-                             "level: cannot take its centre of mass")
-    s_idx = np.arange(a.shape[1], dtype=np.float64)
-    d_idx = np.arange(a.shape[2], dtype=np.float64)
-    cs = np.einsum("nij,i->n", w, s_idx) / tot
-    cd = np.einsum("nij,j->n", w, d_idx) / tot
-    centre_d = (a.shape[2] - 1) / 2.0
-    shifts = np.zeros((a.shape[0], 2))
-    shifts[:, 0] = cs - cs.mean()
-    if a.shape[0] >= 3 and np.ptp(ang) >= 20:
-        c, ab = fit_axis(ang, cd - centre_d)
-        shifts[:, 1] = cd - centre_d - _gauge_basis(ang) @ ab
-    else:  # too few tilts to separate the object's motion from the axis: centre them
-        c = float(np.mean(cd - centre_d))
-        shifts[:, 1] = cd - centre_d
-    return shifts, c
-
-
-def xcorr_shifts(images: Any, angles: Any, *, upsample: int = 20,
-                 normalization: Literal["phase", "none"] = "phase") -> np.ndarray:
-    """Shifts by registering each tilt to its neighbour towards 0 degrees, chained from the
-    tilt nearest 0 (shift 0). Errors accumulate along the chain and the object's rotation
-    between neighbours biases dd slightly: a coarse start for projection matching."""
-    a = to_numpy(_stack(images))
-    ang = _angles(angles, a.shape[0])
-    order = np.argsort(ang)
-    zero = int(np.argmin(np.abs(ang[order])))
-    shifts = np.zeros((a.shape[0], 2))
-    for direction in (1, -1):
-        k = zero + direction
-        while 0 <= k < order.size:
-            i, j = order[k], order[k - direction]
-            shifts[i] = shifts[j] + register(a[j], a[i], upsample=upsample,
-                                             normalization=normalization)
-            k += direction
-    shifts[:, 0] -= shifts[:, 0].mean()
-    return shifts
-
-
-# -- the in-plane rotation ------------------------------------------------------------------
-def _profile_spread(images: np.ndarray, rotation_deg: float) -> float:
-    """How much the slice-mass profiles (sums along d) of de-rotated images differ between
-    tilts, after each is moved to a common centre of mass (the s drift): relative variance."""
-    derot = apply_alignment(images, np.zeros((images.shape[0], 2)), rotation_deg, order=3)
-    prof = np.clip(derot.sum(axis=2), 0, None).astype(np.float64)  # [n, n_slices]
-    s = np.arange(prof.shape[1], dtype=np.float64)
-    tot = prof.sum(axis=1)
-    com = (prof * s).sum(axis=1) / np.maximum(tot, 1e-30)
-    freq = np.fft.rfftfreq(prof.shape[1])
-    # Move every profile to the mean centre (Fourier shift of a 1D profile: exact for a
-    # band-limited translation) and normalise its mass.
-    phase = np.exp(2j * np.pi * freq[None, :] * (com - com.mean())[:, None])
-    moved = np.fft.irfft(np.fft.rfft(prof, axis=1) * phase, n=prof.shape[1], axis=1)
-    moved /= np.maximum(tot, 1e-30)[:, None]
-    mean = moved.mean(axis=0)
-    return float(np.sum((moved - mean) ** 2) / max(np.sum(mean**2) * moved.shape[0], 1e-30))
-
-
-def estimate_rotation(images: Any, *, range_deg: float = 5.0, xtol_deg: float = 0.01) -> float:
-    """The in-plane rotation (degrees, as passed to scipy.ndimage.rotate) of the tilt axis:
-    the angle whose de-rotated images have the most tilt-invariant slice-mass profiles.
-    Shift-invariant (the s drift is removed per profile). Needs background-free images of
-    a specimen inside the field of view, over a tilt range wide enough for the object's
-    projection to change (tens of degrees)."""
-    a = to_numpy(_stack(images))
-    if a.shape[0] < 3:
-        raise AlignmentError(f"estimating the rotation needs >= 3 tilts, got {a.shape[0]}")
-    # A coarse grid first (the spread is not unimodal far from the answer), then Brent.
-    grid = np.linspace(-range_deg, range_deg, 21)
-    vals = [_profile_spread(a, g) for g in grid]
-    k = int(np.argmin(vals))
-    step = grid[1] - grid[0]
-    lo, hi = max(grid[k] - step, -range_deg), min(grid[k] + step, range_deg)
-    res = minimize_scalar(lambda r: _profile_spread(a, r), bounds=(lo, hi), method="bounded",
-                          options={"xatol": xtol_deg})
-    if abs(abs(float(res.x)) - range_deg) <= 2 * xtol_deg:
-        from fusetomo.solver.rotation import RotationWarning
-
-        warnings.warn(f"the rotation estimate {float(res.x):.3f} deg sits at the edge of the "
-                      f"searched range ±{range_deg:g} deg: the true rotation is likely "
-                      "outside it (use the 'com' method, or give the rotation)",
-                      RotationWarning, stacklevel=2)
-    return float(res.x)
 
 
 # -- projection matching --------------------------------------------------------------------
