@@ -30,6 +30,15 @@ from fusetomo.solver.metrics import nrmse
 OFFSET = -31880.0  # a signed-integer file's vacuum level
 
 
+def _has_qt() -> bool:
+    try:
+        import pyqtgraph  # noqa: F401
+        from PySide6 import QtWidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def sim():
     return small_simulation()
@@ -97,6 +106,17 @@ def test_replay_of_a_raw_haadf_only_file_reconstructs_like_offline_sirt(sim, tmp
                                        progress=False).volumes["HAADF"])
     assert live < offline + 0.05 and live < 0.5, (live, offline)
     assert main(["inspect", str(run), "--verify"]) == 0
+    # every reader of a run takes the HAADF-only one
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["reconstruct", str(run), "--out", str(tmp_path / "r.h5"), "--method",
+                 "sirt", "--quiet"]) == 0
+    assert main(["stoichiometry", str(run)]) == 2  # one volume: refused, with a reason
+    assert "stoichiometry" in capsys.readouterr().err
+    if _has_qt():
+        png = tmp_path / "v.png"
+        assert main(["view", "--run", str(run), "--screenshot", str(png), "--size",
+                     "400x300"]) == 0
+        assert png.stat().st_size > 1000
 
 
 @pytest.mark.slow
