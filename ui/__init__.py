@@ -2,4 +2,4 @@
 (`nion`), and what both decode from status messages (`slices`, `alignment`, `fields`).
 Never the solver."""
 
-__all__ = ["alignment", "fields", "nion", "slices", "viewer"]
+__all__ = ["alignment", "fields", "nion", "screenshot", "slices", "viewer"]

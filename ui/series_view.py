@@ -19,6 +19,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from fusetomo.adapters.series import TiltSeries
+from fusetomo.ui.screenshot import save_png
 from fusetomo.ui.viewer.slicegrid import ScaleBarItem
 from fusetomo.ui.viewer.units import DOSE_UNIT, scale_bar
 
@@ -112,10 +113,4 @@ class SeriesWindow(QtWidgets.QWidget):
             v.autoRange(padding=0.02)
 
     def save_screenshot(self, path: str | Path) -> tuple[int, int]:
-        app = QtWidgets.QApplication.instance()
-        if app is not None:
-            app.processEvents()
-        image = self.grab()
-        if not image.save(str(path)):
-            raise OSError(f"{path}: could not write the screenshot")
-        return image.width(), image.height()
+        return save_png(self, path)

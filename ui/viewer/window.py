@@ -19,6 +19,7 @@ from typing import Any
 
 from PySide6 import QtCore, QtWidgets
 
+from fusetomo.ui.screenshot import save_png
 from fusetomo.ui.viewer.costplot import CostPlots
 from fusetomo.ui.viewer.model import (
     ViewerModel,
@@ -264,13 +265,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
     def save_screenshot(self, path: str | Path) -> tuple[int, int]:
         """Redraw, render the window into `path` (PNG) and return its (width, height)."""
         self.refresh(force=True)
-        app = QtWidgets.QApplication.instance()
-        if app is not None:
-            app.processEvents()
-        image = self.grab()
-        if not image.save(str(path)):
-            raise OSError(f"{path}: could not write the screenshot")
-        return image.width(), image.height()
+        return save_png(self, path)
 
     def shutdown(self) -> None:
         self.timer.stop()
