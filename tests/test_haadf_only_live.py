@@ -140,3 +140,12 @@ def test_demo_haadf_only(tmp_path):
                                        "--out", str(tmp_path / "x")),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no --policy" in bad.stderr
+
+
+def test_the_simulated_instrument_refuses_haadf_only_with_advice_or_a_source(tmp_path):
+    from fusetomo.simulators.instrument import InstrumentError, InstrumentParams
+
+    for kwargs in ({"hold_for_advice": True}, {"source": tmp_path / "s.h5"}):
+        with pytest.raises(InstrumentError, match="haadf_only simulates a series without "
+                                                  "spectrum images"):
+            InstrumentParams(haadf_only=True, **kwargs)
