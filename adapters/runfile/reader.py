@@ -40,6 +40,7 @@ class RunRecord:
     snapshot_iterations: np.ndarray
     complete: bool
     attrs: dict[str, Any]
+    volume_names: tuple[str, ...]  # of the snapshots: the elements, or ("HAADF",) (Layout)
 
 
 def read_run(path: str | Path) -> RunRecord:
@@ -74,7 +75,7 @@ def read_run(path: str | Path) -> RunRecord:
     return RunRecord(series, {m: book[m]["seq"] for m in MODALITIES},
                      {m: book[m]["dose_e_per_A2"] for m in MODALITIES},
                      {m: book[m]["t_received"] for m in MODALITIES},
-                     events, costs, snaps, bool(s.complete), lay.attrs)
+                     events, costs, snaps, bool(s.complete), lay.attrs, lay.volume_names)
 
 
 def _check_volume(f: Any, path: Path, lay: Layout, group: str, i: int, n: int,

@@ -88,8 +88,7 @@ class RecordedRun:
             raise RunFileError(str(summary["problem"]))
         self.record: RunRecord = read_run(self.path)
         rec = self.record
-        # The volumes shown: the elements, or the HAADF volume of a HAADF-only run.
-        self.elements: tuple[str, ...] = tuple(rec.series.elements) or ("HAADF",)
+        self.elements: tuple[str, ...] = rec.volume_names  # the elements, or HAADF
         angles = {"haadf": rec.series.haadf_angles, "chem": rec.series.common_chem_angles}
         tilts = [Tilt(int(q), m, float(a), float(d), float(t))
                  for m in ("haadf", "chem")
