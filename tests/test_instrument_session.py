@@ -203,6 +203,29 @@ def test_a_hello_beyond_what_was_sent_drops_nothing(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_series_start_is_held_back_until_resume(backend):
+    """A controller that refuses series_start (say, an element it does not know) gets it
+    once, not again at every heartbeat hello: the plan pauses, series_start stays
+    unacknowledged but held; `resume` sends it again."""
+    with running(backend, window=200, auto=False) as (s, ctl, _):
+        ctl.hello()
+        first = ctl.collect(ack=False, quiet=0.4)
+        assert [m.type for m in first] == [SERIES_START]
+        ctl.send(ERROR, seq=0, code="unknown_element", message="element 'Xx'", bad_seq=0)
+        time.sleep(0.3)
+        assert s.paused and s.stats.series_refused == 1
+        assert "unknown_element" in s.refused and 0 in s.unacked
+        for _ in range(3):  # heartbeats
+            ctl.hello()
+        assert ctl.collect(ack=False, quiet=0.5) == []
+        sent = s.stats.sent
+        ctl.command("resume", 1)
+        again = ctl.collect(lambda m: m.type == SERIES_START, ack=False, quiet=1.0)
+        assert again[-1].type == SERIES_START and again[-1].seq == 0
+        assert s.refused is None and s.stats.sent > sent
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_with_keys_only_the_controller_holding_them_is_obeyed(backend, tmp_path):
     """`fusetomo keys DIR`: a controller without the keys cannot say hello, pause or resume
     (the CURVE handshake fails: nothing reaches the session); the one with them runs the

@@ -61,6 +61,7 @@ class InstrumentStats:
     errors_sent: int = 0  # error replies to malformed or unexpected messages
     commands: int = 0
     failures: int = 0  # plan steps or manual acquisitions that raised
+    series_refused: int = 0  # times the controller refused series_start
 
 
 @dataclass
@@ -84,6 +85,7 @@ class CommandDispatch:
         self.server: InstrumentServer | None = None
         self._started = False
         self._paused = False
+        self.refused: str | None = None  # why the controller refused series_start
         self._next_step = 0
         self._queue: deque[dict[str, Any]] = deque()  # manual commands waiting
         self._job: Job | None = None  # the job the worker is on
@@ -175,6 +177,9 @@ class CommandDispatch:
             if msg.spent and msg.bad_seq is not None and self.outbox.on_ack(msg.bad_seq):
                 log.warning("seq %d was refused for good: not sent again", msg.bad_seq)
                 self.stats.end_acked = self.outbox.end_acked
+            elif msg.bad_seq == 0 and 0 in self.outbox.unacked \
+                    and 0 not in self.outbox.held:
+                self._series_refused(f"{msg.code}: {msg.message[:500]}")
         elif isinstance(msg, Command):
             self.stats.commands += 1
             self._on_command({"cmd": msg.cmd, "id": msg.id, "seq": msg.seq, "peer": peer},
@@ -182,6 +187,20 @@ class CommandDispatch:
         else:
             self._reply_error(peer, "unexpected_type",
                               f"the instrument does not accept {msg.type!r} messages", msg.seq)
+
+    def _series_refused(self, why: str) -> None:
+        """The controller refused series_start (seq 0): without it nothing else of the
+        series can be recorded, and sent again unchanged at every hello it is refused
+        again. The plan pauses and series_start, with whatever followed it unacknowledged,
+        is held back until `resume` (say, once the controller has been fixed); nothing is
+        dropped."""
+        for seq in self.outbox.unacked:
+            self.outbox.hold(seq)
+        self._paused = True
+        self.refused = why
+        self.stats.series_refused += 1
+        log.error("the controller refused series_start (%s): plan paused, series_start "
+                  "held back until resume", why)
 
     def _on_hello(self, peer: bytes, last_seq: int) -> None:
         self.stats.hellos += 1
@@ -232,6 +251,10 @@ class CommandDispatch:
             self._reply_command(cmd, "done", next_step=self._next_step)
         elif name == "resume":
             self._paused = False
+            if self.outbox.release():
+                log.info("resume: series_start and what followed due again (refused: %s)",
+                         self.refused)
+                self.refused = None
             self._on_resume()
             self._reply_command(cmd, "done", next_step=self._next_step)
         elif name == "abort":

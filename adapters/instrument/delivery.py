@@ -35,6 +35,7 @@ class Outbox:
         self.resent = 0
         self._messages: dict[int, Message] = {}  # insertion order is seq order
         self._in_flight: set[int] = set()
+        self._held: set[int] = set()  # not sent again until released (see hold)
 
     def emit(self, mtype: str, arrays: Sequence[np.ndarray] = (), **fields: Any) -> int:
         """Number and keep a data message; it goes out with the next `flush`."""
@@ -72,7 +73,7 @@ class Outbox:
         for seq, msg in self._messages.items():
             if len(self._in_flight) >= self.window:
                 break
-            if seq in self._in_flight:
+            if seq in self._in_flight or seq in self._held:
                 continue
             msg.header["t_sent"] = time.time()
             send(self.peer, msg)
@@ -81,6 +82,25 @@ class Outbox:
         self.sent += n
         return n
 
+    def hold(self, seq: int) -> bool:
+        """Keep an unacknowledged message but stop sending it (hellos included) until
+        `release`: the controller refused it for its place in the series, and sending it
+        again unchanged would be refused again. False if it was not outstanding."""
+        if seq not in self._messages:
+            return False
+        self._held.add(seq)
+        self._in_flight.discard(seq)
+        return True
+
+    def release(self) -> list[int]:
+        """Make every held message due again; returns their seqs."""
+        held, self._held = sorted(self._held), set()
+        return held
+
+    @property
+    def held(self) -> list[int]:
+        return sorted(self._held)
+
     @property
     def unacked(self) -> list[int]:
         return list(self._messages)
@@ -88,5 +108,6 @@ class Outbox:
     def _drop(self, seq: int) -> None:
         self._messages.pop(seq, None)
         self._in_flight.discard(seq)
+        self._held.discard(seq)
         if seq == self.end_seq:
             self.end_acked = True
