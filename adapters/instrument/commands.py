@@ -189,18 +189,14 @@ class CommandDispatch:
                               f"the instrument does not accept {msg.type!r} messages", msg.seq)
 
     def _series_refused(self, why: str) -> None:
-        """The controller refused series_start (seq 0): without it nothing else of the
-        series can be recorded, and sent again unchanged at every hello it is refused
-        again. The plan pauses and series_start, with whatever followed it unacknowledged,
-        is held back until `resume` (say, once the controller has been fixed); nothing is
-        dropped."""
+        """series_start was refused: nothing of the series can be recorded, and resent at
+        every hello it is refused again. Pause; hold it and what followed until `resume`
+        (docs/protocol.md §3); nothing is dropped."""
         for seq in self.outbox.unacked:
             self.outbox.hold(seq)
-        self._paused = True
-        self.refused = why
+        self._paused, self.refused = True, why
         self.stats.series_refused += 1
-        log.error("the controller refused series_start (%s): plan paused, series_start "
-                  "held back until resume", why)
+        log.error("series_start refused (%s): paused and held back until resume", why)
 
     def _on_hello(self, peer: bytes, last_seq: int) -> None:
         self.stats.hellos += 1
