@@ -45,6 +45,7 @@ import sigpy as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed
 
+from fusetomo.core.jsonable import lenient_default
 from fusetomo.simulators.forward import simulate
 from fusetomo.solver import backend
 from fusetomo.solver.backend import resolve_device, to_device, to_numpy
@@ -95,15 +96,7 @@ class Report:
         self.data["elapsed_s"] = time.perf_counter() - self.t0
         self.data["load_average_end"] = speed.load_average()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=2, default=_json) + "\n")
-
-
-def _json(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
+        self.path.write_text(json.dumps(self.data, indent=2, default=lenient_default) + "\n")
 
 
 # -- reference and candidate ------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 
 from fusetomo.adapters.seriesfile import open_h5
 from fusetomo.core.errors import FusetomoError
+from fusetomo.core.jsonable import numpy_default
 
 try:  # POSIX only; without it there is no live-writer check
     import fcntl
@@ -140,19 +141,9 @@ def rows(f: h5py.File, name: str, n: int, path: Path, start: int = 0) -> np.ndar
         raise RunFileError(f"{path}: /{name} cannot be read, file damaged? ({e})") from None
 
 
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
-
-
 def to_json(doc: Mapping[str, Any], where: str) -> str:
     try:
-        return json.dumps(doc, default=_json_default, separators=(",", ":"))
+        return json.dumps(doc, default=numpy_default, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as e:
         raise RunFileError(f"{where}: cannot be stored as JSON ({e})") from None
 

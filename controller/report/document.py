@@ -28,6 +28,7 @@ from fusetomo.controller.report.inputs import ADVICE_COLUMNS, load_input
 from fusetomo.controller.report.model import ReportInput, ReportParams, Skip
 from fusetomo.controller.report.numbers import _masked_mean, _stats, _support, composition_fractions
 from fusetomo.controller.report.stoichiometry import StoichiometryParams, region_table
+from fusetomo.core.jsonable import lenient_default
 from fusetomo.solver.metrics import nrmse_per_element
 
 
@@ -137,17 +138,9 @@ def make_report(path: str | Path, out_dir: str | Path,
     doc = summary(inp, p)
     doc["figures"] = {f.name: f.file for f in figures if f.file}
     doc["skipped"] = {f.name: f.skipped for f in figures if f.skipped}
-    (out / "report.json").write_text(json.dumps(doc, indent=2, default=_json) + "\n")
+    (out / "report.json").write_text(json.dumps(doc, indent=2, default=lenient_default) + "\n")
     (out / "index.html").write_text(_html(inp, doc, figures))
     return doc
-
-
-def _json(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
 
 
 # -- index.html -----------------------------------------------------------------------------
@@ -162,7 +155,7 @@ def _cell(v: Any) -> str:
         return f"{v:.4g}"
     if isinstance(v, dict):
         return ", ".join(f"{k}: {_cell(x)}" for k, x in v.items())
-    return html.escape(json.dumps(v, default=_json) if isinstance(v, list) else str(v))
+    return html.escape(json.dumps(v, default=lenient_default) if isinstance(v, list) else str(v))
 
 
 def _table(rows: Mapping[str, Any]) -> str:
