@@ -3,7 +3,6 @@ results): one `default` hook for `json.dumps`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,10 @@ def numpy_default(v: Any) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON serialisable")
 
 
-def _lenient(v: Any) -> Any:
+def lenient_default(v: Any) -> Any:
+    """As `numpy_default`, but anything else as its `str` (human-facing documents: reports,
+    bench results)."""
     try:
         return numpy_default(v)
     except TypeError:
         return str(v)
-
-
-lenient_default: Callable[[Any], Any] = _lenient
-"""As `numpy_default`, but anything else as its `str` (human-facing documents: reports,
-bench results)."""
