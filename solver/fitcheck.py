@@ -14,9 +14,10 @@ with one element left out of the list): leaving out a heavy element raised the o
 elements' map chi^2 to 1.7 and pinned gamma at its bound, while every complete model read
 0.9-1.2. That was before the gamma search's damping change and the momentum restart of
 issue 14/16 (docs/benchmarks.md): since, the nanocubes without their Au read gamma 1.86-1.89
-and map chi^2 1.14-1.31 after `reconstruct` (complete: 1.62-1.75 and 1.0-1.15), so a
-missing heavy element is no longer flagged there (tests/test_nuisance.py keeps the case as
-an expected failure until a better test replaces these thresholds).
+and map chi^2 1.04-1.25 after `reconstruct` (complete: 1.62-1.75 and 0.98-1.14; `python
+bench/gamma_damping.py --missing`), so a missing heavy element is no longer flagged
+there (tests/test_nuisance.py keeps the case as an expected failure until a better test
+replaces these thresholds).
 """
 
 from __future__ import annotations
