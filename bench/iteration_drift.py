@@ -41,9 +41,10 @@ from fusetomo.solver.metrics import nrmse
 RESULTS = Path(__file__).resolve().parent / "results"
 PLANS = {"5 maps": [-57.0, -27.0, 0.0, 27.0, 57.0],
          "9 maps": [-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0]}
-SETTINGS = {"restart": {}, "off": {"momentum_restart": False},
+SETTINGS = {"restart": {"pin_level": "off"}, "off": {"momentum_restart": False, "pin_level": "off"},
             "element": {"momentum_restart": False, "pin_level": "element"},
-            "global": {"momentum_restart": False, "pin_level": "global"}}
+            "global": {"momentum_restart": False, "pin_level": "global"},
+            "ml": {"pin_level": "ml"}, "ml-off": {"momentum_restart": False, "pin_level": "ml"}}
 # Remedies measured and not taken (run with --settings; all without the restart).
 OTHERS = {"haadf-step-0.5": {"lambda_haadf": 0.5}, "haadf-step-0.25": {"lambda_haadf": 0.25},
           "no-momentum": {"momentum": False}, "tv-0.0025": {"lambda_tv": 0.0025},

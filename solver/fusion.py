@@ -23,8 +23,10 @@ How each term is scaled, so that the defaults hold across specimens and doses:
 - the TV weight is relative to each element's dynamic range (its 99.9th percentile after
   the conventional initialisation), so it does not depend on dose or units;
 - the volumes' overall level is decided by the chemical maps alone: the HAADF term does not
-  fix it, since the scale c it refits absorbs any level (`pin_level` pins each element's
-  model counts to its data's after every iteration, for runs where it drifts);
+  fix it, since the scale c it refits absorbs any level, so after every iteration all
+  volumes are scaled by the one factor that maximises the chemical likelihood
+  (`pin_level`); left to the chemical step's small fraction, TV's contrast loss drifted
+  the level down and c up over long runs;
 - the nuisances of real data (HAADF offsets, backgrounds, gamma, background-subtracted
   maps) are estimated where the series does not state them (solver/nuisance.py,
   solver/gamma.py, docs/model.md), and the fit is checked after (solver/fitcheck.py).
@@ -152,13 +154,17 @@ class FusionParams:
     # Iterate on the HAADF images alone until the first spectrum image arrives (HAADF SIRT),
     # then seed the element volumes with that volume (a live series that starts HAADF-only).
     haadf_phase: bool = False
-    # Pin the volumes' level to the maps after every iteration (see _pin_level): "global",
-    # one factor for all elements; "element", each element's own. Off by default: with
-    # split_damping, "element" measured worse on a ZnO rod with Au caps (<NRMSE> 0.45 vs
-    # 0.37) and "global" too (0.47), and "element" breaks the HAADF step's descent in the
-    # first iterations; "global" keeps the level from drifting under a TV weight twice the
-    # default (film 0.31 instead of 1.0, rod 0.43 instead of 0.76).
-    pin_level: Literal["off", "global", "element"] = "off"
+    # Fix the volumes' overall level after every iteration, the one direction the HAADF
+    # term cannot see (the scale c it refits absorbs it): "ml" (default), the factor for
+    # all elements that maximises the chemical likelihood (_pin_level_ml); "global" or
+    # "element", the map totals matched with one factor or one per element (_pin_level);
+    # "off", left to the chemical step. Left free, TV's contrast loss lowered the level
+    # and the free c followed, iteration after iteration (32^3, 9 maps, <NRMSE> after
+    # 20/80/300 iterations: ZnO rod 0.257/0.387/0.738 -> 0.257/0.304/0.330 with "ml",
+    # Pt-Ni alloy 0.215/0.211/0.228 -> 0.219/0.239/0.247; docs/benchmarks.md). The totals
+    # add up every vacuum pixel's background error: "element" broke the alloy's minor Fe
+    # and O, "global" cost the rod (0.370 at 20 iterations).
+    pin_level: Literal["off", "global", "element", "ml"] = "ml"
     lambda_chem_dark: float = 0.1
     reseed_on_chem: bool = True
     # The nuisances of real data (docs/model.md). A background the series does not state:
@@ -197,8 +203,8 @@ class FusionParams:
                              f"{self.haadf_inner_iterations}")
         if self.tv_iterations < 0 or self.init_iterations < 0:
             raise ValueError("iteration counts must be >= 0")
-        if self.pin_level not in ("off", "global", "element"):
-            raise ValueError(f"pin_level must be 'off', 'global' or 'element', got "
+        if self.pin_level not in ("off", "global", "element", "ml"):
+            raise ValueError(f"pin_level must be 'off', 'global', 'element' or 'ml', got "
                              f"{self.pin_level!r}")
         if self.gamma_method not in ("consistency", "haadf"):
             raise ValueError(f"gamma_method must be 'consistency' or 'haadf', got "
@@ -417,11 +423,13 @@ class FusedSolver(FusionData, FusionNuisance, FusionGamma, FusionSteps, FusionMo
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
             x_before = self.x
             self.x = self._prox(x, weights)
+            if p.pin_level == "ml" and p.chem_model == "poisson" and self.n_haadf:
+                self.x = self._pin_level_ml(self.x)
+            elif p.pin_level != "off" and p.chem_model == "poisson" and self.n_haadf:
+                self.x = self._pin_level(self.x)
             d = self.x - x_before
             norms = self._allreduce(np.array([float(xp.vdot(d, d)),
                                               float(xp.vdot(self.x, self.x))]))
-            if p.pin_level != "off" and p.chem_model == "poisson" and self.n_haadf:
-                self.x = self._pin_level(self.x)
 
         sums = self._allreduce(np.concatenate([[cost_h, cost_c], tv_terms]))
         cost_h, cost_c = float(sums[0]), float(sums[1])

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FusionSteps"]
 
+NEWTON_STEPS = 4  # of the level factor's 1-D Poisson likelihood (convex): ~1e-6 by 4
+
 
 class FusionSteps:
     """The pieces of one iteration, and the reductions and prox a slab overrides.
@@ -170,6 +172,29 @@ class FusionSteps:
         else:
             ratio = np.where((model > 0) & (data > 0), data / np.maximum(model, 1e-300), 1.0)
         return x * xp.asarray(ratio.astype(np.float32))[:, None, None, None]
+
+    def _pin_level_ml(self, x: Any) -> Any:
+        """Scale all element volumes by the one factor a that maximises the chemical
+        likelihood, sum_i Psi2(a x_i): the direction the HAADF term cannot see (c absorbs
+        it), set by the chemical maps at full strength instead of the chemical step's
+        fraction. Unlike matching the map totals (`_pin_level`), pixels the volumes do not
+        reach (the vacuum, where a background error would add up) carry no weight."""
+        xp = self.device.xp
+        mu = self.chem_proj.forward(x)
+        b, bg = self._b_chem, self._bg
+        a = 1.0
+        for _ in range(NEWTON_STEPS):
+            m = a * mu + bg
+            m = xp.maximum(m, 1e-12)
+            q = b * mu / m
+            sums = self._allreduce(np.array([float(xp.sum(mu, dtype=xp.float64)),
+                                             float(xp.sum(q, dtype=xp.float64)),
+                                             float(xp.sum(q * mu / m, dtype=xp.float64))]))
+            grad, curv = sums[0] - sums[1], sums[2]
+            if not curv > 0:
+                break
+            a = float(np.clip(a - grad / curv, 0.5 * a, 2.0 * a))
+        return x * xp.float32(a)
 
     def _chem_step_fraction(self, x: Any) -> Any:
         """Per element and voxel: lambda_chem where the element carries the HAADF signal,

@@ -355,3 +355,28 @@ def test_chemical_tilts_reseed_and_haadf_tilts_warm_start(sim24, monkeypatch) ->
     solver.run(2)
     solver.run(1)
     assert calls == [3, s.common_chem_angles.size]  # once, with all chemical tilts
+
+
+def test_ml_level_pin_maximises_the_chemical_likelihood(sim24) -> None:
+    """The level pin scales the volumes by the factor that maximises sum_i Psi2(a x_i):
+    checked against SciPy's bounded scalar minimiser on the same likelihood, from volumes
+    put at half and at twice their level."""
+    from scipy.optimize import minimize_scalar
+
+    solver = _solver(sim24.series)
+    solver.run(3)
+    x = solver.x.copy()
+    mu = solver.chem_proj.forward(x).astype(np.float64)
+    b, bg = solver.chem_data().astype(np.float64), np.asarray(solver._bg, np.float64)
+
+    def nll(a: float) -> float:
+        m = a * mu + bg
+        return float(np.sum(m - b * np.log(m)))
+
+    best = minimize_scalar(nll, bounds=(0.1, 10.0), method="bounded",
+                           options={"xatol": 1e-7}).x
+    for start in (0.5, 2.0):
+        pinned = solver._pin_level_ml(x * np.float32(start))
+        factor = float(np.sum(pinned, dtype=np.float64) / np.sum(x, dtype=np.float64))
+        assert factor == pytest.approx(best, rel=1e-4), (start, factor, best)
+    assert solver.params.pin_level == "ml"
