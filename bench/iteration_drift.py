@@ -6,16 +6,26 @@
     python bench/iteration_drift.py --plans                 # the five 5-map alloy plans
     python bench/iteration_drift.py --trace --specimens rod --settings off
     python bench/iteration_drift.py --specimens rod,alloy --settings no-tv-no-momentum
+    python bench/iteration_drift.py --pin-cost --sizes 64 128     # what the level pin costs
+    python bench/iteration_drift.py --plan-seeds 1 2 3  # the alloy plans on other noise draws
 
 Series: bench/advisor.py's (32^3, another projector on a 2x finer grid, background, HAADF
 offset and gamma unstated, sequential scheme, chemical SNR 2.5). Each row reconstructs from
 every HAADF tilt and the maps at uniform spacing (5 or 9 maps) and reports <NRMSE> after
 20, 80 and 300 fused iterations, for each solver setting:
-- `restart`: the defaults (momentum restarted when both data terms rise);
-- `off`: no restart (the solver before it); `element`, `global`: no restart, the volumes'
-  level pinned to the maps per element or for all elements (`FusionParams.pin_level`).
+- `ml`: the defaults (momentum restarted when both data terms rise, the volumes' level
+  pinned to the chemical likelihood, `FusionParams.pin_level = "ml"`); `ml-off`: the pin
+  without the restart;
+- `restart`: the restart, no pin (the solver before the pin);
+- `off`: neither (the solver before the restart); `element`, `global`: no restart, the
+  volumes' level pinned to the map totals per element or for all elements.
 `--plans`: the live loop's schedule (bench/advisor.py, 3 iterations a tilt, then 20 or 150
-final ones) with five fixed 5-map plans a few degrees apart on the alloy.
+final ones) with five fixed 5-map plans a few degrees apart on the alloy, and the same plans
+offline (all tilts at once, 20/80/300 iterations).
+`--pin-cost`: the time of one fused iteration with the level pin ("ml", the default) and
+without ("off"), interleaved step by step on bench/speed.py's data (nanocubes, 4 elements;
+71 HAADF and 10 chemical tilts over +-70 deg), medians; the machine may be shared, so
+compare the ratio.
 Results go to bench/results/iteration_drift.json.
 """
 
@@ -28,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sigpy as sp
+import speed as bench_speed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import advisor as bench_advisor
@@ -35,7 +47,7 @@ import advisor as bench_advisor
 from fusetomo.controller.advisor import AdvisorParams
 from fusetomo.controller.policyrun import PolicyRunParams, run_policy
 from fusetomo.controller.series_model import fusion_params_for, solver_for_series
-from fusetomo.solver.fusion import FusionParams
+from fusetomo.solver.fusion import GAMMA_START, FusedSolver, FusionParams
 from fusetomo.solver.metrics import nrmse
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,7 +63,7 @@ OTHERS = {"haadf-step-0.5": {"lambda_haadf": 0.5}, "haadf-step-0.25": {"lambda_h
           "tv-0.001": {"lambda_tv": 0.001}, "offsets-fit": {"haadf_offset": "fit"},
           "no-tv-no-momentum": {"lambda_tv": 0.0, "momentum": False}}
 SETTINGS.update({k: {"momentum_restart": False, **v} for k, v in OTHERS.items()})
-DEFAULT_SETTINGS = "restart,off,element,global"
+DEFAULT_SETTINGS = "ml,restart,off,element,global"
 CHECKPOINTS = (20, 80, 300)
 ALLOY_PLANS = ([-57.0, -27.0, 0.0, 27.0, 57.0], [-57.0, -24.0, -3.0, 21.0, 54.0],
                [-54.0, -27.0, 0.0, 24.0, 54.0], [-60.0, -30.0, 0.0, 30.0, 60.0],
@@ -108,7 +120,52 @@ def plans_row() -> dict[str, Any]:
                        (order, acq)).nrmse_mean for plan in ALLOY_PLANS]
         print(f"alloy plans, {final} final iterations: "
               + ", ".join(f"{v:.3f}" for v in out[f"final {final}"]), flush=True)
+    # The same plans offline (all tilts at once, the defaults), after 20/80/300 iterations:
+    # whether the spread between plans is the live schedule's or the maps' own.
+    out["offline"] = [trajectory(acq, list(plan), {}) for plan in ALLOY_PLANS]
+    print("alloy plans offline, 20/80/300 iterations: " + ", ".join(
+        " / ".join(f"{v:.3f}" for v in t) for t in out["offline"]), flush=True)
     return {"plans": [list(p) for p in ALLOY_PLANS], **out}
+
+
+def plan_seeds(seeds: list[int]) -> dict[str, Any]:
+    """The five alloy plans offline (20 iterations) on other noise draws of the series:
+    whether a plan's score follows its angles or its maps' noise."""
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        _, acq, _ = bench_advisor.series("alloy", 32, seed, "sequential", 2.5)
+        out[str(seed)] = [trajectory(acq, list(plan), {})[0] for plan in ALLOY_PLANS]
+        print(f"alloy plans offline, seed {seed}, 20 iterations: "
+              + ", ".join(f"{v:.3f}" for v in out[str(seed)]), flush=True)
+    return out
+
+
+def pin_cost(sizes: list[int], iterations: int) -> dict[str, Any]:
+    """Median seconds per fused iteration with the pin on and off, interleaved."""
+    out: dict[str, Any] = {}
+    dev = sp.cpu_device
+    for n in sizes:
+        h_angles, c_angles = np.linspace(-70, 70, 71), np.linspace(-70, 70, 10)
+        data = bench_speed.make_data(n, 4, h_angles, c_angles, GAMMA_START)
+        solvers = {}
+        for pin in ("ml", "off"):
+            s = FusedSolver(n, n, data["elements"], data["Z"],
+                            FusionParams(gamma=GAMMA_START, pin_level=pin), device=dev)
+            s.add_haadf(h_angles, data["haadf"])
+            s.add_chem(c_angles, data["chem"])
+            s.step()
+            solvers[pin] = s
+        times: dict[str, list[float]] = {"ml": [], "off": []}
+        for _ in range(iterations):
+            for pin, s in solvers.items():
+                times[pin].append(bench_speed.timed(s.step, dev))
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        out[str(n)] = {"ml_s": med["ml"], "off_s": med["off"],
+                       "overhead": med["ml"] / med["off"] - 1.0, "iterations": iterations,
+                       "load_average": bench_speed.load_average()}
+        print(f"N={n}: {med['ml']:.3f} s with the pin, {med['off']:.3f} s without "
+              f"({100 * out[str(n)]['overhead']:+.1f} %)", flush=True)
+    return out
 
 
 def main() -> None:
@@ -120,10 +177,20 @@ def main() -> None:
                     help="the data terms and HAADF scale along the run (first specimen, "
                          "9 maps, first setting)")
     ap.add_argument("--plans", action="store_true", help="the alloy's five 5-map plans")
+    ap.add_argument("--plan-seeds", type=int, nargs="+", default=None,
+                    help="the alloy plans offline on these noise seeds")
+    ap.add_argument("--pin-cost", action="store_true",
+                    help="seconds per iteration with and without the level pin")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--iterations", type=int, default=10)
     args = ap.parse_args()
     path = RESULTS / "iteration_drift.json"
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    if args.plans:
+    if args.plan_seeds:
+        doc["alloy_plans_seeds"] = plan_seeds(args.plan_seeds)
+    elif args.pin_cost:
+        doc["pin_cost_cpu"] = pin_cost(args.sizes, args.iterations)
+    elif args.plans:
         doc["alloy_plans"] = plans_row()
     elif args.trace:
         name, setting = args.specimens.split(",")[0], args.settings.split(",")[0]
