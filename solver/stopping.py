@@ -11,6 +11,10 @@ iterations, the <NRMSE> of each iterate against the truth):
   terms start to rise together after 20-30 iterations (the HAADF step begins handing a
   heavy element's signal at an interface to the lighter elements there) and <NRMSE> rises
   from its best (film 0.206 at iteration 38, rod 0.256 at 18) to 0.216 and 0.443 at 60.
+(Those turns were mostly the volumes' level drifting, which the level pin of the fused
+solver now holds (solver/fusion.py, `pin_level`): measured again with it, every one of those
+runs stops on convergence, at 38-64 iterations at 64^3, the rod at 0.217 instead of 0.264;
+docs/benchmarks.md, time to answer.)
 So the rule stops on whichever comes first, after `min_iterations`: the volumes changed by
 less than `tol` for `patience` iterations in a row (converged), or the HAADF and chemical
 terms both rose in each of the last `patience` iterations (the data are being fitted worse:
