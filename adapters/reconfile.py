@@ -218,6 +218,10 @@ def describe_model(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
         lv = np.atleast_1d(attrs["model_subtracted_level"])
         out["subtracted_level"] = {e: round(float(v), 4) for e, v in zip(els, lv,
                                                                            strict=False)}
+    if "model_chem_snr" in attrs:
+        snr = np.atleast_1d(attrs["model_chem_snr"])
+        out["chem_snr"] = {e: round(float(v), 2) for e, v in zip(els, snr, strict=False)}
+        out["chem_dark_scale"] = round(float(attrs.get("model_chem_dark_scale", 1.0)), 3)
     off = attrs.get("model_haadf_offsets")
     if off is not None and np.size(off):
         off = np.atleast_1d(off).astype(float)
@@ -246,6 +250,9 @@ def model_lines(attrs: Mapping[str, Any]) -> list[str]:
     if "subtracted_level" in m:
         lv = ", ".join(f"{e} {v:.3g}" for e, v in m["subtracted_level"].items())
         lines.append(f"maps background-subtracted; level added back: {lv}")
+    if "chem_snr" in m:
+        snr = ", ".join(f"{e} {v:.2g}" for e, v in m["chem_snr"].items())
+        lines.append(f"chemical SNR (est.): {snr}; dark-step factor {m['chem_dark_scale']:.2f}")
     if "haadf_offset" in m:
         o = m["haadf_offset"]
         lines.append(f"HAADF offset: median {o['median']:.4g} (range {o['min']:.4g} .. "

@@ -90,6 +90,8 @@ SEED_SUPPORT = 0.02
 SEED_FLOOR = 0.05
 # gamma before it is estimated (its precision, GAMMA_TOL, is in solver/fusion_gamma.py).
 GAMMA_START = 1.7
+# The least fraction of lambda_chem_dark that low-SNR maps scale it to (see dark_snr_ref).
+DARK_SCALE_MIN = 0.4
 
 
 def _optional_levels(what: str, values: Sequence[float | None] | None, n: int) -> np.ndarray:
@@ -166,6 +168,15 @@ class FusionParams:
     # and O, "global" cost the rod (0.370 at 20 iterations).
     pin_level: Literal["off", "global", "element", "ml"] = "ml"
     lambda_chem_dark: float = 0.1
+    # The maps' mean chemical SNR (estimated at the initialisation, `chem_snr`) below which
+    # lambda_chem_dark is scaled down in proportion (to at most 0.4x); None: never. Noisy
+    # maps then drive the elements HAADF cannot see more slowly: with the level pinned, the
+    # runs go on to convergence and at SNR 1 fitted the maps' noise into the light
+    # elements (64^3, bench/robustness.py's SNR-1 cells, <NRMSE> with lambda_chem_dark 0.1 /
+    # 0.05 / 0.03: film 0.300 / 0.251 / 0.266, rod 0.481 / 0.363 / 0.327, nanocubes 0.299
+    # / 0.253 / 0.254), while at SNR 2.5-5 0.1 was best (core-shell 0.196 / 0.221 / 0.246,
+    # rod at SNR 5 0.172 / 0.189 / 0.213).
+    dark_snr_ref: float | None = 2.5
     reseed_on_chem: bool = True
     # The nuisances of real data (docs/model.md). A background the series does not state:
     # "vacuum", the mean count over the vacuum (where the nearest HAADF image sees none);
@@ -189,6 +200,8 @@ class FusionParams:
             raise ValueError(f"chem_model must be 'poisson' or 'lsq', got {self.chem_model!r}")
         if self.tv_backend not in ("slices", "sigpy"):
             raise ValueError(f"tv_backend must be 'slices' or 'sigpy', got {self.tv_backend!r}")
+        if self.dark_snr_ref is not None and not self.dark_snr_ref > 0:
+            raise ValueError(f"dark_snr_ref must be > 0 or None, got {self.dark_snr_ref}")
         if not 0.0 <= self.lambda_chem_dark <= 1.0:
             raise ValueError(f"lambda_chem_dark is a step fraction in [0, 1], "
                              f"got {self.lambda_chem_dark}")
@@ -315,6 +328,10 @@ class FusedSolver(FusionData, FusionNuisance, FusionGamma, FusionSteps, FusionMo
         self.set_gamma(self.gamma)
         self.x: Any = None
         self.scale_tv: np.ndarray | None = None
+        # Each element's chemical SNR as estimated at the initialisation, and the factor on
+        # lambda_chem_dark it gives (FusionParams.dark_snr_ref).
+        self.chem_snr: np.ndarray | None = None
+        self._dark_scale = 1.0
         self.haadf_scale = 1.0
         self.iteration = 0
         self.history = CostHistory()
@@ -365,6 +382,10 @@ class FusedSolver(FusionData, FusionNuisance, FusionGamma, FusionSteps, FusionMo
             xn = to_numpy(self.x)
         scale = self._tv_scale(xn)
         self.scale_tv = np.where(scale > 0, scale, 1.0)
+        self.chem_snr = self._estimate_chem_snr()
+        ref = self.params.dark_snr_ref
+        self._dark_scale = 1.0 if ref is None else float(
+            np.clip(np.mean(self.chem_snr) / ref, DARK_SCALE_MIN, 1.0))
         # gamma is (re-)estimated at the first initialisation and, as spectrum images
         # arrive, whenever their number has doubled since the last estimate (the search
         # costs a few dozen iterations; its precision grows with the data).

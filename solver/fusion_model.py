@@ -33,6 +33,8 @@ class FusionModel:
 
     _bg: Any
     chem_kind: Literal["counts", "subtracted"]
+    chem_snr: np.ndarray | None
+    _dark_scale: float
     chem_proj: ParallelProjector
     device: sp.Device
     elements: list[str]
@@ -107,6 +109,11 @@ class FusionModel:
             "model_background_estimated": self.background_estimated,
             "model_haadf_scale": self.haadf_scale,
         }
+        if self.chem_snr is not None:
+            # each element's chemical SNR as read at the initialisation, and the factor it
+            # put on lambda_chem_dark (FusionParams.dark_snr_ref)
+            out["model_chem_snr"] = np.asarray(self.chem_snr, dtype=np.float64)
+            out["model_chem_dark_scale"] = self._dark_scale
         if self.chem_kind == "subtracted":
             out["model_subtracted_level"] = self.subtracted_level
             out["model_subtracted_estimated"] = np.isnan(self._sub_stated)

@@ -47,6 +47,8 @@ class FusionSteps:
     history: CostHistory
     iteration: int
     _momentum_k: int
+    _dark_scale: float
+    x: Any
     n: int
     n_slices: int
     params: FusionParams
@@ -203,12 +205,31 @@ class FusionSteps:
         p = self.params
         if self.n_haadf == 0:
             return p.lambda_chem_dark  # nothing is seen by HAADF
-        if p.lambda_chem_dark == p.lambda_chem:
+        dark = p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * self._dark_scale
+        if dark == p.lambda_chem:
             return p.lambda_chem
         xp = self.device.xp
         contrib = self._w * x**self.gamma
         share = contrib / xp.maximum(xp.sum(contrib, axis=0), 1e-30)
-        return p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * (1.0 - share)
+        return p.lambda_chem + (dark - p.lambda_chem) * (1.0 - share)
+
+    def _estimate_chem_snr(self) -> np.ndarray:
+        """Each element's chemical SNR from the current model: over the map pixels where its
+        modelled signal A x_i exceeds a tenth of its peak, mean signal / sqrt(mean expected
+        counts) (background included), as a microscopist would read it off a map."""
+        xp = self.device.xp
+        sig = self.chem_proj.forward(self.x)
+        n_el = len(self.elements)
+        peaks = self._allreduce(np.array([float(sig[i].max()) for i in range(n_el)]), "max")
+        sums = []
+        for i in range(n_el):
+            mask = sig[i] > 0.1 * peaks[i]
+            sums += [float(xp.sum(sig[i][mask], dtype=xp.float64)),
+                     float(xp.sum((sig[i] + self._bg[i])[mask], dtype=xp.float64)),
+                     float(mask.sum())]
+        tot = self._allreduce(np.asarray(sums, dtype=np.float64)).reshape(n_el, 3)
+        n = np.maximum(tot[:, 2], 1.0)
+        return tot[:, 0] / n / np.sqrt(np.maximum(tot[:, 1] / n, 1e-30))
 
     def _haadf_phase_step(self) -> dict[str, float]:
         """One non-negative SIRT iteration of the HAADF images (less their offsets) alone:

@@ -103,11 +103,12 @@ def _proxy(solver: FusedSolver, b: int, p: GammaSearchParams) -> FusedSolver:
 
     haadf, chem = prep(solver.haadf_data()), prep(solver.chem_data())
     bg = np.asarray(solver.background + solver.subtracted_level, dtype=np.float64) * b * b
-    # The short runs leave the level free (pin_level "off"): pinned, they read gamma lower
+    # The short runs leave the level free (pin_level "off") and lambda_chem_dark as set (the
+    # binned maps would read a higher SNR anyway): pinned, they read gamma lower
     # (32^3 bench/advisor.py series, 9 maps: ZnO rod 1.48 instead of 1.70 for 1.7, Pt-Ni
     # alloy 1.20 instead of 1.40).
     params = replace(solver.params, gamma=solver.gamma, split_damping=p.split_damping,
-                     pin_level="off")
+                     pin_level="off", dark_snr_ref=None)
     proxy = FusedSolver(haadf.shape[-1], haadf.shape[-2], solver.elements, solver.Z, params,
                         device=solver.device, background=bg.tolist(),
                         chem_kind="subtracted", subtracted=[0.0] * len(solver.elements))

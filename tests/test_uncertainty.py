@@ -272,8 +272,12 @@ def test_std_positive_finite_and_shrinks_with_dose(cubes, mode) -> None:
             assert np.all(np.isfinite(std[e])) and np.all(std[e] > 0)
         med.append({e: float(np.median(std[e][sim.truth[e] > 0])) / kappa
                     for e in solver.elements})
+    # Bound 0.65: at SNR 1.5 the solver scales its dark chemical step down (0.6x,
+    # FusionParams.dark_snr_ref), which strengthens TV's relative pull there, and the
+    # Laplace TV curvature (tv_metric "solver") follows it; measured cheap Co 0.53, Cu 0.62,
+    # O 0.52 (below 0.6 for all three before that scaling).
     for e in ("Co", "Cu", "O"):
-        assert med[1][e] < 0.6 * med[0][e], (e, med)
+        assert med[1][e] < 0.65 * med[0][e], (e, med)
     assert med[1]["Au"] < 1.05 * med[0]["Au"], med
 
 
