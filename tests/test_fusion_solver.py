@@ -223,6 +223,7 @@ def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
     fill_more.x = x5.copy()
     fill_more.scale_tv = scale_tv.copy()
     fill_more.haadf_scale = haadf_scale
+    fill_more._dark_scale = live._dark_scale  # from the maps' SNR at the initialisation
     fill_more.set_gamma(live.gamma)  # estimated at the live solver's initialisation
     fill_more.step()
     np.testing.assert_allclose(live.x, fill_more.x, rtol=1e-5, atol=1e-6 * float(x5.max()))
