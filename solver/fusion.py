@@ -175,7 +175,7 @@ class FusionParams:
     # elements (64^3, bench/robustness.py's SNR-1 cells, <NRMSE> with lambda_chem_dark 0.1 /
     # 0.05 / 0.03: film 0.300 / 0.251 / 0.266, rod 0.481 / 0.363 / 0.327, nanocubes 0.299
     # / 0.253 / 0.254), while at SNR 2.5-5 0.1 was best (core-shell 0.196 / 0.221 / 0.246,
-    # rod at SNR 5 0.172 / 0.189 / 0.213).
+    # rod at SNR 5 0.172 / 0.189 / 0.213; `python bench/dark_step.py`).
     dark_snr_ref: float | None = 2.5
     reseed_on_chem: bool = True
     # The nuisances of real data (docs/model.md). A background the series does not state:
