@@ -71,14 +71,15 @@ from fusetomo.solver.fusion_errors import SolverNotReadyError
 from fusetomo.solver.fusion_gamma import GAMMA_TOL, FusionGamma
 from fusetomo.solver.fusion_model import FusionModel
 from fusetomo.solver.fusion_nuisance import FusionNuisance
-from fusetomo.solver.fusion_steps import FusionSteps
+from fusetomo.solver.fusion_steps import DARK_SCALE_MIN, FusionSteps
 from fusetomo.solver.gamma import GammaSearch
 from fusetomo.solver.iterative import mlem_step
 from fusetomo.solver.projector import ParallelProjector
 from fusetomo.solver.stopping import StopReason, StopRule
 from fusetomo.solver.tv import Backend
 
-__all__ = ["DEFAULT_ITERATIONS", "GAMMA_START", "GAMMA_TOL", "SEED_FLOOR", "SEED_SUPPORT",
+__all__ = ["DARK_SCALE_MIN", "DEFAULT_ITERATIONS", "GAMMA_START", "GAMMA_TOL", "SEED_FLOOR",
+           "SEED_SUPPORT",
            "CostHistory", "FusedSolver", "FusionParams", "SolverNotReadyError",
            "check_fusion_weights"]
 
@@ -90,8 +91,6 @@ SEED_SUPPORT = 0.02
 SEED_FLOOR = 0.05
 # gamma before it is estimated (its precision, GAMMA_TOL, is in solver/fusion_gamma.py).
 GAMMA_START = 1.7
-# The least fraction of lambda_chem_dark that low-SNR maps scale it to (see dark_snr_ref).
-DARK_SCALE_MIN = 0.4
 
 
 def _optional_levels(what: str, values: Sequence[float | None] | None, n: int) -> np.ndarray:
@@ -159,7 +158,7 @@ class FusionParams:
     # Fix the volumes' overall level after every iteration, the one direction the HAADF
     # term cannot see (the scale c it refits absorbs it): "ml" (default), the factor for
     # all elements that maximises the chemical likelihood (_pin_level_ml); "global" or
-    # "element", the map totals matched with one factor or one per element (_pin_level);
+    # "element", the map totals matched with one factor or one per element (_pin_level_totals);
     # "off", left to the chemical step. Left free, TV's contrast loss lowered the level
     # and the free c followed, iteration after iteration (32^3, 9 maps, <NRMSE> after
     # 20/80/300 iterations: ZnO rod 0.257/0.387/0.738 -> 0.257/0.304/0.330 with "ml",
@@ -328,10 +327,9 @@ class FusedSolver(FusionData, FusionNuisance, FusionGamma, FusionSteps, FusionMo
         self.set_gamma(self.gamma)
         self.x: Any = None
         self.scale_tv: np.ndarray | None = None
-        # Each element's chemical SNR as estimated at the initialisation, and the factor on
-        # lambda_chem_dark it gives (FusionParams.dark_snr_ref).
+        # Each element's chemical SNR as estimated at the initialisation (it sets
+        # `dark_scale`, the factor on lambda_chem_dark: FusionParams.dark_snr_ref).
         self.chem_snr: np.ndarray | None = None
-        self._dark_scale = 1.0
         self.haadf_scale = 1.0
         self.iteration = 0
         self.history = CostHistory()
@@ -383,9 +381,6 @@ class FusedSolver(FusionData, FusionNuisance, FusionGamma, FusionSteps, FusionMo
         scale = self._tv_scale(xn)
         self.scale_tv = np.where(scale > 0, scale, 1.0)
         self.chem_snr = self._estimate_chem_snr()
-        ref = self.params.dark_snr_ref
-        self._dark_scale = 1.0 if ref is None else float(
-            np.clip(np.mean(self.chem_snr) / ref, DARK_SCALE_MIN, 1.0))
         # gamma is (re-)estimated at the first initialisation and, as spectrum images
         # arrive, whenever their number has doubled since the last estimate (the search
         # costs a few dozen iterations; its precision grows with the data).
@@ -444,9 +439,7 @@ class FusedSolver(FusionData, FusionNuisance, FusionGamma, FusionSteps, FusionMo
             weights = xp.asarray(p.lambda_tv * self.scale_tv, dtype=xp.float32)
             x_before = self.x
             self.x = self._prox(x, weights)
-            if p.pin_level == "ml" and p.chem_model == "poisson" and self.n_haadf:
-                self.x = self._pin_level_ml(self.x)
-            elif p.pin_level != "off" and p.chem_model == "poisson" and self.n_haadf:
+            if p.pin_level != "off" and p.chem_model == "poisson" and self.n_haadf:
                 self.x = self._pin_level(self.x)
             d = self.x - x_before
             norms = self._allreduce(np.array([float(xp.vdot(d, d)),

@@ -34,7 +34,7 @@ class FusionModel:
     _bg: Any
     chem_kind: Literal["counts", "subtracted"]
     chem_snr: np.ndarray | None
-    _dark_scale: float
+    dark_scale: float
     chem_proj: ParallelProjector
     device: sp.Device
     elements: list[str]
@@ -113,7 +113,7 @@ class FusionModel:
             # each element's chemical SNR as read at the initialisation, and the factor it
             # put on lambda_chem_dark (FusionParams.dark_snr_ref)
             out["model_chem_snr"] = np.asarray(self.chem_snr, dtype=np.float64)
-            out["model_chem_dark_scale"] = self._dark_scale
+            out["model_chem_dark_scale"] = self.dark_scale
         if self.chem_kind == "subtracted":
             out["model_subtracted_level"] = self.subtracted_level
             out["model_subtracted_estimated"] = np.isnan(self._sub_stated)

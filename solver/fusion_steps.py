@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["FusionSteps"]
 
 NEWTON_STEPS = 4  # of the level factor's 1-D Poisson likelihood (convex): ~1e-6 by 4
+# The least fraction of lambda_chem_dark that low-SNR maps scale it to (see
+# FusionParams.dark_snr_ref).
+DARK_SCALE_MIN = 0.4
 
 
 class FusionSteps:
@@ -47,7 +50,7 @@ class FusionSteps:
     history: CostHistory
     iteration: int
     _momentum_k: int
-    _dark_scale: float
+    chem_snr: np.ndarray | None
     x: Any
     n: int
     n_slices: int
@@ -152,6 +155,13 @@ class FusionSteps:
         return dx_h, cost_h, c
 
     def _pin_level(self, x: Any) -> Any:
+        """The volumes with their level pinned as params.pin_level says: "ml",
+        `_pin_level_ml`; "global" or "element", `_pin_level_totals`."""
+        if self.params.pin_level == "ml":
+            return self._pin_level_ml(x)
+        return self._pin_level_totals(x)
+
+    def _pin_level_totals(self, x: Any) -> Any:
         """Scale the volumes so that their model counts add up to the data's, as every ML-EM
         step leaves them (one factor, or one per element). The HAADF term alone does not fix
         the volumes' level (the scale c it refits absorbs it), and under a strong TV weight
@@ -179,20 +189,19 @@ class FusionSteps:
         """Scale all element volumes by the one factor a that maximises the chemical
         likelihood, sum_i Psi2(a x_i): the direction the HAADF term cannot see (c absorbs
         it), set by the chemical maps at full strength instead of the chemical step's
-        fraction. Unlike matching the map totals (`_pin_level`), pixels the volumes do not
+        fraction. Unlike matching the map totals (`_pin_level_totals`), pixels the volumes do not
         reach (the vacuum, where a background error would add up) carry no weight."""
         xp = self.device.xp
         mu = self.chem_proj.forward(x)
         b, bg = self._b_chem, self._bg
+        mu_total = float(self._allreduce(np.array([float(xp.sum(mu, dtype=xp.float64))]))[0])
         a = 1.0
         for _ in range(NEWTON_STEPS):
-            m = a * mu + bg
-            m = xp.maximum(m, 1e-12)
+            m = xp.maximum(a * mu + bg, 1e-12)
             q = b * mu / m
-            sums = self._allreduce(np.array([float(xp.sum(mu, dtype=xp.float64)),
-                                             float(xp.sum(q, dtype=xp.float64)),
+            sums = self._allreduce(np.array([float(xp.sum(q, dtype=xp.float64)),
                                              float(xp.sum(q * mu / m, dtype=xp.float64))]))
-            grad, curv = sums[0] - sums[1], sums[2]
+            grad, curv = mu_total - sums[0], sums[1]
             if not curv > 0:
                 break
             a = float(np.clip(a - grad / curv, 0.5 * a, 2.0 * a))
@@ -205,13 +214,23 @@ class FusionSteps:
         p = self.params
         if self.n_haadf == 0:
             return p.lambda_chem_dark  # nothing is seen by HAADF
-        dark = p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * self._dark_scale
+        dark = p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * self.dark_scale
         if dark == p.lambda_chem:
             return p.lambda_chem
         xp = self.device.xp
         contrib = self._w * x**self.gamma
         share = contrib / xp.maximum(xp.sum(contrib, axis=0), 1e-30)
         return p.lambda_chem + (dark - p.lambda_chem) * (1.0 - share)
+
+    @property
+    def dark_scale(self) -> float:
+        """The factor on lambda_chem_dark: the maps' mean estimated SNR over
+        params.dark_snr_ref, within [DARK_SCALE_MIN, 1] (1 before the initialisation or
+        with dark_snr_ref None)."""
+        ref = self.params.dark_snr_ref
+        if ref is None or self.chem_snr is None:
+            return 1.0
+        return float(np.clip(np.mean(self.chem_snr) / ref, DARK_SCALE_MIN, 1.0))
 
     def _estimate_chem_snr(self) -> np.ndarray:
         """Each element's chemical SNR from the current model: over the map pixels where its

@@ -223,7 +223,7 @@ def test_warm_start_continues_from_current_volumes(sim24, monkeypatch) -> None:
     fill_more.x = x5.copy()
     fill_more.scale_tv = scale_tv.copy()
     fill_more.haadf_scale = haadf_scale
-    fill_more._dark_scale = live._dark_scale  # from the maps' SNR at the initialisation
+    fill_more.chem_snr = live.chem_snr  # read at the initialisation; sets dark_scale
     fill_more.set_gamma(live.gamma)  # estimated at the live solver's initialisation
     fill_more.step()
     np.testing.assert_allclose(live.x, fill_more.x, rtol=1e-5, atol=1e-6 * float(x5.max()))
@@ -400,10 +400,10 @@ def test_chem_snr_is_estimated_and_scales_the_dark_fraction(snr: float) -> None:
     mean = float(np.mean(solver.chem_snr))
     assert mean == pytest.approx(np.mean(list(sim.chem_snr.values())), rel=0.15)
     expect = float(np.clip(mean / FusionParams().dark_snr_ref, DARK_SCALE_MIN, 1.0))
-    assert solver._dark_scale == pytest.approx(expect)
-    assert solver._dark_scale == pytest.approx(DARK_SCALE_MIN if snr == 1.0 else 1.0)
+    assert solver.dark_scale == pytest.approx(expect)
+    assert solver.dark_scale == pytest.approx(DARK_SCALE_MIN if snr == 1.0 else 1.0)
     x = solver.x
     frac = solver.chem_step_fraction(x)
     p = solver.params
-    dark = p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * solver._dark_scale
+    dark = p.lambda_chem + (p.lambda_chem_dark - p.lambda_chem) * solver.dark_scale
     assert float(frac.max()) <= dark + 1e-6 and float(frac.min()) >= p.lambda_chem - 1e-6
