@@ -58,6 +58,8 @@ def _mean_nrmse(truth: dict[str, np.ndarray], vols: dict[str, np.ndarray]) -> fl
     ({"init_iterations": -5}, "iteration"),
     ({"lambda_chem_dark": 1.5}, "lambda_chem_dark"),
     ({"split_bias": -1.0}, "split_bias"),
+    ({"dark_snr_ref": 0.0}, "dark_snr_ref must be > 0 or None, got 0.0"),
+    ({"pin_level": "mle"}, "pin_level must be 'off', 'global', 'element' or 'ml', got 'mle'"),
 ])
 def test_fusion_params_validation(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
